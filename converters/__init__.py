@@ -1,0 +1,1 @@
+"""LoRA key formats: detect, read, write and map names between diffusers/PEFT and ComfyUI/kohya."""

@@ -1,0 +1,1 @@
+"""Framework-free training core: no ComfyUI import anywhere below this package."""
