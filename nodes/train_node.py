@@ -1,0 +1,180 @@
+"""Train LoRA: MODEL + CLIP + VAE + dataset in, MODEL with the trained LoRA + LORA + loss history out."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+from comfy_api.latest import io
+from server import PromptServer
+
+from ..lora_core.errors import NonFiniteLossError
+from ..lora_core.lora_file import save_lora_file
+from ..lora_core.trainer import TrainConfig, TrainSample, train
+from .comfy_backend import ComfyBackend, clone_tensors, encode_sample_cond, load_for_training
+from .comfy_paths import lora_output_name, unused_lora_path
+from .family import model_family
+from .lora_apply import apply_lora
+from .lora_state import TrainedLora, trained_lora
+from .types import DATASET, LORA, LOSS
+
+log = logging.getLogger("lora_lab")
+
+TARGET_PRESETS = ["attention", "attention_mlp", "all_linear"]
+SCHEDULES = ["constant", "constant_with_warmup", "cosine", "linear"]
+TIMESTEP_SAMPLING = ["auto", "uniform", "logit_normal"]
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+
+
+def _encode_latents(vae, patcher, dataset) -> list[torch.Tensor]:
+    """VAE-encode every image once; ``process_latent_in`` puts them in the space the model trains in."""
+    latents = []
+    for image in dataset.images:
+        raw = vae.encode(image.pixels.unsqueeze(0)[..., :3])
+        latents.append(patcher.model.process_latent_in(raw)[0].float())
+    return latents
+
+
+def _encode_captions(clip, captions: list[str]) -> dict[str, list]:
+    """Each distinct caption is encoded once, to the CONDITIONING ComfyUI's CLIPTextEncode would give."""
+    return {text: clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in dict.fromkeys(captions)}
+
+
+def _resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and comfy.model_management.should_use_bf16(device):
+        return "bf16"
+    return "fp32"
+
+
+def _resolve_timestep_sampling(sampling: str, backend: ComfyBackend) -> str:
+    if sampling != "auto":
+        return sampling
+    # Flow models (SD3, Flux, Wan) are trained with logit-normal timesteps by their authors.
+    return "logit_normal" if "Flow" in backend.prediction or "Flux" in backend.prediction else "uniform"
+
+
+class _Progress:
+    """UI progress bar + loss text; never lets ComfyUI's hook raise on cancel mid-step (we save first)."""
+
+    def __init__(self, total: int, node_id: str | None):
+        self.bar = comfy.utils.ProgressBar(total)
+        self.node_id = node_id
+
+    def __call__(self, step: int, total: int, loss: float) -> None:
+        if comfy.model_management.processing_interrupted():
+            return
+        self.bar.update_absolute(step, total)
+        if self.node_id and PromptServer.instance is not None:
+            PromptServer.instance.send_progress_text(f"step {step}/{total}  loss {loss:.5f}", self.node_id)
+
+
+def _save_partial(lora: TrainedLora, name: str, step: int, reason: str) -> Path:
+    path = unused_lora_path(f"{name}_step{step:05d}")
+    save_lora_file(path, lora.state_dict(), lora.metadata)
+    log.warning("LoRA Lab: %s; partial LoRA (%d steps) saved to %s", reason, step, path)
+    return path
+
+
+class TrainLora(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoraLabTrain",
+            display_name="Train LoRA",
+            category="LoRA Lab",
+            description="Train a LoRA on the connected model with its native objective; outputs the model with "
+                        "the LoRA applied, the LoRA, and the loss history.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to train on (from any checkpoint/UNet loader)."),
+                io.Clip.Input("clip", tooltip="Text encoder used to encode the captions (not trained)."),
+                io.Vae.Input("vae", tooltip="VAE used to encode the training images to latents once."),
+                DATASET.Input("dataset", tooltip="Images and captions from 'Load Training Images'."),
+                io.Int.Input("steps", default=500, min=1, max=1_000_000, tooltip="Optimizer steps."),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6,
+                               tooltip="Peak learning rate of AdamW."),
+                io.Int.Input("rank", default=16, min=1, max=512, tooltip="LoRA rank (dimension)."),
+                io.Float.Input("alpha", default=16.0, min=0.01, max=1024.0, step=0.5,
+                               tooltip="LoRA alpha; the update is scaled by alpha/rank."),
+                io.Combo.Input("target_preset", options=TARGET_PRESETS, default="attention",
+                               tooltip="Which layers get a LoRA: attention q/k/v/out, plus MLP, or every linear layer."),
+                io.Int.Input("batch_size", default=1, min=1, max=256,
+                             tooltip="Images per step; each keeps its own caption."),
+                io.Int.Input("grad_accumulation", default=1, min=1, max=1024,
+                             tooltip="Micro-batches accumulated per optimizer step."),
+                io.Combo.Input("lr_schedule", options=SCHEDULES, default="constant",
+                               tooltip="Learning-rate schedule (diffusers get_scheduler)."),
+                io.Int.Input("warmup_steps", default=0, min=0, max=100_000, tooltip="Linear warm-up steps."),
+                io.Combo.Input("timestep_sampling", options=TIMESTEP_SAMPLING, default="auto",
+                               tooltip="auto: logit-normal for flow models, uniform otherwise."),
+                io.Combo.Input("precision", options=PRECISIONS, default="auto",
+                               tooltip="Autocast dtype; auto = bf16 on GPUs that support it, else fp32. "
+                                       "fp16 uses loss scaling."),
+                io.Boolean.Input("gradient_checkpointing", default=True,
+                                 tooltip="Recompute activations in backward: less memory, ~30% slower."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Seed for LoRA init, batches, noise and timesteps."),
+                io.String.Input("output_name", default="lora_lab_lora",
+                                tooltip="Name for metadata and for partial saves (cancel, NaN) in models/loras."),
+                io.String.Input("custom_targets", default="", optional=True,
+                                tooltip="Optional comma-separated regexes on module names; overrides the preset."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The input model with the trained LoRA applied."),
+                LORA.Output(display_name="lora", tooltip="The trained LoRA (save it with 'Save LoRA')."),
+                LOSS.Output(display_name="loss", tooltip="Loss per step, for 'Plot Training Loss'."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, dataset, steps, learning_rate, rank, alpha, target_preset, batch_size,
+                grad_accumulation, lr_schedule, warmup_steps, timestep_sampling, precision,
+                gradient_checkpointing, seed, output_name, custom_targets="") -> io.NodeOutput:
+        name = lora_output_name(output_name)
+        images = dataset.expanded()
+        captions = [image.caption for image in images]
+        patcher = model.clone()
+        family = model_family(patcher)
+
+        latents = _encode_latents(vae, patcher, dataset)
+        per_image = {id(image): latent for image, latent in zip(dataset.images, latents)}
+        cond_by_caption = _encode_captions(clip, captions)
+        # The VAE and text encoder are done: let ComfyUI evict them before the model is loaded to train.
+        comfy.model_management.free_memory(1e30, patcher.load_device)
+
+        backend = ComfyBackend(patcher)
+        config = TrainConfig(
+            steps=steps, learning_rate=learning_rate, rank=rank, alpha=alpha,
+            targets=[t.strip() for t in custom_targets.split(",") if t.strip()] or target_preset,
+            batch_size=batch_size, grad_accum=grad_accumulation, lr_schedule=lr_schedule,
+            warmup_steps=warmup_steps, timestep_sampling=_resolve_timestep_sampling(timestep_sampling, backend),
+            precision=_resolve_precision(precision, patcher.load_device),
+            gradient_checkpointing=gradient_checkpointing, seed=seed,
+        )
+        load_for_training(patcher, latents[0].shape, batch_size)
+        with torch.inference_mode(False), torch.enable_grad():
+            samples = []
+            for image in images:
+                latent = per_image[id(image)].to(backend.device).clone()
+                cond = encode_sample_cond(patcher, clone_tensors(cond_by_caption[image.caption]), latent, seed)
+                samples.append(TrainSample(latent=latent, cond=cond, caption=image.caption))
+            try:
+                result = train(backend, samples, config, on_step=_Progress(steps, cls.hidden.unique_id),
+                               should_stop=comfy.model_management.processing_interrupted)
+            except NonFiniteLossError as error:
+                lora = trained_lora(error.result, config, dataset, family, name)
+                path = _save_partial(lora, name, error.result.steps_done, "loss became non-finite")
+                raise NonFiniteLossError(f"{error} The last good LoRA was saved to {path}.") from error
+
+        lora = trained_lora(result, config, dataset, family, name)
+        if result.interrupted:
+            _save_partial(lora, name, result.steps_done, "training cancelled")
+            comfy.model_management.throw_exception_if_processing_interrupted()
+        trained_model, _, _ = apply_lora(patcher, None, lora.state_dict(), 1.0, 0.0, f"trained '{name}'")
+        return io.NodeOutput(trained_model, lora, {"loss": result.losses, "name": name})
