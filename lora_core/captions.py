@@ -1,0 +1,45 @@
+"""Caption files: reading, trigger words and kohya-style tag counting."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def read_caption(path: str | Path) -> tuple[str, bool]:
+    """Return (caption, was_latin1): UTF-8 (BOM tolerated), else latin-1; whitespace and newlines collapsed.
+
+    latin-1 decodes any byte string, so the fallback never fails; the flag lets the caller warn about it.
+    """
+    raw = Path(path).read_bytes()
+    try:
+        text, was_latin1 = raw.decode("utf-8-sig"), False
+    except UnicodeDecodeError:
+        text, was_latin1 = raw.decode("latin-1"), True
+    return " ".join(text.split()), was_latin1
+
+
+def with_trigger(caption: str, trigger_word: str) -> str:
+    """Prepend `trigger_word` (", "-joined) unless the caption already starts with it as a whole word."""
+    trigger = trigger_word.strip()
+    if not trigger:
+        return caption
+    if not caption:
+        return trigger
+    if re.match(re.escape(trigger) + r"(?!\w)", caption, flags=re.IGNORECASE):
+        return caption
+    return f"{trigger}, {caption}"
+
+
+def caption_tags(caption: str) -> list[str]:
+    """Comma-separated tags, stripped, empties dropped (how kohya counts ss_tag_frequency)."""
+    return [tag for tag in (part.strip() for part in caption.split(",")) if tag]
+
+
+def tag_counts(captions: Iterable[str]) -> dict[str, int]:
+    """How often each tag occurs over all captions (every occurrence counts, as in kohya)."""
+    counts: Counter[str] = Counter()
+    for caption in captions:
+        counts.update(caption_tags(caption))
+    return dict(counts)
