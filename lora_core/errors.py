@@ -1,21 +1,29 @@
-"""Exception hierarchy: every bad input surfaces as a LoraLabError subclass naming the culprit."""
+"""Exception hierarchy: every bad input or failed run raises one of these, naming the value at fault."""
+
+from __future__ import annotations
+
+from typing import Any
 
 
 class LoraLabError(Exception):
-    """Base class for every error LoRA Lab raises on purpose."""
+    """Base class for all errors LoRA Lab raises on purpose."""
 
 
 class DatasetError(LoraLabError):
-    """The training images or captions cannot be used (missing folder, no readable image, bad resolution)."""
+    """A dataset folder, image or caption cannot be used."""
 
 
 class LoraFormatError(LoraLabError):
-    """A LoRA file or state dict is not in a format we can read or write."""
+    """A LoRA file or state dict is malformed or of an unknown format."""
 
 
 class TrainingError(LoraLabError):
-    """Training cannot start or continue (bad config, no target modules, ...)."""
+    """Training cannot start or cannot continue (bad config, no targets, ...)."""
 
 
 class NonFiniteLossError(TrainingError):
-    """The loss became NaN/inf; `.result` holds the last good TrainResult when the trainer sets it."""
+    """The loss became nan/inf. `result` holds the last good TrainResult (before the bad update)."""
+
+    def __init__(self, message: str, result: Any = None):
+        super().__init__(message)
+        self.result = result
