@@ -26,10 +26,11 @@ def decode_rgb(path: str | Path) -> np.ndarray:
     with Image.open(path) as image:
         image.load()  # decode now: truncated files fail here, not later
         image = ImageOps.exif_transpose(image)
-        return _to_float_rgb(image)
+        return pil_to_float_rgb(image)
 
 
-def _to_float_rgb(image: Image.Image) -> np.ndarray:
+def pil_to_float_rgb(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> (H, W, 3) float32 in [0, 1]; alpha composited onto white, 16-bit kept exact."""
     mode = image.mode
     if mode in _GREY_FULL_SCALE:
         grey = np.asarray(image).astype(np.float32) / _GREY_FULL_SCALE[mode]
