@@ -50,7 +50,7 @@ def plot_losses(losses: Sequence[float], width: int = 768, height: int = 384, ti
     n = len(values)
     x_lo, x_hi = (1.0, float(max(n, 2))) if n > 1 else (0.0, 2.0)
     y_lo, y_hi = _padded_range(finite)
-    x_ticks, y_ticks = _nice_ticks(x_lo, x_hi, 8, integer=True), _nice_ticks(y_lo, y_hi, 6)
+    x_ticks, y_ticks = nice_ticks(x_lo, x_hi, 8, integer=True), nice_ticks(y_lo, y_hi, 6)
     frame.set_ranges(x_lo, x_hi, y_lo, y_hi)
     _draw_axes(draw, frame, x_ticks, y_ticks, font)
 
@@ -98,7 +98,7 @@ def _padded_range(finite: list[float]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def _nice_ticks(lo: float, hi: float, max_ticks: int, integer: bool = False) -> list[float]:
+def nice_ticks(lo: float, hi: float, max_ticks: int, integer: bool = False) -> list[float]:
     """Round tick values (1, 2, 5 x 10^k apart) inside [lo, hi]."""
     raw_step = (hi - lo) / max(max_ticks - 1, 1)
     magnitude = 10.0 ** math.floor(math.log10(raw_step))
