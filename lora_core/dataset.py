@@ -118,7 +118,10 @@ def load_image_folder(
     if not caption_extension.startswith("."):
         caption_extension = "." + caption_extension
 
-    found, warnings = _find_images(root)
+    try:
+        found, warnings = _find_images(root)
+    except OSError as exc:  # e.g. permission denied on the folder or a repeat folder
+        raise DatasetError(f"Cannot list dataset folder {root}: {_reason(exc)}") from exc
     if not found:
         raise DatasetError(
             f"No training images in {root}: expected {ACCEPTED} files, directly inside it or in kohya-style "

@@ -447,3 +447,14 @@ def test_dataset_never_writes_into_the_folder(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     load_image_folder(tmp_path, 8)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+
+def test_unlistable_folder_is_a_dataset_error(tmp_path, monkeypatch):
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", denied)  # chmod 0 does not stop root, so simulate it
+    with pytest.raises(DatasetError, match="Cannot list") as err:
+        load_image_folder(tmp_path, 8)
+    assert str(tmp_path) in str(err.value) and "Permission denied" in str(err.value)
