@@ -8,7 +8,6 @@ Bucketing later: each TrainImage carries its own pixels, whose size may then dif
 """
 from __future__ import annotations
 
-import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,8 +18,6 @@ import torch
 from .captions import read_caption, tag_counts, with_trigger
 from .errors import DatasetError
 from .image_io import IMAGE_EXTENSIONS, load_training_pixels
-
-log = logging.getLogger(__name__)
 
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 MAX_NAMES_IN_MESSAGE = 20
@@ -46,6 +43,7 @@ class ImageDataset:
     resolution: tuple[int, int]  # (w, h) default size; with buckets, images may carry other sizes
     warnings: list[str] = field(default_factory=list)
     root: Path | None = None
+    trigger_word: str = ""  # for LoRA metadata (ss_* / modelspec trigger words)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -155,9 +153,8 @@ def load_image_folder(
                         f"using the default caption {used!r}")
     if latin1:
         warnings.append(f"{len(latin1)} captions are not valid UTF-8 and were read as latin-1: {_names(latin1)}")
-    for warning in warnings:
-        log.warning("%s: %s", root, warning)
-    return ImageDataset(images=images, resolution=size, warnings=warnings, root=root)
+    return ImageDataset(images=images, resolution=size, warnings=warnings, root=root,
+                        trigger_word=trigger_word.strip())
 
 
 def _find_images(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:

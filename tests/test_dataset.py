@@ -139,8 +139,9 @@ def test_with_trigger(text, trigger, expected):
 def test_trigger_applied_in_dataset_without_duplication(tmp_path):
     caption(solid(tmp_path / "a.png"), "a photo")
     caption(solid(tmp_path / "b.png"), "ohwx, already there")
-    ds = load_image_folder(tmp_path, 8, trigger_word="ohwx")
+    ds = load_image_folder(tmp_path, 8, trigger_word=" ohwx ")
     assert [i.caption for i in ds.images] == ["ohwx, a photo", "ohwx, already there"]
+    assert ds.trigger_word == "ohwx"
 
 
 def test_caption_whitespace_newlines_bom_and_latin1(tmp_path):
