@@ -146,13 +146,13 @@ def load_image_folder(
     if not images:
         raise DatasetError(f"None of the {len(unreadable)} images in {root} could be read: {_names(unreadable)}")
     if unreadable:
-        warnings.append(f"Skipped {len(unreadable)} unreadable images: {_names(unreadable)}")
+        warnings.append(f"Skipped {_count(len(unreadable), 'unreadable image')}: {_names(unreadable)}")
     if uncaptioned:
         used = with_trigger(default_caption.strip(), trigger_word)
-        warnings.append(f"{len(uncaptioned)} images have no caption ({_names(uncaptioned)}); "
+        warnings.append(f"{_count(len(uncaptioned), 'image')} with no caption ({_names(uncaptioned)}); "
                         f"using the default caption {used!r}")
     if latin1:
-        warnings.append(f"{len(latin1)} captions are not valid UTF-8 and were read as latin-1: {_names(latin1)}")
+        warnings.append(f"{_count(len(latin1), 'caption')} not valid UTF-8, read as latin-1: {_names(latin1)}")
     return ImageDataset(images=images, resolution=size, warnings=warnings, root=root,
                         trigger_word=trigger_word.strip())
 
