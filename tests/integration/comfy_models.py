@@ -1,0 +1,433 @@
+"""Random-weight models of real architectures, built from ComfyUI's own classes and saved so that
+ComfyUI's stock loaders (CheckpointLoaderSimple, UNETLoader, CLIPLoader, VAELoader) load them.
+
+No checkpoint can be downloaded, so every tensor is filled here from a seeded generator:
+normal / sqrt(fan_in) for matrices and convolutions, ones for 1-d weights/scales (norms), zeros for biases.
+ComfyUI's layers skip their own initialisation, so nothing may be left unfilled.
+
+Build in a child process (``python comfy_models.py build <kind> <out>``): building a model costs several GB
+of RAM that the test process should not keep. ``ensure_model(kind, cache_dir)`` does that once per cache
+dir, guarded by a file lock, and writes atomically, so parallel sessions share one build.
+
+Kinds (see MODEL_KINDS):
+  sd15          full SD1.5 checkpoint (UNet 860M + CLIP-L + VAE), fp16 on disk  -> CheckpointLoaderSimple
+  sdxl_small    SDXL-architecture checkpoint (UNet with SDXL's widths, ADM 2816, context 2048, but the
+                Segmind-Vega block depths [0,0,1,1,2,2]; full CLIP-L + CLIP-G; SD VAE), fp16
+                -> CheckpointLoaderSimple, detected as supported_models.Segmind_Vega (an SDXL subclass,
+                model_base.SDXL, SDXL clip/pooled/size conditioning)
+  sdxl          same but transformer_depth [0,0,2,2,10,10] (what ComfyUI requires to call it "SDXL");
+                output/middle depths reduced to 1 (not checked by detection). ~1.7B UNet params.
+  flux_small    Flux-dev-shaped diffusion model (1 double + 1 single block, hidden 3072 - fixed by
+                ComfyUI's num_heads=24 x head dim 128 -, txt_in 768 and vector_in 768 so that a plain
+                CLIP-L feeds it), bf16 -> UNETLoader
+  sd3_small     SD3 MMDiT with depth 2 (hidden 128), context 4096 / pooled 2048 (what CLIPLoader type
+                "sd3" gives from a lone CLIP-L), bf16 -> UNETLoader
+  clip_l        standalone CLIP-L text encoder (HF key layout) -> CLIPLoader (type flux / sd3 / stable_diffusion)
+  flux_vae      16-channel KL VAE shaped like Flux's ae.safetensors -> VAELoader
+  sd_vae        4-channel SD VAE -> VAELoader
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SEED = 1234
+
+SD15_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
+    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
+    "context_dim": 768, "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
+
+def sdxl_unet_config(depth: list[int], depth_output: list[int], depth_middle: int) -> dict:
+    return {
+        "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+        "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
+        "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": depth,
+        "channel_mult": [1, 2, 4], "transformer_depth_middle": depth_middle,
+        "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 64,
+        "transformer_depth_output": depth_output, "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    }
+
+
+SDXL_SMALL_UNET_CONFIG = sdxl_unet_config([0, 0, 1, 1, 2, 2], [0, 0, 0, 1, 1, 1, 1, 1, 1], 1)
+SDXL_UNET_CONFIG = sdxl_unet_config([0, 0, 2, 2, 10, 10], [0, 0, 0, 1, 1, 1, 1, 1, 1], 1)
+
+SD_VAE_DDCONFIG = {
+    "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+    "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
+}
+
+# Flux: ComfyUI fixes num_heads=24 and axes_dim sum 128, so hidden_size must be 3072; depth,
+# single-block depth, txt_in and vector_in widths are read from the weights.
+FLUX_SMALL_PARAMS = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768,
+    "context_in_dim": 768, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "depth": 1,
+    "depth_single_blocks": 1, "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2,
+    "qkv_bias": True, "guidance_embed": True, "txt_ids_dims": [],
+}
+
+# SD3 MMDiT: hidden = 64 * depth, heads = depth; context/pooled widths read from the weights.
+SD3_SMALL_DEPTH = 2
+SD3_SMALL_PATCHES = 64 * 64  # pos_embed_max_size 64 (latents up to 128x128 pixels... x8: 1024 px)
+
+MODEL_KINDS = {
+    "sd15": "sd15.safetensors",
+    "sdxl_small": "sdxl_small.safetensors",
+    "sdxl": "sdxl.safetensors",
+    "flux_small": "flux_small.safetensors",
+    "sd3_small": "sd3_small.safetensors",
+    "clip_l": "clip_l.safetensors",
+    "flux_vae": "flux_vae.safetensors",
+    "sd_vae": "sd_vae.safetensors",
+}
+# Which ComfyUI model folder each kind belongs in (see comfy_server.write_extra_model_paths).
+MODEL_FOLDER = {
+    "sd15": "checkpoints", "sdxl_small": "checkpoints", "sdxl": "checkpoints",
+    "flux_small": "diffusion_models", "sd3_small": "diffusion_models",
+    "clip_l": "text_encoders", "flux_vae": "vae", "sd_vae": "vae",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# filling
+
+def fill_random_(module, seed: int) -> None:
+    """Fill every floating tensor of module deterministically (sorted by name): see module doc."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = dict(module.named_parameters())
+    tensors.update(dict(module.named_buffers()))
+    with torch.no_grad():
+        for name in sorted(tensors):
+            t = tensors[name]
+            if not t.is_floating_point():
+                continue
+            if name.endswith("bias"):
+                t.zero_()
+            elif t.dim() >= 2:
+                fan_in = math.prod(t.shape[1:])
+                values = torch.randn(t.shape, generator=generator, dtype=torch.float32) / math.sqrt(fan_in)
+                t.copy_(values)
+            else:
+                t.fill_(1.0)
+
+
+def _cast(state_dict: dict, dtype) -> dict:
+    return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
+
+
+def _save(state_dict: dict, path: Path, metadata: dict | None = None) -> None:
+    """Atomic save (temp file in the same dir, fsync, rename) of a flat tensor dict."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(state_dict, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# builders (run inside a process where comfy is importable)
+
+def _filled_unet_model(unet_config: dict, seed: int):
+    """A ComfyUI BaseModel for this unet config, its diffusion_model filled (fp32, on CPU)."""
+    import comfy.model_detection
+
+    model_config = comfy.model_detection.model_config_from_unet_config(dict(unet_config))
+    if model_config is None:
+        raise RuntimeError(f"ComfyUI matched no model class for unet config {unet_config}")
+    model = model_config.get_model({})
+    fill_random_(model.diffusion_model, seed)
+    return model
+
+
+def _sd_vae_state_dict(seed: int, dtype, z_channels: int = 4) -> dict:
+    from comfy.ldm.models.autoencoder import AutoencoderKL, AutoencodingEngine
+
+    ddconfig = dict(SD_VAE_DDCONFIG, z_channels=z_channels)
+    if z_channels == 4:
+        vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+    else:  # Flux ae.safetensors layout: no quant convs
+        vae = AutoencodingEngine(
+            regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+            encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
+            decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": ddconfig},
+        )
+    fill_random_(vae, seed)
+    return _cast(vae.state_dict(), dtype)
+
+
+def build_sd15(path: Path, seed: int = SEED) -> None:
+    import torch
+    import comfy.sd1_clip
+
+    _build_checkpoint(path, SD15_UNET_CONFIG, comfy.sd1_clip.SD1ClipModel, seed, "sd15")
+
+
+def build_sdxl(path: Path, unet_config: dict, seed: int = SEED, kind: str = "sdxl") -> None:
+    import comfy.sdxl_clip
+
+    _build_checkpoint(path, unet_config, comfy.sdxl_clip.SDXLClipModel, seed, kind)
+
+
+def _build_checkpoint(path: Path, unet_config: dict, clip_class, seed: int, kind: str) -> None:
+    """UNet + text encoder(s) + SD VAE in one fp16 file, keys as ComfyUI's own CheckpointSave writes them."""
+    import torch
+
+    clip = clip_class(device="cpu", dtype=torch.float32)
+    fill_random_(clip, seed + 1)
+    clip_sd = _cast(clip.state_dict(), torch.float16)
+    del clip
+    vae_sd = _sd_vae_state_dict(seed + 2, torch.float16)
+    model = _filled_unet_model(unet_config, seed)
+    full = model.state_dict_for_saving(clip_sd, vae_sd)
+    del model
+    _save(_cast(full, torch.float16), path, {"lora_lab_test_model": kind, "seed": str(seed)})
+
+
+def build_flux_small(path: Path, seed: int = SEED) -> None:
+    import torch
+    import comfy.ldm.flux.model
+    import comfy.ops
+
+    params = dict(FLUX_SMALL_PARAMS)
+    params.pop("image_model")
+    model = comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, device="cpu",
+                                      dtype=torch.float32, **params)
+    fill_random_(model, seed)
+    _save(_cast(model.state_dict(), torch.bfloat16), path, {"lora_lab_test_model": "flux_small", "seed": str(seed)})
+
+
+def build_sd3_small(path: Path, seed: int = SEED) -> None:
+    import torch
+    import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+    import comfy.ops
+
+    depth = SD3_SMALL_DEPTH
+    model = mmdit.MMDiT(
+        input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=depth,
+        num_patches=SD3_SMALL_PATCHES, pos_embed_max_size=int(math.sqrt(SD3_SMALL_PATCHES)),
+        adm_in_channels=2048, pos_embed_scaling_factor=None,
+        context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 64 * depth}},
+        dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init,
+    )
+    fill_random_(model, seed)
+    _save(_cast(model.state_dict(), torch.bfloat16), path, {"lora_lab_test_model": "sd3_small", "seed": str(seed)})
+
+
+def build_clip_l(path: Path, seed: int = SEED) -> None:
+    """Standalone CLIP-L in the HF layout (text_model.*) that CLIPLoader detects as clip_l."""
+    import torch
+    import comfy.sd1_clip
+
+    clip = comfy.sd1_clip.SD1ClipModel(device="cpu", dtype=torch.float32)
+    fill_random_(clip, seed + 1)
+    prefix = "clip_l.transformer."
+    sd = {k[len(prefix):]: v for k, v in clip.state_dict().items() if k.startswith(prefix)}
+    _save(_cast(sd, torch.float16), path, {"lora_lab_test_model": "clip_l", "seed": str(seed)})
+
+
+def build_vae(path: Path, z_channels: int, seed: int = SEED) -> None:
+    import torch
+
+    _save(_sd_vae_state_dict(seed + 2, torch.float32, z_channels), path,
+          {"lora_lab_test_model": f"vae{z_channels}", "seed": str(seed)})
+
+
+def build(kind: str, path: Path, seed: int = SEED) -> None:
+    """Build one model kind into path (needs comfy importable: see comfy_env.import_comfy)."""
+    if kind == "sd15":
+        build_sd15(path, seed)
+    elif kind == "sdxl_small":
+        build_sdxl(path, SDXL_SMALL_UNET_CONFIG, seed, kind)
+    elif kind == "sdxl":
+        build_sdxl(path, SDXL_UNET_CONFIG, seed, kind)
+    elif kind == "flux_small":
+        build_flux_small(path, seed)
+    elif kind == "sd3_small":
+        build_sd3_small(path, seed)
+    elif kind == "clip_l":
+        build_clip_l(path, seed)
+    elif kind == "flux_vae":
+        build_vae(path, 16, seed)
+    elif kind == "sd_vae":
+        build_vae(path, 4, seed)
+    else:
+        raise ValueError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# cache (callable from any python: builds in a ComfyUI-python child process)
+
+def default_cache_dir() -> Path:
+    """$LORA_LAB_TEST_CACHE, else a per-user dir under the system temp dir (shared across sessions)."""
+    env = os.environ.get("LORA_LAB_TEST_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"lora_lab_test_cache_{os.getuid()}"
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def model_path(kind: str, cache_dir: Path | None = None, seed: int = SEED) -> Path:
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    stem, ext = MODEL_KINDS[kind].rsplit(".", 1)
+    name = f"{stem}.{ext}" if seed == SEED else f"{stem}_s{seed}.{ext}"
+    return cache_dir / MODEL_FOLDER[kind] / name
+
+
+def ensure_model(kind: str, cache_dir: Path | None = None, seed: int = SEED, timeout: float = 1800) -> Path:
+    """Path of the cached model of this kind, building it first (in a child process) if missing."""
+    from .comfy_env import comfy_python, comfyui_path, why_unavailable
+
+    path = model_path(kind, cache_dir, seed)
+    if path.exists():
+        return path
+    reason = why_unavailable()
+    if reason:
+        raise RuntimeError(reason)
+    with _locked(path.parent / f".{path.name}.lock"):
+        if path.exists():
+            return path
+        started = time.monotonic()
+        env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
+        proc = subprocess.run(
+            [comfy_python(), str(Path(__file__).resolve()), "build", kind, str(path), "--seed", str(seed)],
+            env=env, capture_output=True, text=True, timeout=timeout,
+        )
+        if proc.returncode != 0 or not path.exists():
+            raise RuntimeError(f"building test model {kind!r} into {path} failed (rc={proc.returncode}):\n"
+                               f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        log = path.parent / f"{path.name}.build.json"
+        log.write_text(json.dumps({"kind": kind, "seed": seed, "seconds": round(time.monotonic() - started, 1),
+                                   "bytes": path.stat().st_size}))
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA files for stock-loader tests
+
+def kohya_unet_lora_names(checkpoint: Path) -> dict[str, tuple[int, ...]]:
+    """kohya name (lora_unet_<diffusers path>) -> weight shape, for every UNet Linear/1x1 of an SD-style checkpoint.
+
+    Names come from ComfyUI's own diffusers<->SGM map (comfy.utils.unet_to_diffusers), i.e. exactly the
+    names the stock LoraLoader maps; shapes come from the file header (no model is instantiated).
+    """
+    import torch
+    from safetensors import safe_open
+
+    from .comfy_env import import_comfy
+
+    import_comfy()
+    import comfy.model_detection
+    import comfy.utils
+
+    prefix = "model.diffusion_model."
+    with safe_open(str(checkpoint), "pt") as handle:
+        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    meta = {k[len(prefix):]: torch.empty(s, device="meta") for k, s in shapes.items() if k.startswith(prefix)}
+    unet_config = comfy.model_detection.detect_unet_config(meta, "")
+    names = {}
+    for diffusers_key, sgm_key in comfy.utils.unet_to_diffusers(unet_config).items():
+        if not diffusers_key.endswith(".weight"):
+            continue
+        shape = shapes.get(prefix + sgm_key)
+        if shape is None or len(shape) not in (2, 4):
+            continue
+        names["lora_unet_" + diffusers_key[: -len(".weight")].replace(".", "_")] = shape
+    return names
+
+
+def write_kohya_lora(checkpoint: Path, out: Path, rank: int = 4, alpha: float = 4.0, seed: int = 7,
+                     scale: float = 0.05, pattern: str = "attn") -> list[str]:
+    """A hand-made kohya LoRA on the checkpoint's UNet modules whose kohya name contains pattern.
+
+    Random small down/up so the delta is non-zero. Returns the module names written.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    written = []
+    for name, shape in sorted(kohya_unet_lora_names(checkpoint).items()):
+        if pattern not in name:
+            continue
+        out_features, in_features = shape[0], shape[1]
+        tail = (1, 1) if len(shape) == 4 else ()
+        if len(shape) == 4 and tuple(shape[2:]) != (1, 1):
+            continue  # keep to linear / 1x1 modules
+        tensors[f"{name}.lora_down.weight"] = torch.randn((rank, in_features) + tail, generator=generator) * scale
+        tensors[f"{name}.lora_up.weight"] = torch.randn((out_features, rank) + tail, generator=generator) * scale
+        tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+        written.append(name)
+    if not written:
+        raise RuntimeError(f"no UNet module of {checkpoint} matches {pattern!r}")
+    _save(tensors, out, {"ss_network_dim": str(rank), "ss_network_alpha": str(alpha)})
+    return written
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build one model kind into a file (needs COMFYUI_PATH)")
+    b.add_argument("kind", choices=sorted(MODEL_KINDS))
+    b.add_argument("out", type=Path)
+    b.add_argument("--seed", type=int, default=SEED)
+    e = sub.add_parser("ensure", help="build into the cache if missing, print the path")
+    e.add_argument("kind", choices=sorted(MODEL_KINDS))
+    e.add_argument("--cache", type=Path, default=None)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2].parent))
+    if args.cmd == "build":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from comfy_env import import_comfy  # run as a script: sibling import
+
+        import_comfy()
+        started = time.monotonic()
+        build(args.kind, args.out, args.seed)
+        print(f"built {args.kind} -> {args.out} ({args.out.stat().st_size / 1e9:.2f} GB, "
+              f"{time.monotonic() - started:.0f}s)")
+        return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.integration.comfy_models import ensure_model as ensure
+
+    print(ensure(args.kind, args.cache))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

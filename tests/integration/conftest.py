@@ -1,0 +1,111 @@
+"""Fixtures for tests that run inside a real ComfyUI.
+
+Every test under tests/integration is skipped, with the reason shown, when COMFYUI_PATH is unset or the
+running python cannot run ComfyUI (e.g. plain python3 on CI). Run them with ComfyUI's own python:
+
+    COMFYUI_PATH=/work/comfy/ComfyUI /work/comfy/ComfyUI/.venv/bin/python -m pytest tests/integration
+
+Fixtures (session-scoped unless noted):
+  comfy_cache        Path: model cache dir ($LORA_LAB_TEST_CACHE or <tmp>/lora_lab_test_cache_<uid>)
+  sd15_checkpoint    Path to the random full SD1.5 checkpoint (built once, then reused from the cache)
+  model_file         factory: model_file(kind) -> Path, any kind of comfy_models.MODEL_KINDS
+  loras_dir          Path: a per-session folder registered as ComfyUI "loras"
+  dataset_dir        Path: 4 captioned 64x64 PNGs, inside the server's input dir (subfolder "train_set")
+  comfy_server       ComfyServer: one server per session with lora_lab + tests/integration/test_nodes loaded
+  comfy              module: comfy.model_management, after ComfyUI was made importable in-process
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .comfy_env import REPO_ROOT, ensure_lora_lab_importable, import_comfy, why_unavailable
+
+HERE = Path(__file__).resolve().parent
+MODEL_FOLDERS = ("checkpoints", "diffusion_models", "text_encoders", "vae")
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = why_unavailable()
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.comfyui)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def comfy_cache() -> Path:
+    from .comfy_models import default_cache_dir
+
+    cache = default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def model_file(comfy_cache):
+    from .comfy_models import ensure_model
+
+    def get(kind: str) -> Path:
+        return ensure_model(kind, comfy_cache)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def sd15_checkpoint(model_file) -> Path:
+    return model_file("sd15")
+
+
+@pytest.fixture(scope="session")
+def server_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("comfy_server")
+
+
+@pytest.fixture(scope="session")
+def loras_dir(server_root) -> Path:
+    path = server_root / "loras"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(server_root) -> Path:
+    from .sample_data import make_image_folder
+
+    return make_image_folder(server_root / "input" / "train_set")
+
+
+@pytest.fixture(scope="session")
+def comfy_server(server_root, comfy_cache, loras_dir, dataset_dir):
+    """A real ComfyUI (main.py --cpu) for the whole session; its log is server_root/server.log."""
+    from .comfy_server import start_server
+
+    model_dirs = {folder: [comfy_cache / folder] for folder in MODEL_FOLDERS}
+    for dirs in model_dirs.values():
+        dirs[0].mkdir(parents=True, exist_ok=True)
+    model_dirs["loras"] = [loras_dir]
+    custom_nodes = {"lora_lab": REPO_ROOT, "lora_lab_test_nodes": HERE / "test_nodes"}
+    server = start_server(server_root, model_dirs, custom_nodes)
+    try:
+        yield server
+    finally:
+        server.stop()
+        print(f"\nComfyUI server log: {server.log_path}")
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    """In-process ComfyUI (args.cpu=True before any comfy import); `import nodes, folder_paths` work after it."""
+    mm = import_comfy()
+    ensure_lora_lab_importable(tmp_path_factory.mktemp("pkg_link"))
+    return mm
+
+
+def pytest_report_header(config):
+    reason = why_unavailable()
+    return f"ComfyUI: {os.environ.get('COMFYUI_PATH')}" if not reason else f"ComfyUI: unavailable ({reason[:80]})"
