@@ -1,0 +1,40 @@
+"""ComfyUI-side keys: kohya style (`lora_unet_<flat name>.lora_down.weight`, `.alpha`) as ComfyUI's loader maps them."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .families import Family
+from .families.rule import flatten
+from .module_weights import ModuleWeights
+
+_SUFFIX = {"down": "lora_down.weight", "up": "lora_up.weight", "mid": "lora_mid.weight", "diff": "diff",
+           "diff_b": "diff_b", "dora_scale": "dora_scale"}
+
+# Parameters (not module weights): ComfyUI maps them only by their full `diffusion_model.` name.
+PARAMETERS = ("modulation", "scale_shift_table")
+
+
+def module_key(family: Family, component: str, name: str) -> str:
+    if component == "model":
+        if name.endswith(PARAMETERS) and not name.endswith("modulation.lin"):
+            return f"diffusion_model.{name}"
+        return "lora_unet_" + flatten(name)
+    prefix = family.text_encoders.get(component, (f"lora_{component}_", ""))[0]
+    return prefix + flatten(name)
+
+
+def comfyui_tensors(family: Family, component: str, name: str, m: ModuleWeights) -> dict[str, Tensor]:
+    base = module_key(family, component, name)
+    out: dict[str, Tensor] = {}
+    for role, t in m.tensors.items():
+        if role == "magnitude":  # PEFT (out,) -> ComfyUI dora_scale on the output axis (out, 1[, 1, 1])
+            dims = m.tensors["down"].dim() if "down" in m.tensors else 2
+            out[f"{base}.dora_scale"] = t.reshape(-1, *[1] * (dims - 1))
+        else:
+            out[f"{base}.{_SUFFIX.get(role, role)}"] = t
+    if m.kind in ("lora", "loha", "lokr") and m.rank is not None:
+        alpha = m.scale * m.rank  # kohya semantics (alpha / rank); rsLoRA becomes alpha * sqrt(rank)
+        out[f"{base}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+    return out

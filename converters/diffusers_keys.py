@@ -1,0 +1,63 @@
+"""diffusers/PEFT-side keys: `<component>.<module>.lora_A.weight` / `lora_B.weight` plus a LoraConfig per component."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .families import Family
+from .fuse_split import ConversionError, unfold_mid
+from .module_weights import ModuleWeights
+
+
+def component_prefix(family: Family, component: str) -> str:
+    if component == "model":
+        return family.diffusers_prefix
+    return family.text_encoders.get(component, ("", {"te1": "text_encoder", "te2": "text_encoder_2",
+                                                      "te3": "text_encoder_3"}[component]))[1]
+
+
+def as_lora(m: ModuleWeights) -> ModuleWeights:
+    """Exact LoRA form of any adapter PEFT can load as LoRA; ConversionError otherwise."""
+    if m.get("dora_scale") is not None:
+        raise ConversionError("DoRA scale on the input axis has no PEFT layout")
+    if m.kind == "lora":
+        if m.get("diff") is not None:
+            raise ConversionError("full weight delta (.diff) has no diffusers/PEFT form")
+        return unfold_mid(m)
+    if m.kind == "loha" and "hada_t1" not in m.tensors:
+        # (w1a w1b) * (w2a w2b) = sum_ij (w1a_i * w2a_j)(w1b_i * w2b_j)^T : an exact LoRA of rank r1*r2
+        t = m.tensors
+        w1a, w1b, w2a, w2b = t["hada_w1_a"], t["hada_w1_b"], t["hada_w2_a"], t["hada_w2_b"]
+        up = (w1a[:, :, None] * w2a[:, None, :]).reshape(w1a.shape[0], -1)
+        down = (w1b[:, None, :] * w2b[None, :, :]).reshape(-1, w1b.shape[1])
+        return _rebuild(m, down, up)
+    if m.kind == "lokr" and "lokr_w2_b" in m.tensors and "lokr_t2" not in m.tensors and m.tensors["lokr_w2_a"].dim() == 2:
+        # kron(w1, w2a @ w2b) = kron(w1, w2a) @ kron(I, w2b): an exact LoRA of rank in1 * r
+        t = m.tensors
+        w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"].float() @ t["lokr_w1_b"].float()
+        w1 = w1.to(t["lokr_w2_a"].dtype)
+        up = torch.kron(w1, t["lokr_w2_a"])
+        down = torch.kron(torch.eye(w1.shape[1], dtype=w1.dtype, device=w1.device), t["lokr_w2_b"])
+        return _rebuild(m, down, up)
+    raise ConversionError(f"{m.kind} adapter has no exact diffusers/PEFT LoRA form")
+
+
+def _rebuild(m: ModuleWeights, down: Tensor, up: Tensor) -> ModuleWeights:
+    extras = {k: v for k, v in m.tensors.items() if k in ("diff_b", "magnitude")}
+    return ModuleWeights("lora", {"down": down, "up": up, **extras}, alpha=m.scale * down.shape[0])
+
+
+def diffusers_tensors(family: Family, component: str, name: str, m: ModuleWeights) -> tuple[dict[str, Tensor], dict]:
+    """Keys for one module and its config entry {"rank", "alpha", "dora", "bias"}."""
+    lora = as_lora(m)
+    base = f"{component_prefix(family, component)}.{name}"
+    out = {f"{base}.lora_A.weight": lora.tensors["down"], f"{base}.lora_B.weight": lora.tensors["up"]}
+    rank, scale = lora.rank, lora.scale
+    if "magnitude" in lora.tensors:
+        out[f"{base}.lora_magnitude_vector"] = lora.tensors["magnitude"]
+    if "diff_b" in lora.tensors:  # PEFT lora_bias lives in lora_B and is scaled with it
+        b = lora.tensors["diff_b"]
+        out[f"{base}.lora_B.bias"] = (b.float() / scale).to(b.dtype)
+    entry = {"rank": rank, "alpha": scale * rank, "dora": "magnitude" in lora.tensors, "bias": "diff_b" in lora.tensors}
+    return out, entry

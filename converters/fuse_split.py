@@ -1,0 +1,127 @@
+"""Exact fuse / split / swap of adapters between fused (qkv, kv, linear1) and split (q, k, v, ...) projections.
+
+Fuse: A stacked, B block-diagonal; rank becomes sum of ranks and alpha = scale * rank, so alpha/rank is kept.
+Parts with another scale get the ratio baked into their B block. Missing parts are zero rows of B.
+Split: A copied to each part, B rows sliced, alpha unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .delta import factor_delta
+from .module_weights import ModuleWeights, fold_mid
+
+
+class ConversionError(ValueError):
+    """A module cannot be converted exactly (reported by name, never silently dropped)."""
+
+
+def _cat_rows(parts: list[Tensor | None], sizes: list[int], like: Tensor) -> Tensor:
+    rows = [p if p is not None else like.new_zeros((n, *like.shape[1:])) for p, n in zip(parts, sizes)]
+    return torch.cat([r.to(like.dtype) for r in rows], dim=0)
+
+
+def unfold_mid(m: ModuleWeights) -> ModuleWeights:
+    if m.kind == "lora" and "mid" in m.tensors:
+        return m.with_tensors(down=fold_mid(m.tensors["down"], m.tensors["mid"]).to(m.tensors["down"].dtype), mid=None)
+    return m
+
+
+def to_diff(m: ModuleWeights) -> ModuleWeights:
+    """Any factorised adapter as a full weight delta (exact; used where factors cannot be kept)."""
+    d = factor_delta(m)
+    diff = m.get("diff")
+    dtype = next(iter(m.tensors.values())).dtype
+    if d is not None:
+        diff = d if diff is None else d + diff.reshape(d.shape).float()
+    extras = {k: v for k, v in m.tensors.items() if k in ("diff_b", "magnitude", "dora_scale")}
+    return ModuleWeights("diff", {"diff": diff.to(dtype), **extras})
+
+
+def _extras(parts, sizes, role, like_rows):
+    present = [p.get(role) if p is not None else None for p in parts]
+    if all(t is None for t in present):
+        return None
+    like = next(t for t in present if t is not None)
+    return _cat_rows(present, sizes, like)
+
+
+def fuse(parts: list[ModuleWeights | None], sizes: list[int], shared_down: bool | None = None) -> ModuleWeights:
+    present = [p for p in parts if p is not None]
+    if any(p.get("dora_scale") is not None for p in present):
+        raise ConversionError("input-axis dora_scale cannot be fused")
+    mags = [p.get("magnitude") for p in present]
+    if any(m is not None for m in mags) and (len(present) < len(parts) or any(m is None for m in mags)):
+        raise ConversionError("DoRA magnitudes of missing parts are unknown (they depend on the base weight)")
+    magnitude = _extras(parts, sizes, "magnitude", None)
+    diff_b = _extras(parts, sizes, "diff_b", None)
+    if all(p.kind == "lora" and p.get("diff") is None for p in present):
+        fused = _fuse_lora([unfold_mid(p) if p is not None else None for p in parts], sizes, shared_down)
+    else:
+        diffs = [to_diff(p).get("diff") if p is not None else None for p in parts]
+        like = next(d for d in diffs if d is not None)
+        fused = ModuleWeights("diff", {"diff": _cat_rows(diffs, sizes, like)})
+    return fused.with_tensors(magnitude=magnitude, diff_b=diff_b)
+
+
+def _fuse_lora(parts: list[ModuleWeights | None], sizes: list[int], shared_down: bool | None) -> ModuleWeights:
+    present = [p for p in parts if p is not None]
+    scale = present[0].scale
+    downs = [p.tensors["down"] for p in present]
+    ups = [p.tensors["up"] for p in present]
+    dtype = ups[0].dtype
+    same_scale = all(abs(p.scale - scale) <= 1e-12 * max(1.0, abs(scale)) for p in present)
+    if shared_down is None:
+        shared_down = downs_equal(downs) and len(present) == len(parts)
+    shared_down = shared_down and same_scale and len(present) == len(parts)
+    if shared_down:  # parts that were split from one fused module: no rank growth
+        up = torch.cat([u.to(dtype) for u in ups], dim=0)
+        return ModuleWeights("lora", {"down": downs[0], "up": up}, alpha=scale * downs[0].shape[0])
+    rank = sum(d.shape[0] for d in downs)
+    trailing = ups[0].shape[2:]
+    up = ups[0].new_zeros((sum(sizes), rank, *trailing))
+    row = col = 0
+    for part, n in zip(parts, sizes):
+        if part is not None:
+            r = part.tensors["down"].shape[0]
+            block = part.tensors["up"]
+            if abs(part.scale - scale) > 1e-12 * max(1.0, abs(scale)):
+                block = (block.float() * (part.scale / scale)).to(dtype)  # bake the scale ratio into B
+            up[row:row + n, col:col + r] = block.reshape(n, r, *trailing).to(dtype)
+            col += r
+        row += n
+    down = torch.cat([d.to(downs[0].dtype) for d in downs], dim=0)
+    return ModuleWeights("lora", {"down": down, "up": up}, alpha=scale * rank)
+
+
+def downs_equal(downs: list[Tensor]) -> bool:
+    return all(d.shape == downs[0].shape and torch.equal(d, downs[0]) for d in downs[1:])
+
+
+def split(m: ModuleWeights, sizes: list[int]) -> list[ModuleWeights]:
+    if m.get("dora_scale") is not None:
+        raise ConversionError("input-axis dora_scale cannot be split")
+    if m.kind not in ("lora", "diff"):
+        m = to_diff(m)
+    m = unfold_mid(m)
+    out, start = [], 0
+    for n in sizes:
+        rows = slice(start, start + n)
+        updates = {role: m.tensors[role][rows] for role in ("up", "diff", "diff_b", "magnitude") if role in m.tensors}
+        out.append(m.with_tensors(**updates))
+        start += n
+    return out
+
+
+def swap_halves(m: ModuleWeights) -> ModuleWeights:
+    """Exchange the two row halves of every output-indexed tensor ((shift, scale) <-> (scale, shift))."""
+    if m.kind not in ("lora", "diff"):
+        m = to_diff(m)
+
+    def swap(t: Tensor) -> Tensor:
+        a, b = t.chunk(2, dim=0)
+        return torch.cat([b, a], dim=0)
+
+    return m.with_tensors(**{r: swap(m.tensors[r]) for r in ("up", "diff", "diff_b", "magnitude") if r in m.tensors})

@@ -1,0 +1,124 @@
+"""Conversion plan: which input modules make which output modules (keep, rename, fuse, split, swap)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..lora_core.errors import LoraFormatError
+from .families import Family
+from .families.rule import Rule
+from .fuse_split import ConversionError, downs_equal, fuse, split, swap_halves
+from .lora_index import ModuleRef, Unmatched
+from .module_weights import ModuleWeights
+from .source import TensorSource
+
+
+@dataclass
+class Group:
+    component: str
+    op: str  # "keep" | "fuse" | "split"
+    sources: list[ModuleRef | None]
+    names: list[str]  # output module names on the target side
+    sizes: list[int] = field(default_factory=list)
+    swap: bool = False
+    pad_rows: int = 0
+    shared_down: bool | None = None
+    rule: Rule | None = None
+
+
+def _rows_in(source: TensorSource, ref: ModuleRef) -> tuple[int | None, int | None]:
+    k = ref.keys
+    for role in ("up", "diff", "diff_b", "hada_w1_a"):
+        if role in k:
+            rows = source.shape(k[role])[0]
+            break
+    else:
+        rows = None
+    cols = source.shape(k["down"])[1] if "down" in k else None
+    return rows, cols
+
+
+def _sizes(rule: Rule, total: int, where: str) -> list[int]:
+    unit, rem = divmod(total, sum(rule.ratios))
+    if rem:
+        raise LoraFormatError(f"{where}: {total} output rows cannot be split {rule.ratios} into {rule.parts}")
+    return [unit * r for r in rule.ratios]
+
+
+def build_plan(source: TensorSource, refs: list[ModuleRef], family: Family, target: str) -> list[Group]:
+    """target: "original" or "diffusers" naming for the denoiser; text encoders keep their names."""
+    groups: list[Group] = []
+    fusing: dict[tuple, list[ModuleRef | None]] = {}
+    for ref in refs:
+        m = ref.match
+        if ref.component != "model":
+            groups.append(Group(ref.component, "keep", [ref], [m.name]))
+            continue
+        rule = m.rule
+        rows, cols = _rows_in(source, ref)
+        needs_swap = bool(rule.swap and rows and cols and rule.swap(rows, cols))
+        if m.side == target or (not rule.fused and rule.original == rule.parts[0]):
+            groups.append(Group("model", "keep", [ref], [m.name]))
+        elif not rule.fused:
+            name = m.original_name if target == "original" else m.part_name(0)
+            groups.append(Group("model", "keep", [ref], [name], swap=needs_swap))
+        elif m.side == "original":
+            pad = 0
+            if rule.ratios == (1, 1, 1, 4) and rows and cols and rows == 3 * cols:
+                pad, rows = 4 * cols, 7 * cols  # Flux linear1 LoRA that only covers q, k, v (XLabs, linear1_qkv)
+            names = [m.part_name(i) for i in range(len(rule.parts))]
+            groups.append(Group("model", "split", [ref], names, _sizes(rule, rows, ref.raw_name), needs_swap, pad,
+                                rule=rule))
+        else:
+            slot = fusing.setdefault((id(rule), tuple(sorted(m.groups.items()))), [None] * len(rule.parts))
+            slot[m.part] = ref
+    for parts in fusing.values():
+        ref = next(p for p in parts if p is not None)
+        m, rule = ref.match, ref.match.rule
+        units = set()
+        for p, ratio in zip(parts, rule.ratios):
+            if p is not None:
+                rows, _ = _rows_in(source, p)
+                if rows % ratio:
+                    raise LoraFormatError(f"module {p.raw_name!r}: {rows} rows do not fit {rule.original}")
+                units.add(rows // ratio)
+        if len(units) != 1:
+            names = [p.raw_name for p in parts if p is not None]
+            raise LoraFormatError(f"inconsistent shapes: parts {names} of {m.original_name} have different widths")
+        unit = units.pop()
+        sizes = [unit * r for r in rule.ratios]
+        rows, cols = sum(sizes), _rows_in(source, ref)[1]
+        needs_swap = bool(rule.swap and cols and rule.swap(rows, cols))
+        shared = None
+        if all(p is not None and "down" in p.keys for p in parts):
+            shared = downs_equal([source.get(p.keys["down"]) for p in parts])
+        groups.append(Group("model", "fuse", parts, [m.original_name], sizes, needs_swap, shared_down=shared,
+                            rule=rule))
+    return groups
+
+
+def run_group(group: Group, load) -> list[tuple[str, str, ModuleWeights]]:
+    """load(ref) -> ModuleWeights. Returns (component, output name, weights) for each output module."""
+    if group.op == "fuse":
+        parts = [load(r) if r is not None else None for r in group.sources]
+        outs = [fuse(parts, group.sizes, group.shared_down)]
+    else:
+        m = load(group.sources[0])
+        if group.pad_rows:
+            m = _pad(m, group.pad_rows)
+        if group.op == "split" and group.swap:
+            m = swap_halves(m)
+        outs = split(m, group.sizes) if group.op == "split" else [m]
+    if group.swap and group.op != "split":
+        outs = [swap_halves(o) for o in outs]
+    return [(group.component, name, o) for name, o in zip(group.names, outs)]
+
+
+def _pad(m: ModuleWeights, rows: int) -> ModuleWeights:
+    up = m.tensors["up"]
+    return m.with_tensors(up=torch.cat([up, up.new_zeros((rows, *up.shape[1:]))], dim=0))
+
+
+__all__ = ["Group", "build_plan", "run_group", "ConversionError", "Unmatched"]

@@ -1,0 +1,40 @@
+"""What a conversion or inspection found: format, family, counts, and every key that was not carried over."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class UnmatchedKey:
+    key: str
+    reason: str
+
+
+@dataclass
+class ConvertReport:
+    source: str
+    target: str
+    format: str = ""
+    family: str = ""
+    variant: str = ""
+    modules_in: int = 0
+    modules_out: int = 0
+    tensors_out: int = 0
+    fused: int = 0
+    split: int = 0
+    unmatched: list[UnmatchedKey] = field(default_factory=list)
+    output: str | None = None
+
+    @property
+    def unmatched_count(self) -> int:
+        return len(self.unmatched)
+
+    def __str__(self) -> str:
+        lines = [f"source:   {self.source}", f"format:   {self.format}", f"family:   {self.variant or self.family}",
+                 f"target:   {self.target}" + (f" -> {self.output}" if self.output else ""),
+                 f"modules:  {self.modules_in} in, {self.modules_out} out ({self.fused} fused, {self.split} split); "
+                 f"{self.tensors_out} tensors written",
+                 f"unmatched keys: {self.unmatched_count}"]
+        lines += [f"  {u.key}: {u.reason}" for u in self.unmatched]
+        return "\n".join(lines)
