@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 
-def tiny_unet(seed: int = 0, cross_attention_dim: int = 32, prediction: str = "eps") -> nn.Module:
+def tiny_unet(seed: int = 0, cross_attention_dim: int = 32, channels: tuple[int, int] = (32, 64)) -> nn.Module:
     """UNet2DConditionModel with SD's block layout at toy width (4-channel 8x8+ latents)."""
     from diffusers import UNet2DConditionModel
 
@@ -17,7 +17,7 @@ def tiny_unet(seed: int = 0, cross_attention_dim: int = 32, prediction: str = "e
         sample_size=8,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(32, 64),
+        block_out_channels=channels,
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),

@@ -1,0 +1,204 @@
+"""Training loop on a tiny real UNet2DConditionModel (CPU)."""
+
+import math
+import re
+
+import pytest
+import torch
+
+from lora_lab.lora_core.adapters import adapter_from_weights
+from lora_lab.lora_core.checkpointing import block_modules
+from lora_lab.lora_core.diffusers_backend import DDPMUNetBackend
+from lora_lab.lora_core.errors import NonFiniteLossError, TrainingError
+from lora_lab.lora_core.injection import attached
+from lora_lab.lora_core.objective import diffusion_loss
+from lora_lab.lora_core.optim import make_optimizer, make_scheduler
+from lora_lab.lora_core.tiny_models import TinyTextEncoder, tiny_unet
+from lora_lab.lora_core.trainer import TrainConfig, TrainSample, train
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return tiny_unet(seed=0, channels=(16, 32)).requires_grad_(False)
+
+
+def make_samples(n=4, seed=1):
+    te, g = TinyTextEncoder(), torch.Generator().manual_seed(seed)
+    return [
+        TrainSample(torch.randn(4, 8, 8, generator=g), {"encoder_hidden_states": te(f"photo of thing {i}"), "id": i}, f"photo of thing {i}")
+        for i in range(n)
+    ]
+
+
+def config(**kw):
+    base = dict(steps=3, learning_rate=1e-3, rank=4, alpha=4.0, targets="attention_mlp", seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def eval_loss(backend, samples, lora=None):
+    """Mean loss over the samples at fixed noise levels with fixed noise."""
+    g = torch.Generator().manual_seed(123)
+    x0, conds = torch.stack([s.latent for s in samples]), [s.cond for s in samples]
+    modules = dict(backend.root.named_modules())
+    adapters = {} if lora is None else {n: adapter_from_weights(modules[n], w) for n, w in lora.modules.items()}
+    total = 0.0
+    with torch.no_grad(), attached(backend.root, adapters):
+        for u in (0.2, 0.4, 0.6, 0.8):
+            noise = torch.randn(x0.shape, generator=g)
+            total += float(diffusion_loss(backend, x0, noise, torch.full((len(samples),), u), conds).mean())
+    return total / 4
+
+
+def assert_same_lora(a, b, atol=0.0):
+    assert a.modules.keys() == b.modules.keys()
+    for name in a.modules:
+        for field in ("down", "up"):
+            torch.testing.assert_close(getattr(a.modules[name], field), getattr(b.modules[name], field), rtol=0, atol=atol)
+
+
+def test_it_learns(unet):
+    backend, samples = DDPMUNetBackend(unet), make_samples()
+    before = eval_loss(backend, samples)
+    result = train(backend, samples, config(steps=30, learning_rate=5e-3, rank=8, alpha=8.0, batch_size=2, targets="all_linear_conv"))
+    after = eval_loss(backend, samples, result.lora)
+    print(f"eval loss before {before:.4f} after {after:.4f}")
+    assert after < 0.8 * before
+    assert len(result.losses) == 30 and result.steps_done == 30 and not result.interrupted
+    assert eval_loss(backend, samples) == before  # adapters detached: the shared model is unchanged
+
+
+def test_model_left_untouched(unet):
+    unet.conv_in.weight.requires_grad_(True)  # a param that needs grad must get it back after training
+    state = {k: v.clone() for k, v in unet.state_dict().items()}
+    train(DDPMUNetBackend(unet), make_samples(), config(gradient_checkpointing=True))
+    assert all(torch.equal(unet.state_dict()[k], v) for k, v in state.items())
+    assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in unet.modules())
+    assert unet.conv_in.weight.requires_grad and unet.conv_in.weight.grad is None
+    assert not unet.conv_out.weight.requires_grad  # others keep their flag
+    unet.conv_in.weight.requires_grad_(False)
+
+
+class RecordingBackend(DDPMUNetBackend):
+    """Records every (x0, conds) pair the objective hands to the model."""
+
+    def __init__(self, unet):
+        super().__init__(unet)
+        self.calls = []
+
+    def noisy(self, x0, noise, sigma):
+        self._x0 = x0
+        return super().noisy(x0, noise, sigma)
+
+    def denoise(self, x_t, sigma, conds):
+        self.calls.append((self._x0.clone(), list(conds)))
+        return super().denoise(x_t, sigma, conds)
+
+
+def test_captions_stay_paired_and_epochs_shuffle(unet):
+    samples = make_samples(4)
+    backend = RecordingBackend(unet)
+    seen_ehs = []
+    handle = unet.register_forward_pre_hook(lambda m, a, kw: seen_ehs.append(kw["encoder_hidden_states"].clone()), with_kwargs=True)
+    try:
+        train(backend, samples, config(steps=4, batch_size=2))
+    finally:
+        handle.remove()
+    assert len(backend.calls) == 4 and len(seen_ehs) == 4
+    for (x0, conds), ehs in zip(backend.calls, seen_ehs):
+        assert x0.shape[0] == 2 and len(conds) == 2 and ehs.shape[0] == 2  # 2 samples per model call, no B^2
+        for i, cond in enumerate(conds):
+            assert torch.equal(x0[i], samples[cond["id"]].latent)  # latent i with ITS caption
+            assert torch.equal(ehs[i], cond["encoder_hidden_states"])
+    ids = [c["id"] for _, conds in backend.calls for c in conds]
+    assert sorted(ids[:4]) == [0, 1, 2, 3] and sorted(ids[4:]) == [0, 1, 2, 3]  # each epoch sees every sample once
+    assert ids[:4] != ids[4:] or ids[:4] != [0, 1, 2, 3]  # shuffled (seeded permutation)
+
+
+def test_nan_stops_with_last_good_result(unet):
+    backend = DDPMUNetBackend(unet)
+    for bad in range(4):
+        samples = make_samples(4)
+        samples[bad].latent[0, 0, 0] = float("nan")
+        with pytest.raises(NonFiniteLossError, match=r"loss became nan at step (\d+)") as info:
+            train(backend, samples, config(steps=8))
+        step = int(re.search(r"step (\d+)", str(info.value)).group(1))
+        if step >= 2:
+            break
+    assert step >= 2, "the NaN sample was always drawn first; cannot check the last good state"
+    last_good = info.value.result
+    assert last_good.steps_done == step - 1 and len(last_good.losses) == step - 1 and all(map(math.isfinite, last_good.losses))
+    clean = train(backend, make_samples(4), config(steps=step - 1))  # same seed, same draws up to the NaN
+    assert_same_lora(last_good.lora, clean.lora)
+    assert last_good.losses == clean.losses
+
+
+def test_grad_accumulation_equals_bigger_batch(unet):
+    backend, samples = DDPMUNetBackend(unet), make_samples(4)
+    big = train(backend, samples, config(batch_size=2, grad_accum=1, max_grad_norm=None))
+    accum = train(backend, samples, config(batch_size=1, grad_accum=2, max_grad_norm=None))
+    assert_same_lora(big.lora, accum.lora, atol=1e-6)
+    assert big.losses == pytest.approx(accum.losses, rel=1e-5)
+
+
+def test_gradient_checkpointing_gives_same_result(unet):
+    backend, samples = DDPMUNetBackend(unet), make_samples(4)
+    plain = train(backend, samples, config(batch_size=2, dropout=0.1))
+    ckpt = train(backend, samples, config(batch_size=2, dropout=0.1, gradient_checkpointing=True))
+    assert_same_lora(plain.lora, ckpt.lora, atol=1e-6)  # dropout RNG is replayed in recomputation
+    assert len(block_modules(unet)) >= 4  # the UNet's down/mid/up blocks really were wrapped
+
+
+def test_gradient_clipping_changes_update(unet):
+    backend, samples = DDPMUNetBackend(unet), make_samples(4)
+    loose = train(backend, samples, config(steps=2, learning_rate=1e-2, max_grad_norm=None))
+    tight = train(backend, samples, config(steps=2, learning_rate=1e-2, max_grad_norm=1e-4))
+    assert loose.losses[0] == tight.losses[0]
+    with pytest.raises(AssertionError):
+        assert_same_lora(loose.lora, tight.lora, atol=1e-7)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_runs(unet, precision):
+    try:
+        with torch.autocast("cpu", dtype=torch.float16 if precision == "fp16" else torch.bfloat16):
+            torch.nn.Linear(2, 2)(torch.ones(1, 2))
+    except RuntimeError as e:
+        pytest.skip(f"this torch cannot autocast {precision} on CPU: {e}")
+    result = train(DDPMUNetBackend(unet), make_samples(4), config(steps=3, precision=precision))
+    assert all(map(math.isfinite, result.losses))
+    weights = next(iter(result.lora.modules.values()))
+    assert weights.down.dtype == torch.float32 and torch.count_nonzero(weights.up) > 0  # fp32 master weights moved
+
+
+def test_should_stop_and_on_step(unet):
+    seen = []
+    result = train(DDPMUNetBackend(unet), make_samples(4), config(steps=10),
+                   on_step=lambda step, total, loss: seen.append((step, total)), should_stop=lambda: len(seen) >= 2)
+    assert result.interrupted and result.steps_done == 2 and seen == [(1, 10), (2, 10)]
+
+
+def test_bad_config_is_named(unet):
+    with pytest.raises(TrainingError, match="batch_size"):
+        train(DDPMUNetBackend(unet), make_samples(2), config(batch_size=0))
+    with pytest.raises(TrainingError, match="lr_schedule"):
+        train(DDPMUNetBackend(unet), make_samples(2), config(lr_schedule="wobbly"))
+    with pytest.raises(TrainingError, match="no training samples"):
+        train(DDPMUNetBackend(unet), [], config())
+
+
+def test_lr_schedules():
+    def lrs(name, warmup, total=10):
+        opt = make_optimizer([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched, out = make_scheduler(opt, name, warmup, total), []
+        for _ in range(total):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    assert lrs("constant", 0) == [1.0] * 10
+    assert lrs("constant_with_warmup", 4)[:5] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    cos = lrs("cosine", 2)
+    assert cos[:3] == [0.0, 0.5, 1.0] and cos[3] < 1.0 and cos[-1] < 0.1
+    lin = lrs("linear", 0)
+    assert lin[0] == 1.0 and lin[5] == pytest.approx(0.5)
