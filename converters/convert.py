@@ -32,6 +32,7 @@ class _Run:
 
     failed: dict[int, str] = field(default_factory=dict)
     config: dict[str, dict[str, dict]] = field(default_factory=dict)
+    emitted: set[str] = field(default_factory=set)
 
 
 def _target_side(analysis: Analysis, to: str) -> str:
@@ -63,6 +64,10 @@ def _produce(analysis: Analysis, groups: list[Group], to: str, fetch, dtype, run
             run.failed[gi] = str(e)
             continue
         for key, t in produced:
+            if key in run.emitted:
+                raise LoraFormatError(f"{analysis.source.path or 'state dict'}: two input modules both give {key!r} "
+                                      f"(the same module stored twice, e.g. in two formats)")
+            run.emitted.add(key)
             yield key, (t if key.endswith(".alpha") else _cast(t, dtype))
 
 
@@ -155,6 +160,7 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str, arch: 
         if not entries:
             raise LoraFormatError(f"{src}: nothing to write ({report.unmatched_count} keys unmatched)")
         metadata = _metadata(analysis, to, run)
+        run.emitted.clear()
         write_streaming(dst, entries, metadata, _produce(analysis, groups, to, source.get, DTYPES[dtype], run))
         if adapter_config and to == "diffusers":
             _write_adapter_config(dst, metadata)

@@ -59,6 +59,12 @@ class ModuleWeights:
         t = self.tensors
         if self.kind == "lora":
             return int(t["up"].shape[0])
+        if self.kind == "loha":
+            return int(t["hada_w1_a"].shape[0])
+        if self.kind == "lokr":
+            w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"]
+            w2 = t["lokr_w2"] if "lokr_w2" in t else t["lokr_w2_a"]
+            return int(w1.shape[0] * w2.shape[0])
         if "diff" in t:
             return int(t["diff"].shape[0])
         if "diff_b" in t:
@@ -67,8 +73,15 @@ class ModuleWeights:
 
     @property
     def in_features(self) -> int | None:
+        t = self.tensors
         if self.kind == "lora":
-            return int(self.tensors["down"].shape[1])
+            return int(t["down"].shape[1])
+        if self.kind == "loha":
+            return int(t["hada_w1_b"].shape[1])
+        if self.kind == "lokr":
+            w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_b"]
+            w2 = t["lokr_w2"] if "lokr_w2" in t else t["lokr_w2_b"]
+            return int(w1.shape[1] * w2.shape[1])
         if "diff" in self.tensors and self.tensors["diff"].dim() > 1:
             return int(self.tensors["diff"].shape[1])
         return None

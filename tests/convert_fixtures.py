@@ -20,7 +20,7 @@ def fixture_sections(name: str) -> list[list[tuple[str, tuple[int, ...] | None]]
     """Key groups separated by comment lines: some fixture files list excerpts of several LoRAs."""
     sections: list[list] = [[]]
     for line in (FIXTURES / name).read_text().splitlines():
-        if line.strip().startswith("#") and sections[-1]:
+        if line.strip().startswith(("#", '"""')) and sections[-1]:
             sections.append([])
         sections[-1].extend(_parse([line]))
     return [s for s in sections if s]

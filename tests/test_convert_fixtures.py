@@ -1,0 +1,73 @@
+"""Every real key list converts to both sides: zero unmatched keys (except named, by-nature ones) and equal deltas."""
+
+from __future__ import annotations
+
+import pytest
+
+from convert_deltas import assert_same_deltas, module_deltas
+from convert_fixtures import fixture_sections, fixture_state_dict
+from lora_lab.converters import convert_state_dict
+
+# (fixture, section, arch or None, divisor, {target: set of reasons allowed for unmatched keys})
+NO_DIFFUSERS_FORM = "no exact diffusers/PEFT LoRA form"
+CASES = [
+    ("flux_kohya_sdscripts.txt", None, None, 128, {}),
+    ("flux_kohya_with_clip_te1.txt", None, None, 128, {}),
+    ("flux_diffusers_peft_transformer_prefix.txt", None, None, 128, {}),
+    ("flux_aitoolkit_diffusion_model_prefix.txt", None, None, 128, {}),
+    ("flux_sdscripts_docstring_3formats.txt", 0, None, 128, {}),
+    ("flux_sdscripts_docstring_3formats.txt", 1, None, 128, {}),
+    ("flux_sdscripts_docstring_3formats.txt", 2, None, 128, {}),
+    ("flux_xlabs.txt", None, None, 128, {}),
+    ("sana_diffusers_DERIVED.txt", None, None, 80, {}),
+    ("sd15_kohya_diffusers_unet_names.txt", 0, None, 1, {}),
+    ("sd15_kohya_diffusers_unet_names.txt", 1, None, 1, {}),
+    ("sd15_sdxl_diffusers_unet_prefix_not_loaded_by_comfy.txt", 0, None, 1, {}),
+    ("sd15_sdxl_diffusers_unet_prefix_not_loaded_by_comfy.txt", 1, "sdxl", 1, {}),
+    ("sd15_sdxl_diffusers_unet_prefix_not_loaded_by_comfy.txt", 2, "sdxl", 1, {}),
+    ("sd15_sdxl_diffusers_unet_prefix_not_loaded_by_comfy.txt", 3, "sd15", 1, {"diffusers": {NO_DIFFUSERS_FORM}}),
+    ("sd3_onetrainer_mixture.txt", None, None, 1, {}),
+    ("sdxl_kohya_sgm_names.txt", 0, None, 1, {}),
+    ("sdxl_kohya_sgm_names.txt", 1, None, 1, {"diffusers": {NO_DIFFUSERS_FORM}}),
+    ("wan_diffusers_names_finetrainers.txt", None, None, 1, {}),
+    ("wan_comfy_native_peft_suffix.txt", None, None, 1, {}),
+    ("wan_comfy_native_lightx2v_style.txt", 0, None, 1, {"diffusers": {NO_DIFFUSERS_FORM}}),
+    ("wan_comfy_native_lightx2v_style.txt", 1, None, 1, {"diffusers": {NO_DIFFUSERS_FORM}}),
+    ("wan_musubi_kohya_dora.txt", None, None, 1, {}),
+    ("hunyuanvideo_various.txt", 0, "hunyuan_video", 1, {"diffusers": {"no diffusers name map for hunyuan_video"}}),
+]
+
+
+def _ids(case):
+    return f"{case[0].removesuffix('.txt')}[{case[1]}]"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+@pytest.mark.parametrize("to", ["comfyui", "diffusers"])
+def test_fixture_converts_exactly(case, to):
+    name, section, arch, divisor, allowed = case
+    sd = fixture_state_dict(name, divisor, section)
+    out, meta, report = convert_state_dict(sd, {}, to, arch=arch)
+    reasons = {u.reason for u in report.unmatched if not u.reason.startswith("alpha/DoRA tensor without")}
+    unexpected = {r for r in reasons if not any(a in r for a in allowed.get(to, ()))}
+    assert not unexpected, report
+    if not out:
+        assert reasons, "nothing converted and nothing reported"
+        return
+    before = module_deltas(sd, arch=arch)
+    after = module_deltas(out, meta, arch=arch)
+    dropped = {u.key for u in report.unmatched}
+    lost = set(module_deltas({k: sd[k] for k in dropped if k in sd}, arch=arch or report.family)) if dropped else set()
+    assert_same_deltas(before, after, only_in=set(before) - lost)
+
+
+def test_every_fixture_section_is_covered():
+    import os
+
+    from convert_fixtures import FIXTURES
+
+    covered = {c[0] for c in CASES}
+    for f in os.listdir(FIXTURES):
+        if f.endswith(".txt"):
+            assert f in covered or f == "hunyuanvideo_various.txt", f
+    assert len(fixture_sections("sd15_sdxl_diffusers_unet_prefix_not_loaded_by_comfy.txt")) == 4
