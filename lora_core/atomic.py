@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save as _safetensors_bytes
+
+_ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -33,6 +40,30 @@ def save_safetensors_atomic(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> None:
     """Serialise `tensors` (made contiguous, on CPU) to safetensors and write it atomically."""
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """The safetensors encoding with a canonical header (sorted keys).
+
+    safetensors' own writer emits the metadata in hash-map order, which changes from call to call; a
+    canonical header makes the same LoRA the same bytes (reproducible runs, content hashes).
+    Tensors are laid out by descending element size, then name, so each one stays aligned.
+    """
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    data = _safetensors_bytes(flat, metadata=None if metadata is None else {str(k): str(v) for k, v in metadata.items()})
-    atomic_write_bytes(path, data)
+    order = sorted(flat, key=lambda k: (-flat[k].element_size(), k))
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
+    chunks, offset = [], 0
+    for name in order:
+        t = flat[name]
+        if t.dtype not in _ST_DTYPES:
+            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    head += b" " * (-len(head) % 8)  # pad so the data starts 8-byte aligned (as safetensors does)
+    return struct.pack("<Q", len(head)) + head + b"".join(chunks)
