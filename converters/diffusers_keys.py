@@ -55,7 +55,10 @@ def diffusers_tensors(family: Family, component: str, name: str, m: ModuleWeight
     out = {f"{base}.lora_A.weight": lora.tensors["down"], f"{base}.lora_B.weight": lora.tensors["up"]}
     rank, scale = lora.rank, lora.scale
     if "magnitude" in lora.tensors:
-        out[f"{base}.lora_magnitude_vector"] = lora.tensors["magnitude"]
+        magnitude = lora.tensors["magnitude"]  # PEFT layout: (out,) for Linear, (1, out, 1, 1) for Conv
+        if lora.tensors["down"].dim() > 2:
+            magnitude = magnitude.reshape(1, -1, *[1] * (lora.tensors["down"].dim() - 2))
+        out[f"{base}.lora_magnitude_vector"] = magnitude
     if "diff_b" in lora.tensors:  # PEFT lora_bias lives in lora_B and is scaled with it
         b = lora.tensors["diff_b"]
         out[f"{base}.lora_B.bias"] = (b.float() / scale).to(b.dtype)
