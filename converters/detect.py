@@ -75,7 +75,8 @@ def detect_family(source: TensorSource, modules: dict[tuple, ModuleRef], arch: s
     elif {"flux", "sd3"} <= set(top):
         width = _width(source, refs, r"(attn[._]to_[qkv]|attn[._]add_[qkv]_proj|attn[._]to_out)")
         top = ["flux" if width in (3072, None) else "sd3"]
-    elif len(top) > 1 and not ({"flux", "hunyuan_video"} >= set(top)):
+    elif (len(top) > 1 and not ({"flux", "hunyuan_video"} >= set(top))
+          and all(hits[n] == hits[top[0]] for n in top)):
         raise LoraFormatError(f"{where}: ambiguous model family ({', '.join(top)}); pass --arch")
     chosen = top[0]
     others = {n: h - hits[chosen] for n, h in hits.items() if n != chosen and h - hits[chosen]}
