@@ -398,6 +398,53 @@ def write_kohya_lora(checkpoint: Path, out: Path, rank: int = 4, alpha: float = 
     return written
 
 
+def write_comfy_native_lora(model_file: Path, out: Path, patterns: tuple[str, ...], rank: int = 4,
+                            alpha: float = 4.0, seed: int = 7, scale: float = 0.05, file_prefix: str = "") -> list[str]:
+    """A LoRA in ComfyUI's native key format (diffusion_model.<module>.lora_down/lora_up/alpha) for every
+    2-d weight of model_file whose module path contains one of patterns. file_prefix: the prefix the UNet
+    keys carry in model_file ("" for UNETLoader files, "model.diffusion_model." for checkpoints)."""
+    import torch
+    from safetensors import safe_open
+
+    generator = torch.Generator().manual_seed(seed)
+    with safe_open(str(model_file), "pt") as handle:
+        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    tensors, written = {}, []
+    for key in sorted(shapes):
+        if not key.startswith(file_prefix) or not key.endswith(".weight") or len(shapes[key]) != 2:
+            continue
+        module = key[len(file_prefix): -len(".weight")]
+        if not any(p in module for p in patterns):
+            continue
+        out_features, in_features = shapes[key]
+        name = "diffusion_model." + module
+        tensors[f"{name}.lora_down.weight"] = torch.randn((rank, in_features), generator=generator) * scale
+        tensors[f"{name}.lora_up.weight"] = torch.randn((out_features, rank), generator=generator) * scale
+        tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+        written.append(module)
+    if not written:
+        raise RuntimeError(f"no 2-d weight of {model_file} matches {patterns}")
+    _save(tensors, out)
+    return written
+
+
+def detect_model_class(model_file: Path, unet_prefix: str = "") -> str:
+    """Name of the supported_models class ComfyUI detects for the UNet in model_file (from shapes only)."""
+    import torch
+    from safetensors import safe_open
+
+    from .comfy_env import import_comfy
+
+    import_comfy()
+    import comfy.model_detection
+
+    with safe_open(str(model_file), "pt") as handle:
+        meta = {k[len(unet_prefix):]: torch.empty(tuple(handle.get_slice(k).get_shape()), device="meta")
+                for k in handle.keys() if k.startswith(unet_prefix)}
+    config = comfy.model_detection.model_config_from_unet(meta, "")
+    return type(config).__name__ if config is not None else "None"
+
+
 def _main(argv: list[str]) -> int:
     import argparse
 

@@ -50,7 +50,7 @@ DEFAULT_TRAIN_INPUTS = {
     "timestep_sampling": "uniform", "precision": "fp32", "gradient_checkpointing": False, "seed": 0,
     "output_name": "lora_lab_test",
 }
-# LoraLabLoadLora: guessed input names (model, clip, lora_name, strength_model, strength_clip)
+# LoraLabLoadLora(model, lora_name, strength_model, strength_clip, clip?, lora?) -> (model, clip, report)
 DEFAULT_LOAD_INPUTS = {"strength_model": 1.0, "strength_clip": 1.0}
 
 SAMPLER = {"seed": 42, "steps": 3, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
@@ -107,7 +107,7 @@ def unet_sample_workflow(unet_name: str, clip_name: str, clip_type: str, prompt:
 NATIVE_TRAIN_INPUTS = {
     "batch_size": 1, "grad_accumulation_steps": 1, "steps": 4, "learning_rate": 1e-4, "rank": 4,
     "optimizer": "AdamW", "loss_function": "MSE", "seed": 0, "training_dtype": "fp32", "lora_dtype": "fp32",
-    "algorithm": "lora", "gradient_checkpointing": False, "existing_lora": "[None]", "bucket_mode": False,
+    "algorithm": "LoRA", "gradient_checkpointing": False, "existing_lora": "[None]", "bucket_mode": False,
 }
 
 
@@ -149,7 +149,7 @@ def train_then_sample_workflow(ckpt_name: str, dataset_dir: str, train_inputs: d
     if save_name:
         g.add(LORA_LAB_NODES["save"], lora=train[TRAIN_OUTPUTS["LORA"]], name=save_name)
     if loss_plot:
-        plot = g.add(LORA_LAB_NODES["loss_plot"], loss=train[TRAIN_OUTPUTS["LOSS"]])
+        plot = g.add(LORA_LAB_NODES["loss_plot"], loss=train[TRAIN_OUTPUTS["LOSS"]], width=512, height=256)
         g.add("SaveImage", images=plot[0], filename_prefix="lora_lab_loss")
     _sample_and_save_latent(g, train[TRAIN_OUTPUTS["MODEL"]], ckpt[1], prompt, width, height, seed, steps,
                             filename_prefix)
