@@ -120,7 +120,9 @@ def _frozen(root: torch.nn.Module):
         yield
     finally:
         for p in was:
-            p.requires_grad_(True)
+            # a weight made under inference_mode (ComfyUI loaders) may only be flagged inside it again
+            with torch.inference_mode(p.is_inference()):
+                p.requires_grad_(True)
 
 
 def train(

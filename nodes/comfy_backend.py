@@ -92,6 +92,28 @@ class ComfyBackend:
         return self.model.apply_model(x_t, sigma, **c)
 
 
+def make_weights_autograd_safe(root: torch.nn.Module) -> int:
+    """Swap inference-mode weights for ordinary copies of the same values; returns how many were swapped.
+
+    Loaders run under inference_mode, so the model's weights are inference tensors, and autograd refuses to
+    save them for backward (every frozen layer after the first LoRA needs its weight to pass gradients
+    back). ComfyUI's native trainer avoids this only because it rebuilds every weight through a wrapper.
+    The swap is invisible to the rest of the graph: same values, same dtype and device, no grad.
+    Call under ``torch.inference_mode(False)``.
+    """
+    swapped = 0
+    for module in root.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param.is_inference():
+                setattr(module, name, torch.nn.Parameter(param.clone(), requires_grad=False))
+                swapped += 1
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer is not None and buffer.is_inference():
+                module._buffers[name] = buffer.clone()
+                swapped += 1
+    return swapped
+
+
 def load_for_training(patcher, sample_shape: tuple[int, ...], batch_size: int) -> None:
     """Load the model through ComfyUI's memory manager, leaving room for training activations.
 

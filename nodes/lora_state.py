@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import __version__
 from ..lora_core.lora_file import training_metadata
 from ..lora_core.lora_weights import LoraWeights
 
@@ -41,12 +40,16 @@ class TrainedLora:
         return self.weights.kohya_state_dict(_kohya_name(self.family))
 
 
-def trained_lora(result, config, dataset, family: str, name: str) -> TrainedLora:
+def trained_lora(result, config, dataset, family: str, name: str, prediction: str = "") -> TrainedLora:
     """Attach ss_*/modelspec metadata (lora_core.lora_file.training_metadata) to a TrainResult's weights."""
     metadata = training_metadata(
-        config=config, family=family, output_name=name, steps_done=result.steps_done,
-        num_images=len(dataset.images), tag_frequency=dataset.tag_frequency(),
-        trigger_words=getattr(dataset, "trigger_word", "") or "", tool_version=__version__,
+        family=family, rank=config.rank, alpha=config.alpha, learning_rate=config.learning_rate,
+        max_steps=config.steps, steps_done=result.steps_done, num_images=len(dataset.images),
+        batch_size=config.batch_size, grad_accum=config.grad_accum, lr_schedule=config.lr_schedule,
+        warmup_steps=config.warmup_steps, seed=config.seed, precision=config.precision, dropout=config.dropout,
+        targets=config.targets, prediction=prediction, output_name=name,
+        trigger_words=dataset.trigger_word, captions=[image.caption for image in dataset.images],
+        resolution=dataset.resolution,
     )
     weights = LoraWeights(modules=result.lora.modules, metadata={**result.lora.metadata, **metadata})
     return TrainedLora(weights=weights, family=family)

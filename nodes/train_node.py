@@ -15,7 +15,8 @@ from server import PromptServer
 from ..lora_core.errors import NonFiniteLossError
 from ..lora_core.lora_file import save_lora_file
 from ..lora_core.trainer import TrainConfig, TrainSample, train
-from .comfy_backend import ComfyBackend, clone_tensors, encode_sample_cond, load_for_training
+from .comfy_backend import (ComfyBackend, clone_tensors, encode_sample_cond, load_for_training,
+                            make_weights_autograd_safe)
 from .comfy_paths import lora_output_name, unused_lora_path
 from .family import model_family
 from .lora_apply import apply_lora
@@ -159,6 +160,7 @@ class TrainLora(io.ComfyNode):
         )
         load_for_training(patcher, latents[0].shape, batch_size)
         with torch.inference_mode(False), torch.enable_grad():
+            make_weights_autograd_safe(backend.root)
             samples = []
             for image in images:
                 latent = per_image[id(image)].to(backend.device).clone()
@@ -168,11 +170,11 @@ class TrainLora(io.ComfyNode):
                 result = train(backend, samples, config, on_step=_Progress(steps, cls.hidden.unique_id),
                                should_stop=comfy.model_management.processing_interrupted)
             except NonFiniteLossError as error:
-                lora = trained_lora(error.result, config, dataset, family, name)
+                lora = trained_lora(error.result, config, dataset, family, name, backend.prediction)
                 path = _save_partial(lora, name, error.result.steps_done, "loss became non-finite")
                 raise NonFiniteLossError(f"{error} The last good LoRA was saved to {path}.") from error
 
-        lora = trained_lora(result, config, dataset, family, name)
+        lora = trained_lora(result, config, dataset, family, name, backend.prediction)
         if result.interrupted:
             _save_partial(lora, name, result.steps_done, "training cancelled")
             comfy.model_management.throw_exception_if_processing_interrupted()
