@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
 
+from ..lora_core.atomic import new_temp_file
 from ..lora_core.errors import LoraFormatError
 
 _NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -39,7 +39,7 @@ def write_streaming(path: str | os.PathLike, entries: list[tuple[str, torch.dtyp
     """`tensors` must yield exactly `entries`, in order. A temp file is os.replace'd onto `path` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = new_temp_file(path)
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
             f.write(header_bytes(entries, metadata))

@@ -17,11 +17,21 @@ _ST_DTYPES = {
 }
 
 
+def new_temp_file(path: Path) -> tuple[int, str]:
+    """A temp file beside `path` (same filesystem, so os.replace is atomic) with the permissions a plain
+    open() would give: mkstemp's 0600 would make saved LoRAs unreadable to other users of a shared ComfyUI."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temp file in the same directory, fsync it, then os.replace onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = new_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

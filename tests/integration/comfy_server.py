@@ -45,7 +45,9 @@ def free_port() -> int:
 
 def write_extra_model_paths(path: Path, model_dirs: dict[str, list[Path]], custom_nodes_dir: Path) -> Path:
     """An extra_model_paths yaml naming each model folder type (checkpoints, loras, vae, ...) and custom_nodes."""
-    lines = ["lora_lab_tests:"]
+    # is_default: these folders come first, so nodes that write (Save LoRA -> "loras") write here and
+    # never into the ComfyUI tree under test.
+    lines = ["lora_lab_tests:", "    is_default: true"]
     folders = dict(model_dirs)
     folders["custom_nodes"] = [custom_nodes_dir]
     for folder_type, dirs in folders.items():
