@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .inplace_guard import guard_inplace_inputs
+
 _MISSING = object()
 
 
@@ -39,16 +41,18 @@ def _checkpointed(forward):
 
 
 @contextmanager
-def gradient_checkpointing(root: nn.Module, enabled: bool = True) -> Iterator[int]:
-    """Wrap block forwards for the duration; yields the number of blocks wrapped. Restored in finally."""
-    if not enabled:
+def gradient_checkpointing(root: nn.Module, enabled: bool = True, guard_inplace: bool = False) -> Iterator[int]:
+    """Wrap block forwards for the duration (checkpointing and/or the in-place input guard, see
+    inplace_guard.py); yields the number of blocks wrapped. Original forwards are restored in finally."""
+    if not (enabled or guard_inplace):
         yield 0
         return
     saved: list[tuple[nn.Module, object]] = []
     try:
         for block in block_modules(root):
             saved.append((block, block.__dict__.get("forward", _MISSING)))
-            block.forward = _checkpointed(block.forward)
+            forward = guard_inplace_inputs(block.forward) if guard_inplace else block.forward
+            block.forward = _checkpointed(forward) if enabled else forward  # checkpoint outside the guard
         yield len(saved)
     finally:
         for block, original in reversed(saved):

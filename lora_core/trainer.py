@@ -44,6 +44,7 @@ class TrainConfig:
     logit_std: float = 1.0
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    guard_inplace: bool = True  # copy block inputs saved for backward: original (ComfyUI) blocks do `x += ...`
     seed: int = 0
     max_grad_norm: float | None = 1.0  # None or 0 disables clipping
     weight_decay: float = 0.01
@@ -154,7 +155,7 @@ def train(
         torch.manual_seed(config.seed)  # adapter dropout uses the global RNG; fork_rng restores it after
         stack.enter_context(_frozen(backend.root))
         stack.enter_context(attached(backend.root, adapters))
-        stack.enter_context(gradient_checkpointing(backend.root, config.gradient_checkpointing))
+        stack.enter_context(gradient_checkpointing(backend.root, config.gradient_checkpointing, config.guard_inplace))
         for step in range(config.steps):
             if should_stop is not None and should_stop():
                 return _result(adapters, losses, interrupted=True)
