@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-FIXTURES = Path(os.environ.get("LORA_KEY_FIXTURES", "/work/shared/fixtures/lora_keys"))
+# shared/ sits beside the checkout (CI clones the repo next to it); $LORA_KEY_FIXTURES overrides.
+FIXTURES = Path(os.environ.get("LORA_KEY_FIXTURES",
+                               Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lora_keys"))
 if not FIXTURES.is_dir():  # repo-local copy, when present
     FIXTURES = Path(__file__).parent / "fixtures" / "lora_keys"
 
