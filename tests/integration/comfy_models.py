@@ -22,7 +22,9 @@ Kinds (see MODEL_KINDS):
                 CLIP-L feeds it), bf16 -> UNETLoader
   sd3_small     SD3 MMDiT with depth 2 (hidden 128), context 4096 / pooled 2048 (what CLIPLoader type
                 "sd3" gives from a lone CLIP-L), bf16 -> UNETLoader
-  clip_l        standalone CLIP-L text encoder (HF key layout) -> CLIPLoader (type flux / sd3 / stable_diffusion)
+  clip_l        standalone CLIP-L text encoder (HF key layout) -> CLIPLoader: type "stable_diffusion" gives
+                (1,77,768)+pooled 768 (feeds flux_small), type "sd3" gives (1,77,4096)+pooled 2048 (sd3_small).
+                CLIPLoader has no "flux" type; DualCLIPLoader flux needs T5-XXL (4.7B params: not built here)
   flux_vae      16-channel KL VAE shaped like Flux's ae.safetensors -> VAELoader
   sd_vae        4-channel SD VAE -> VAELoader
 """

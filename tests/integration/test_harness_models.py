@@ -12,7 +12,7 @@ from .workflows import Graph, checkpoint_sample_workflow, unet_sample_workflow
 
 FLOW_MODELS = {
     # kind: (ComfyUI class it must be detected as, CLIPLoader type, latent channels, LoRA module patterns)
-    "flux_small": ("Flux", "flux", 16, ("img_attn.qkv", "linear1", "txt_attn.proj")),
+    "flux_small": ("Flux", "stable_diffusion", 16, ("img_attn.qkv", "linear1", "txt_attn.proj")),
     "sd3_small": ("SD3", "sd3", 16, ("attn.qkv", "attn.proj")),
 }
 
