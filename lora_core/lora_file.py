@@ -76,9 +76,8 @@ def training_metadata(
     finished_at: float | None = None,
 ) -> dict[str, str]:
     """Header metadata (all values str) for a LoRA trained by LoRA Lab."""
-    if family not in FAMILIES:
-        raise LoraFormatError(f"unknown model family {family!r}: one of {', '.join(FAMILIES)}")
-    fam = FAMILIES[family]
+    # Any model ComfyUI loads can be trained: unknown families get their own name in the metadata.
+    fam = FAMILIES.get(family, {"ss": family, "arch": f"{family}/lora", "impl": ""})
     triggers = [trigger_words] if isinstance(trigger_words, str) else list(trigger_words)
     triggers = [t.strip() for t in triggers if t and t.strip()]
     meta = {

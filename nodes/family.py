@@ -19,12 +19,17 @@ _FAMILIES = (
 
 
 def model_family(patcher) -> str:
-    """Family name of a ModelPatcher's model; unknown models keep their config class name."""
-    config_name = type(patcher.model.model_config).__name__
-    for prefix, family in _FAMILIES:
-        if config_name.startswith(prefix):
-            return family
+    """Family name of a ModelPatcher's model; unknown models keep their config class name.
+
+    The config class's MRO is searched so that subclasses (Segmind_Vega, SSD1B -> SDXL; WAN22_T2V -> WAN21)
+    resolve to their family.
+    """
+    config_class = type(patcher.model.model_config)
+    for cls in config_class.__mro__:
+        for prefix, family in _FAMILIES:
+            if cls.__name__.startswith(prefix):
+                return family
     # Third-party loaders (e.g. Sana through ComfyUI_ExtraModels) have their own config classes.
-    if "sana" in config_name.lower() or "sana" in type(patcher.model).__name__.lower():
+    if "sana" in config_class.__name__.lower() or "sana" in type(patcher.model).__name__.lower():
         return "sana"
-    return config_name.lower()
+    return config_class.__name__.lower()
