@@ -135,7 +135,25 @@ def train(
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train a LoRA on `backend.root`. Adapters are attached for the run and always removed."""
+    # ComfyUI runs nodes under inference_mode: adapters, optimizer state and activations must be made outside it
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train(backend, samples, config, on_step, should_stop)
+
+
+def _usable_in_autograd(obj: Any) -> Any:
+    """Copy inference-mode tensors (anywhere in dicts/lists/tuples) so autograd may save them."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone() if obj.is_inference() else obj
+    if isinstance(obj, dict):
+        return {k: _usable_in_autograd(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_usable_in_autograd(v) for v in obj)
+    return obj
+
+
+def _train(backend: Backend, samples: list[TrainSample], config: TrainConfig, on_step, should_stop) -> TrainResult:
     _validate(samples, config)
+    samples = [TrainSample(_usable_in_autograd(s.latent), _usable_in_autograd(s.cond), s.caption) for s in samples]
     device = torch.device(backend.device)
     gen = torch.Generator().manual_seed(config.seed)  # CPU generator: same draws on every device
     adapters = make_adapters(backend, config, gen)
@@ -149,8 +167,6 @@ def train(
     fork_devices = [device] if device.type == "cuda" else []
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.inference_mode(False))  # ComfyUI runs nodes under inference_mode
-        stack.enter_context(torch.enable_grad())
         stack.enter_context(torch.random.fork_rng(devices=fork_devices))
         torch.manual_seed(config.seed)  # adapter dropout uses the global RNG; fork_rng restores it after
         stack.enter_context(_frozen(backend.root))
