@@ -121,7 +121,7 @@ def summarise(runs: list[dict], lo: int, hi: int) -> dict:
         }
     native = summary.get("native", {})
     for config, s in summary.items():
-        if "error" in s or "error" in native or config == "native":
+        if "error" in s or "s_per_step" not in native or config == "native":
             continue
         s["step_time_ratio_vs_native"] = s["s_per_step"] / native["s_per_step"]
         s["peak_rss_ratio_vs_native"] = s["peak_rss_mb"] / native["peak_rss_mb"]
