@@ -21,6 +21,7 @@ from .comfy_paths import lora_output_name, unused_lora_path
 from .family import model_family
 from .lora_apply import apply_lora
 from .lora_state import TrainedLora, trained_lora
+from .rope_autograd import ensure_rope_autograd
 from .types import DATASET, LORA, LOSS
 
 log = logging.getLogger("lora_lab")
@@ -161,6 +162,7 @@ class TrainLora(io.ComfyNode):
         load_for_training(patcher, latents[0].shape, batch_size)
         with torch.inference_mode(False), torch.enable_grad():
             make_weights_autograd_safe(backend.root)
+            ensure_rope_autograd()
             samples = []
             for image in images:
                 latent = per_image[id(image)].to(backend.device).clone()

@@ -1,0 +1,77 @@
+"""Issue 2, must-show 1 (+7, 8): train in a real ComfyUI server on a random full SD1.5, sample with the
+trained MODEL, save the LoRA, reload it with the stock LoraLoader, and get the same latent."""
+
+from __future__ import annotations
+
+import torch
+from safetensors import safe_open
+
+from .sample_data import read_latent
+from .workflows import checkpoint_sample_workflow, train_then_sample_workflow, train_only_workflow
+
+TRAIN = {"steps": 3, "learning_rate": 1e-3, "rank": 4, "alpha": 4.0, "seed": 3}
+
+
+def _latent(server, history) -> torch.Tensor:
+    files = [f for f in server.output_files(history) if f.suffix == ".latent"]
+    assert len(files) == 1, f"expected one latent, got {files}"
+    return read_latent(files[0])
+
+
+def _assert_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    diff = (a - b).abs().max().item()
+    scale = a.abs().max().item()
+    assert diff <= 1e-3 * scale, f"{what}: max abs diff {diff} > 1e-3 x {scale}"
+
+
+def test_sd15_trained_model_equals_saved_lora_through_stock_loader(comfy_server, sd15_checkpoint, dataset_dir,
+                                                                   loras_dir):
+    ckpt = sd15_checkpoint.name
+    mark = comfy_server.log_mark()
+    history = comfy_server.run(train_then_sample_workflow(ckpt, str(dataset_dir), TRAIN, save_name="sd15_roundtrip",
+                                                          filename_prefix="latents/sd15_trained"), timeout=1800)
+    trained = _latent(comfy_server, history)
+    saved = loras_dir / "sd15_roundtrip.safetensors"
+    assert saved.is_file(), f"Save LoRA wrote nothing at {saved}: {list(loras_dir.iterdir())}"
+
+    reloaded = _latent(comfy_server, comfy_server.run(checkpoint_sample_workflow(
+        ckpt, lora=(saved.name, 1.0, 1.0), filename_prefix="latents/sd15_reloaded"), timeout=900))
+    base = _latent(comfy_server, comfy_server.run(checkpoint_sample_workflow(
+        ckpt, filename_prefix="latents/sd15_base"), timeout=900))
+
+    log = comfy_server.log_since(mark)
+    assert "lora key not loaded" not in log, log[-4000:]
+    _assert_close(trained, reloaded, "trained MODEL vs saved file through stock LoraLoader")
+    assert (trained - base).abs().max().item() > 1e-4, "the trained LoRA has no effect on sampling"
+
+    with safe_open(str(saved), "pt") as handle:
+        meta = handle.metadata()
+        keys = list(handle.keys())
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4.0"
+    assert meta["ss_steps"] == "3" and meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert all(k.startswith("lora_unet_") for k in keys)
+    # SD1.5 is written with kohya's diffusers block names, like sd-scripts.
+    assert any(k.startswith("lora_unet_down_blocks_0_attentions_0_") for k in keys), keys[:5]
+    # attention preset: q/k/v/out of 16 transformer blocks x 2 attentions, 3 tensors each
+    assert len(keys) == 16 * 8 * 3
+
+
+def test_save_never_overwrites_and_names_are_checked(comfy_server, sd15_checkpoint, dataset_dir, loras_dir):
+    ckpt = sd15_checkpoint.name
+    for _ in range(2):
+        comfy_server.run(train_only_workflow(ckpt, str(dataset_dir), dict(TRAIN, steps=1), save_name="twice"),
+                         timeout=1800)
+    assert (loras_dir / "twice.safetensors").is_file()
+    assert (loras_dir / "twice_00001.safetensors").is_file()
+
+    from .comfy_server import PromptFailed
+
+    for bad in ("../escape", "sub/dir"):
+        try:
+            comfy_server.run(train_only_workflow(ckpt, str(dataset_dir), dict(TRAIN, steps=1), save_name=bad),
+                             timeout=1800)
+        except PromptFailed as failure:
+            assert "not allowed" in str(failure), str(failure)
+        else:
+            raise AssertionError(f"save name {bad!r} was accepted")
+    assert not list(loras_dir.parent.glob("escape*"))
