@@ -20,6 +20,7 @@ from .adapters import adapter_from_weights
 from .atomic import atomic_write_bytes
 from .dataset import load_image_folder
 from .diffusers_backend import DDPMUNetBackend
+from .errors import LoraLabError
 from .injection import attached
 from .lora_file import load_lora_file, save_lora_file, training_metadata
 from .lora_weights import LoraWeights
@@ -42,7 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    run_demo(args.out, steps=args.steps, seed=args.seed, dataset=args.dataset, log=print)
+    try:
+        run_demo(args.out, steps=args.steps, seed=args.seed, dataset=args.dataset, log=print)
+    except LoraLabError as e:  # bad dataset folder, bad --steps: a message, not a traceback
+        print(f"lora-lab demo: error: {e}")
+        return 2
     return 0
 
 

@@ -164,6 +164,9 @@ def test_low_precision_runs(unet, precision):
             torch.nn.Linear(2, 2)(torch.ones(1, 2))
     except RuntimeError as e:
         pytest.skip(f"this torch cannot autocast {precision} on CPU: {e}")
+    from lora_lab.lora_core.precision import grad_scaler
+
+    assert grad_scaler(precision, torch.device("cpu")).is_enabled() == (precision == "fp16")  # loss scaling for fp16 only
     result = train(DDPMUNetBackend(unet), make_samples(4), config(steps=3, precision=precision))
     assert all(map(math.isfinite, result.losses))
     weights = next(iter(result.lora.modules.values()))
