@@ -226,3 +226,31 @@ def test_runs_inside_inference_mode_with_inference_tensors(unet):
         result = train(backend, samples, config(steps=2, batch_size=2))
     assert result.steps_done == 2 and all(map(math.isfinite, result.losses))
     assert any(torch.count_nonzero(w.up) for w in result.lora.modules.values())
+
+
+@pytest.mark.parametrize("family", ["sana", "flux"])
+def test_flow_backends_train(family):
+    from diffusers import FluxTransformer2DModel, SanaTransformer2DModel
+
+    from lora_lab.lora_core.diffusers_backend import FlowTransformerBackend
+
+    torch.manual_seed(0)
+    if family == "sana":
+        model = SanaTransformer2DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+                                       num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16,
+                                       caption_channels=16, sample_size=8)
+    else:
+        model = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                                       num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=8,
+                                       guidance_embeds=True, axes_dims_rope=(2, 2, 4))
+    model.requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    samples = [TrainSample(torch.randn(4, 8, 8, generator=g),
+                           {"encoder_hidden_states": torch.randn(5, 16, generator=g), "pooled_projections": torch.randn(8, generator=g)})
+               for _ in range(3)]
+    backend = FlowTransformerBackend(model, shift=3.0)
+    cfg = config(steps=3, batch_size=2, targets="attention_mlp", timestep_sampling="logit_normal", gradient_checkpointing=True)
+    a, b = train(backend, samples, cfg), train(backend, samples, cfg)
+    assert all(map(math.isfinite, a.losses)) and a.losses == b.losses
+    assert any(torch.count_nonzero(w.up) for w in a.lora.modules.values())
+    assert any(".ff." in n or "proj_mlp" in n for n in a.lora.modules)  # MLP layers were trained too
