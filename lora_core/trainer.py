@@ -66,7 +66,10 @@ class TrainResult:
     interrupted: bool = False
 
 
-def _validate(samples: list[TrainSample], config: TrainConfig) -> None:
+def _validate(backend: Backend, samples: list[TrainSample], config: TrainConfig) -> None:
+    missing = [m for m in ("root", "prediction", "device", "sigma_from_u", "noisy", "denoise", "c_out") if not hasattr(backend, m)]
+    if missing:
+        raise TrainingError(f"{type(backend).__name__} is not a Backend: it lacks {', '.join(missing)}")
     if not samples:
         raise TrainingError("no training samples")
     for name in ("steps", "batch_size", "grad_accum", "rank"):
@@ -152,7 +155,7 @@ def _usable_in_autograd(obj: Any) -> Any:
 
 
 def _train(backend: Backend, samples: list[TrainSample], config: TrainConfig, on_step, should_stop) -> TrainResult:
-    _validate(samples, config)
+    _validate(backend, samples, config)
     samples = [TrainSample(_usable_in_autograd(s.latent), _usable_in_autograd(s.cond), s.caption) for s in samples]
     device = torch.device(backend.device)
     gen = torch.Generator().manual_seed(config.seed)  # CPU generator: same draws on every device

@@ -187,6 +187,8 @@ def test_bad_config_is_named(unet):
         train(DDPMUNetBackend(unet), make_samples(2), config(lr_schedule="wobbly"))
     with pytest.raises(TrainingError, match="no training samples"):
         train(DDPMUNetBackend(unet), [], config())
+    with pytest.raises(TrainingError, match="lacks .*denoise"):
+        train(unet, make_samples(2), config())
 
 
 def test_lr_schedules():
