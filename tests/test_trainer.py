@@ -136,7 +136,7 @@ def test_grad_accumulation_equals_bigger_batch(unet):
     backend, samples = DDPMUNetBackend(unet), make_samples(4)
     big = train(backend, samples, config(batch_size=2, grad_accum=1, max_grad_norm=None))
     accum = train(backend, samples, config(batch_size=1, grad_accum=2, max_grad_norm=None))
-    assert_same_lora(big.lora, accum.lora, atol=1e-6)
+    assert_same_lora(big.lora, accum.lora, atol=1e-5)
     assert big.losses == pytest.approx(accum.losses, rel=1e-5)
 
 
@@ -144,7 +144,7 @@ def test_gradient_checkpointing_gives_same_result(unet):
     backend, samples = DDPMUNetBackend(unet), make_samples(4)
     plain = train(backend, samples, config(batch_size=2, dropout=0.1))
     ckpt = train(backend, samples, config(batch_size=2, dropout=0.1, gradient_checkpointing=True))
-    assert_same_lora(plain.lora, ckpt.lora, atol=1e-6)  # dropout RNG is replayed in recomputation
+    assert_same_lora(plain.lora, ckpt.lora, atol=1e-5)  # dropout RNG is replayed in recomputation
     assert len(block_modules(unet)) >= 4  # the UNet's down/mid/up blocks really were wrapped
 
 
