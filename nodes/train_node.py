@@ -69,11 +69,15 @@ class _Progress:
         self.node_id = node_id
 
     def __call__(self, step: int, total: int, loss: float) -> None:
+        text = f"step {step}/{total}  loss {loss:.5f}"
+        if step == 1 or step == total or step % max(1, total // 20) == 0:
+            log.info("LoRA Lab: %s", text)
         if comfy.model_management.processing_interrupted():
             return
         self.bar.update_absolute(step, total)
-        if self.node_id and PromptServer.instance is not None:
-            PromptServer.instance.send_progress_text(f"step {step}/{total}  loss {loss:.5f}", self.node_id)
+        server = getattr(PromptServer, "instance", None)
+        if self.node_id and server is not None:
+            server.send_progress_text(text, self.node_id)
 
 
 def _save_partial(lora: TrainedLora, name: str, step: int, reason: str) -> Path:

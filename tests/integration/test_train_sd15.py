@@ -75,3 +75,38 @@ def test_save_never_overwrites_and_names_are_checked(comfy_server, sd15_checkpoi
         else:
             raise AssertionError(f"save name {bad!r} was accepted")
     assert not list(loras_dir.parent.glob("escape*"))
+
+
+def test_cancel_leaves_a_loadable_partial_lora(comfy_server, sd15_checkpoint, dataset_dir, loras_dir):
+    """POST /interrupt mid-training: the partial LoRA is in models/loras and the stock loader takes it."""
+    import time
+
+    from .comfy_server import PromptFailed
+
+    ckpt = sd15_checkpoint.name
+    mark = comfy_server.log_mark()
+    prompt_id = comfy_server.queue_prompt(train_only_workflow(ckpt, str(dataset_dir),
+                                                             dict(TRAIN, steps=500, output_name="cancelled"),
+                                                             save_name="never_saved"))
+    deadline = time.time() + 900
+    while "LoRA Lab: step 1/500" not in comfy_server.log_since(mark):
+        assert time.time() < deadline, comfy_server.log_since(mark)[-3000:]
+        time.sleep(0.5)
+    comfy_server.interrupt()
+    try:
+        comfy_server.wait(prompt_id, timeout=600)
+    except PromptFailed:
+        pass  # an interrupted prompt ends as an error/interrupted entry: that is the point
+    partial = sorted(loras_dir.glob("cancelled_step*.safetensors"))
+    assert len(partial) == 1, f"expected one partial LoRA, found {list(loras_dir.iterdir())}"
+    assert not (loras_dir / "never_saved.safetensors").exists()
+    steps = int(partial[0].stem.split("_step")[1])
+    assert 1 <= steps < 500
+    with safe_open(str(partial[0]), "pt") as handle:
+        assert handle.metadata()["ss_steps"] == str(steps)
+
+    mark = comfy_server.log_mark()
+    latent = _latent(comfy_server, comfy_server.run(checkpoint_sample_workflow(
+        ckpt, lora=(partial[0].name, 1.0, 1.0), filename_prefix="latents/after_cancel"), timeout=900))
+    assert torch.isfinite(latent).all()
+    assert "lora key not loaded" not in comfy_server.log_since(mark)
