@@ -21,6 +21,7 @@ from .plan import Group, build_plan, run_group
 from .report import ConvertReport, UnmatchedKey
 from .safetensors_stream import write_streaming
 from .source import DictSource, open_source
+from .torch_threads import torch_threads
 
 DTYPES = {None: None, "keep": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 TARGETS = ("comfyui", "diffusers")
@@ -148,24 +149,25 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str, arch: 
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise LoraFormatError(f"{dst}: output is the input file")
     source = open_source(src)
-    try:
-        analysis = analyse(source, arch)
-        groups = build_plan(source, analysis.refs, analysis.family, _target_side(analysis, to))
-        run = _Run()
-        # pass 1 on shape-only tensors: the header (and the PEFT config) before any data is written
-        entries = [(k, t.dtype, tuple(t.shape)) for k, t in _produce(analysis, groups, to, source.meta,
-                                                                      DTYPES[dtype], run)]
-        report = _report(analysis, groups, to, run, len(entries), _modules_out(k for k, _, _ in entries))
-        _check_strict(report, strict)
-        if not entries:
-            raise LoraFormatError(f"{src}: nothing to write ({report.unmatched_count} keys unmatched)")
-        metadata = _metadata(analysis, to, run)
-        run.emitted.clear()
-        write_streaming(dst, entries, metadata, _produce(analysis, groups, to, source.get, DTYPES[dtype], run))
-        if adapter_config and to == "diffusers":
-            _write_adapter_config(dst, metadata)
-    finally:
-        source.close()
+    with torch_threads(1):
+        try:
+            analysis = analyse(source, arch)
+            groups = build_plan(source, analysis.refs, analysis.family, _target_side(analysis, to))
+            run = _Run()
+            # pass 1 on shape-only tensors: the header (and the PEFT config) before any data is written
+            entries = [(k, t.dtype, tuple(t.shape)) for k, t in _produce(analysis, groups, to, source.meta,
+                                                                          DTYPES[dtype], run)]
+            report = _report(analysis, groups, to, run, len(entries), _modules_out(k for k, _, _ in entries))
+            _check_strict(report, strict)
+            if not entries:
+                raise LoraFormatError(f"{src}: nothing to write ({report.unmatched_count} keys unmatched)")
+            metadata = _metadata(analysis, to, run)
+            run.emitted.clear()
+            write_streaming(dst, entries, metadata, _produce(analysis, groups, to, source.get, DTYPES[dtype], run))
+            if adapter_config and to == "diffusers":
+                _write_adapter_config(dst, metadata)
+        finally:
+            source.close()
     report.output = str(dst)
     return report
 

@@ -18,9 +18,18 @@ class ConversionError(ValueError):
     """A module cannot be converted exactly (reported by name, never silently dropped)."""
 
 
+def cat0(tensors: list[Tensor]) -> Tensor:
+    """torch.cat along rows. On meta tensors (the shape-only header pass) just the shape is computed: meta cat
+    runs torch's Python reference implementation, whose first use imports about a second of modules."""
+    if all(t.is_meta for t in tensors):
+        first = tensors[0]
+        return torch.empty((sum(t.shape[0] for t in tensors), *first.shape[1:]), dtype=first.dtype, device="meta")
+    return torch.cat(tensors, dim=0)
+
+
 def _cat_rows(parts: list[Tensor | None], sizes: list[int], like: Tensor) -> Tensor:
     rows = [p if p is not None else like.new_zeros((n, *like.shape[1:])) for p, n in zip(parts, sizes)]
-    return torch.cat([r.to(like.dtype) for r in rows], dim=0)
+    return cat0([r.to(like.dtype) for r in rows])
 
 
 def unfold_mid(m: ModuleWeights) -> ModuleWeights:
@@ -77,7 +86,7 @@ def _fuse_lora(parts: list[ModuleWeights | None], sizes: list[int], shared_down:
         shared_down = downs_equal(downs) and len(present) == len(parts)
     shared_down = shared_down and same_scale and len(present) == len(parts)
     if shared_down:  # parts that were split from one fused module: no rank growth
-        up = torch.cat([u.to(dtype) for u in ups], dim=0)
+        up = cat0([u.to(dtype) for u in ups])
         return ModuleWeights("lora", {"down": downs[0], "up": up}, alpha=scale * downs[0].shape[0])
     rank = sum(d.shape[0] for d in downs)
     trailing = ups[0].shape[2:]
@@ -92,12 +101,14 @@ def _fuse_lora(parts: list[ModuleWeights | None], sizes: list[int], shared_down:
             up[row:row + n, col:col + r] = block.reshape(n, r, *trailing).to(dtype)
             col += r
         row += n
-    down = torch.cat([d.to(downs[0].dtype) for d in downs], dim=0)
+    down = cat0([d.to(downs[0].dtype) for d in downs])
     return ModuleWeights("lora", {"down": down, "up": up}, alpha=scale * rank)
 
 
 def downs_equal(downs: list[Tensor]) -> bool:
-    return all(d.shape == downs[0].shape and torch.equal(d, downs[0]) for d in downs[1:])
+    """Exact equality; the first rows are compared first so that independent A matrices are rejected cheaply."""
+    first = downs[0]
+    return all(d.shape == first.shape and torch.equal(d[:1], first[:1]) and torch.equal(d, first) for d in downs[1:])
 
 
 def split(m: ModuleWeights, sizes: list[int]) -> list[ModuleWeights]:
@@ -122,6 +133,6 @@ def swap_halves(m: ModuleWeights) -> ModuleWeights:
 
     def swap(t: Tensor) -> Tensor:
         a, b = t.chunk(2, dim=0)
-        return torch.cat([b, a], dim=0)
+        return cat0([b, a])
 
     return m.with_tensors(**{r: swap(m.tensors[r]) for r in ("up", "diff", "diff_b", "magnitude") if r in m.tensors})

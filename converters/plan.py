@@ -9,7 +9,7 @@ import torch
 from ..lora_core.errors import LoraFormatError
 from .families import Family
 from .families.rule import Rule
-from .fuse_split import ConversionError, downs_equal, fuse, split, swap_halves
+from .fuse_split import ConversionError, cat0, downs_equal, fuse, split, swap_halves
 from .lora_index import ModuleRef, Unmatched
 from .module_weights import ModuleWeights
 from .source import TensorSource
@@ -118,7 +118,7 @@ def run_group(group: Group, load) -> list[tuple[str, str, ModuleWeights]]:
 
 def _pad(m: ModuleWeights, rows: int) -> ModuleWeights:
     up = m.tensors["up"]
-    return m.with_tensors(up=torch.cat([up, up.new_zeros((rows, *up.shape[1:]))], dim=0))
+    return m.with_tensors(up=cat0([up, up.new_zeros((rows, *up.shape[1:]))]))
 
 
 __all__ = ["Group", "build_plan", "run_group", "ConversionError", "Unmatched"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -34,28 +37,88 @@ def header_bytes(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metada
     return len(raw).to_bytes(8, "little") + raw
 
 
+def _write_all(fd: int, t: Tensor) -> None:
+    """The tensor's bytes, straight from its storage (no bytes copy); a write may be partial."""
+    view = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    done = 0
+    while done < len(view):
+        done += os.write(fd, view[done:])
+
+
+class _Writer(threading.Thread):
+    """Writes queued tensors in order while the caller computes the next ones (os.write releases the GIL).
+
+    The queue is short, so at most `depth` produced tensors wait in memory.
+    """
+
+    def __init__(self, fd: int, depth: int = 4):
+        super().__init__(name="lora-lab-safetensors-writer", daemon=True)
+        self.fd, self.queue, self.error = fd, queue.Queue(maxsize=depth), None
+
+    def run(self) -> None:
+        while (t := self.queue.get()) is not None:
+            if self.error is None:  # after a failure keep draining so put() never blocks forever
+                try:
+                    _write_all(self.fd, t)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                    self.error = e
+
+    def put(self, t: Tensor) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(t)
+
+    def finish(self) -> None:
+        self.queue.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
 def write_streaming(path: str | os.PathLike, entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
                     metadata: dict[str, str] | None, tensors: Iterable[tuple[str, Tensor]]) -> None:
-    """`tensors` must yield exactly `entries`, in order. A temp file is os.replace'd onto `path` only on success."""
+    """`tensors` must yield exactly `entries`, in order. A temp file is os.replace'd onto `path` only on success.
+
+    Space for the whole file is reserved first (a full disk fails before any work), tensors are written from
+    a second thread as they are produced, and the file is fsync'ed once at the end.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    header = header_bytes(entries, metadata)
+    total = len(header) + sum(_nbytes(shape, dtype) for _, dtype, shape in entries)
     fd, tmp = new_temp_file(path)
+    writer = None
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            f.write(header_bytes(entries, metadata))
-            it: Iterator = iter(tensors)
-            for key, dtype, shape in entries:
-                got_key, t = next(it)
-                if got_key != key or t.dtype != dtype or tuple(t.shape) != tuple(shape):
-                    raise LoraFormatError(f"internal: streamed tensor {got_key!r} {t.dtype} {tuple(t.shape)} "
-                                          f"does not match header entry {key!r} {dtype} {shape}")
-                data = t.detach().to("cpu").contiguous().reshape(-1)
-                if data.numel():
-                    f.write(data.view(torch.uint8).numpy().data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            os.posix_fallocate(fd, 0, total)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise
+            # filesystems without fallocate support: plain writes
+        _write_all(fd, torch.frombuffer(bytearray(header), dtype=torch.uint8))
+        writer = _Writer(fd)
+        writer.start()
+        it: Iterator = iter(tensors)
+        for key, dtype, shape in entries:
+            got_key, t = next(it)
+            if got_key != key or t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                raise LoraFormatError(f"internal: streamed tensor {got_key!r} {t.dtype} {tuple(t.shape)} "
+                                      f"does not match header entry {key!r} {dtype} {shape}")
+            data = t.detach().to("cpu").contiguous()
+            if data.numel():
+                writer.put(data)
+        writer, pending = None, writer
+        pending.finish()
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
         os.replace(tmp, path)
     except BaseException:
+        if writer is not None:
+            writer.queue.put(None)
+            writer.join()
+        if fd >= 0:
+            os.close(fd)
         try:
             os.unlink(tmp)
         except FileNotFoundError:

@@ -102,17 +102,22 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
 
 
 class SafetensorsSource(TensorSource):
+    """Tensors are read with pread into fresh buffers, not through an mmap: faulting a large mmap in page by page
+    is several times slower than one read per tensor (6.9 s vs 0.2 s for a cached 1.4 GB file on a 2-core VM)."""
+
     def __init__(self, path: Path):
         from safetensors import safe_open
 
         self.path = path
-        self.header, _ = read_safetensors_header(path)
+        self.header, self._data_start = read_safetensors_header(path)
         self.metadata = dict(self.header.get("__metadata__") or {})
         self._entries = {k: v for k, v in self.header.items() if k != "__metadata__"}
-        try:
-            self._file = safe_open(str(path), framework="pt", device="cpu")
+        try:  # safetensors' own checks (overlapping offsets, ...) on top of ours
+            with safe_open(str(path), framework="pt", device="cpu"):
+                pass
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
             raise LoraFormatError(f"{path}: cannot open as safetensors ({e})") from None
+        self._fd: int | None = os.open(path, os.O_RDONLY)
 
     def keys(self):
         return list(self._entries)
@@ -124,10 +129,25 @@ class SafetensorsSource(TensorSource):
         return ST_DTYPES[self._entries[key]["dtype"]]
 
     def get(self, key):
-        return self._file.get_tensor(key)
+        info = self._entries[key]
+        start, end = info["data_offsets"]
+        t = torch.empty(info["shape"], dtype=ST_DTYPES[info["dtype"]])
+        if end > start:
+            if self._fd is None:
+                raise LoraFormatError(f"{self.path}: read after close")
+            buf = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+            done = 0
+            while done < len(buf):  # a read may return less (Linux caps one call at ~2 GiB)
+                got = os.preadv(self._fd, [buf[done:]], self._data_start + start + done)
+                if got <= 0:
+                    raise LoraFormatError(f"{self.path}: truncated while reading {key!r} ({done} of {len(buf)} bytes)")
+                done += got
+        return t  # safetensors stores little-endian, as every platform torch runs on
 
     def close(self):
-        self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def open_source(path: str | os.PathLike) -> TensorSource:
