@@ -47,6 +47,10 @@ def rules_for(layout: UNetLayout) -> list[Rule]:
              Rule("out.2", ("conv_out",))]
     if layout.label_emb:
         rules += [Rule("label_emb.0.0", ("add_embedding.linear_1",)), Rule("label_emb.0.2", ("add_embedding.linear_2",))]
+        # ComfyUI's own diffusers map (comfy.utils.unet_to_diffusers) calls label_emb "class_embedding", so it loads
+        # kohya keys lora_unet_class_embedding_linear_1; read them too (the rules above come first, so writing
+        # diffusers names still gives add_embedding).
+        rules += [Rule("label_emb.0.0", ("class_embedding.linear_1",)), Rule("label_emb.0.2", ("class_embedding.linear_2",))]
     for level, depth in enumerate(layout.depths):
         for i in range(nres):
             n = 1 + level * (nres + 1) + i
