@@ -10,7 +10,6 @@ import torch
 import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
-from server import PromptServer
 
 from ..lora_core.errors import NonFiniteLossError
 from ..lora_core.lora_file import save_lora_file
@@ -61,6 +60,14 @@ def _resolve_timestep_sampling(sampling: str, backend: ComfyBackend) -> str:
     return "logit_normal" if "Flow" in backend.prediction or "Flux" in backend.prediction else "uniform"
 
 
+def _prompt_server():
+    """ComfyUI's PromptServer when one runs (it is absent when nodes are called in-process)."""
+    import sys
+
+    server_module = sys.modules.get("server")
+    return getattr(getattr(server_module, "PromptServer", None), "instance", None)
+
+
 class _Progress:
     """UI progress bar + loss text; never lets ComfyUI's hook raise on cancel mid-step (we save first)."""
 
@@ -75,7 +82,7 @@ class _Progress:
         if comfy.model_management.processing_interrupted():
             return
         self.bar.update_absolute(step, total)
-        server = getattr(PromptServer, "instance", None)
+        server = _prompt_server()
         if self.node_id and server is not None:
             server.send_progress_text(text, self.node_id)
 

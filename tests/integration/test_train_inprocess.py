@@ -70,7 +70,7 @@ def test_it_learns_on_random_sd15(sd15, dataset_dir, capsys):
     with capsys.disabled():
         print(f"\nit learns (random SD1.5, 4 images, 30 steps, rank 8 all_linear, lr 2e-3): "
               f"fixed-noise eval loss {before:.4f} -> {after:.4f} ({100 * (after - before) / before:+.1f}%); "
-              f"train loss first/last {loss['loss'][0]:.4f}/{loss['loss'][-1]:.4f}")
+              f"train losses {[round(x, 6) for x in loss['loss']]}; eval after {after!r}")
     assert after < 0.8 * before, f"eval loss did not drop clearly: {before} -> {after}"
 
 
@@ -160,6 +160,8 @@ def test_lora_for_another_architecture_is_refused_with_counts(sd15, tmp_path):
         flux_like[f"lora_unet_{name}.alpha"] = torch.tensor(4.0)
     save_file(flux_like, str(tmp_path / "flux_like.safetensors"))
     model, clip, _vae = sd15
-    with pytest.raises(LoraFormatError, match=r"none of its 2 modules match"):
+    # ComfyUI imports the pack under its folder's path, so the class is the pack's twin of lora_lab's
+    with pytest.raises(Exception, match=r"none of its 2 modules match this model") as raised:
         call_node("LoraLabLoadLora", model=model, clip=clip, lora_name="flux_like.safetensors",
                   strength_model=1.0, strength_clip=1.0)
+    assert type(raised.value).__name__ == LoraFormatError.__name__
