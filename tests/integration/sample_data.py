@@ -36,3 +36,17 @@ def read_latent(path: Path):
     if "latent_tensor" not in tensors:
         raise KeyError(f"{path} has no latent_tensor (keys: {sorted(tensors)})")
     return tensors["latent_tensor"]
+
+
+def saved_latent(server, history: dict):
+    """The one latent a prompt saved with SaveLatent."""
+    files = [f for f in server.output_files(history) if f.suffix == ".latent"]
+    assert len(files) == 1, f"expected one latent, got {files}"
+    return read_latent(files[0])
+
+
+def assert_latents_close(a, b, what: str, rel: float = 1e-3) -> None:
+    """max |a - b| <= rel x max |a|: the issue's criterion for 'the same image'."""
+    diff = (a - b).abs().max().item()
+    scale = a.abs().max().item()
+    assert diff <= rel * scale, f"{what}: max abs diff {diff} > {rel} x {scale}"

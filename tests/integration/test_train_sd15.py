@@ -6,22 +6,12 @@ from __future__ import annotations
 import torch
 from safetensors import safe_open
 
-from .sample_data import read_latent
+from .sample_data import assert_latents_close, saved_latent
 from .workflows import checkpoint_sample_workflow, train_then_sample_workflow, train_only_workflow
 
 TRAIN = {"steps": 3, "learning_rate": 1e-3, "rank": 4, "alpha": 4.0, "seed": 3}
 
 
-def _latent(server, history) -> torch.Tensor:
-    files = [f for f in server.output_files(history) if f.suffix == ".latent"]
-    assert len(files) == 1, f"expected one latent, got {files}"
-    return read_latent(files[0])
-
-
-def _assert_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
-    diff = (a - b).abs().max().item()
-    scale = a.abs().max().item()
-    assert diff <= 1e-3 * scale, f"{what}: max abs diff {diff} > 1e-3 x {scale}"
 
 
 def test_sd15_trained_model_equals_saved_lora_through_stock_loader(comfy_server, sd15_checkpoint, dataset_dir,
@@ -30,18 +20,18 @@ def test_sd15_trained_model_equals_saved_lora_through_stock_loader(comfy_server,
     mark = comfy_server.log_mark()
     history = comfy_server.run(train_then_sample_workflow(ckpt, str(dataset_dir), TRAIN, save_name="sd15_roundtrip",
                                                           filename_prefix="latents/sd15_trained"), timeout=1800)
-    trained = _latent(comfy_server, history)
+    trained = saved_latent(comfy_server, history)
     saved = loras_dir / "sd15_roundtrip.safetensors"
     assert saved.is_file(), f"Save LoRA wrote nothing at {saved}: {list(loras_dir.iterdir())}"
 
-    reloaded = _latent(comfy_server, comfy_server.run(checkpoint_sample_workflow(
+    reloaded = saved_latent(comfy_server, comfy_server.run(checkpoint_sample_workflow(
         ckpt, lora=(saved.name, 1.0, 1.0), filename_prefix="latents/sd15_reloaded"), timeout=900))
-    base = _latent(comfy_server, comfy_server.run(checkpoint_sample_workflow(
+    base = saved_latent(comfy_server, comfy_server.run(checkpoint_sample_workflow(
         ckpt, filename_prefix="latents/sd15_base"), timeout=900))
 
     log = comfy_server.log_since(mark)
     assert "lora key not loaded" not in log, log[-4000:]
-    _assert_close(trained, reloaded, "trained MODEL vs saved file through stock LoraLoader")
+    assert_latents_close(trained, reloaded, "trained MODEL vs saved file through stock LoraLoader")
     assert (trained - base).abs().max().item() > 1e-4, "the trained LoRA has no effect on sampling"
 
     with safe_open(str(saved), "pt") as handle:
@@ -106,7 +96,7 @@ def test_cancel_leaves_a_loadable_partial_lora(comfy_server, sd15_checkpoint, da
         assert handle.metadata()["ss_steps"] == str(steps)
 
     mark = comfy_server.log_mark()
-    latent = _latent(comfy_server, comfy_server.run(checkpoint_sample_workflow(
+    latent = saved_latent(comfy_server, comfy_server.run(checkpoint_sample_workflow(
         ckpt, lora=(partial[0].name, 1.0, 1.0), filename_prefix="latents/after_cancel"), timeout=900))
     assert torch.isfinite(latent).all()
     assert "lora key not loaded" not in comfy_server.log_since(mark)

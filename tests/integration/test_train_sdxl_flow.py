@@ -4,26 +4,15 @@ size conditioning) and for flow-matching models (Flux- and SD3-shaped, loaded wi
 from __future__ import annotations
 
 import pytest
-import torch
 from safetensors import safe_open
 
-from .sample_data import read_latent
+from .sample_data import assert_latents_close, saved_latent
 from .workflows import (LORA_LAB_NODES, TRAIN_OUTPUTS, Graph, _sample_and_save_latent, checkpoint_sample_workflow,
                         lora_lab_train_nodes, unet_sample_workflow)
 
 TRAIN = {"steps": 2, "learning_rate": 1e-3, "rank": 4, "alpha": 4.0, "seed": 5}
 
 
-def _latent(server, history) -> torch.Tensor:
-    files = [f for f in server.output_files(history) if f.suffix == ".latent"]
-    assert len(files) == 1, f"expected one latent, got {files}"
-    return read_latent(files[0])
-
-
-def _assert_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
-    diff = (a - b).abs().max().item()
-    scale = a.abs().max().item()
-    assert diff <= 1e-3 * scale, f"{what}: max abs diff {diff} > 1e-3 x {scale}"
 
 
 def _keys_and_meta(path):
@@ -41,13 +30,13 @@ def test_sdxl_round_trip(comfy_server, model_file, dataset_dir, loras_dir):
     _sample_and_save_latent(g, train[TRAIN_OUTPUTS["MODEL"]], loader[1], "a photo of a cat", 64, 64, 42, 2,
                             "latents/sdxl_trained")
     mark = comfy_server.log_mark()
-    trained = _latent(comfy_server, comfy_server.run(g.api(), timeout=2400))
+    trained = saved_latent(comfy_server, comfy_server.run(g.api(), timeout=2400))
     saved = loras_dir / "sdxl_roundtrip.safetensors"
-    reloaded = _latent(comfy_server, comfy_server.run(checkpoint_sample_workflow(
+    reloaded = saved_latent(comfy_server, comfy_server.run(checkpoint_sample_workflow(
         ckpt, lora=(saved.name, 1.0, 1.0), steps=2, filename_prefix="latents/sdxl_reloaded"), timeout=1200))
     log = comfy_server.log_since(mark)
     assert "lora key not loaded" not in log, log[-4000:]
-    _assert_close(trained, reloaded, "SDXL trained MODEL vs saved file through stock LoraLoader")
+    assert_latents_close(trained, reloaded, "SDXL trained MODEL vs saved file through stock LoraLoader")
 
     keys, meta = _keys_and_meta(saved)
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
@@ -77,16 +66,16 @@ def test_flow_model_round_trip(kind, comfy_server, model_file, dataset_dir, lora
     _sample_and_save_latent(g, train[TRAIN_OUTPUTS["MODEL"]], clip_out, "a photo of a cat", 64, 64, 42, 3,
                             f"latents/{kind}_trained", cfg=1.0)
     mark = comfy_server.log_mark()
-    trained = _latent(comfy_server, comfy_server.run(g.api(), timeout=1800))
+    trained = saved_latent(comfy_server, comfy_server.run(g.api(), timeout=1800))
     saved = loras_dir / f"{kind}_roundtrip.safetensors"
-    reloaded = _latent(comfy_server, comfy_server.run(unet_sample_workflow(
+    reloaded = saved_latent(comfy_server, comfy_server.run(unet_sample_workflow(
         unet.name, clip.name, clip_type, lora=(saved.name, 1.0), filename_prefix=f"latents/{kind}_reloaded"),
         timeout=900))
-    base = _latent(comfy_server, comfy_server.run(unet_sample_workflow(
+    base = saved_latent(comfy_server, comfy_server.run(unet_sample_workflow(
         unet.name, clip.name, clip_type, filename_prefix=f"latents/{kind}_base"), timeout=900))
     log = comfy_server.log_since(mark)
     assert "lora key not loaded" not in log, log[-4000:]
-    _assert_close(trained, reloaded, f"{kind}: trained MODEL vs saved file through stock LoraLoaderModelOnly")
+    assert_latents_close(trained, reloaded, f"{kind}: trained MODEL vs saved file through stock LoraLoaderModelOnly")
     assert (trained - base).abs().max().item() > 1e-5, "the trained LoRA has no effect on sampling"
 
     keys, meta = _keys_and_meta(saved)
