@@ -7,24 +7,16 @@ from dataclasses import dataclass
 import torch
 
 from ..lora_core.lora_file import training_metadata
-from ..lora_core.lora_weights import LoraWeights
+from ..lora_core.lora_weights import LoraWeights, kohya_name
 
 
-def _kohya_name(family: str):
-    """Module path in ComfyUI's diffusion model -> the kohya name ComfyUI's loader maps for this family."""
-    try:
-        from ..converters import comfyui_kohya_names
-    except ImportError:
-        comfyui_kohya_names = None
+def _kohya_names(family: str, paths: list[str]) -> dict[str, str]:
+    """Module path in ComfyUI's diffusion model -> the kohya name ComfyUI's loader maps for this family
+    (SD1.5: kohya's diffusers block names; others: lora_unet_ + the path)."""
+    from ..converters import comfyui_kohya_names
 
-    def name(path: str) -> str:
-        if comfyui_kohya_names is not None:
-            mapped = comfyui_kohya_names(family, [path]).get(path)
-            if mapped:
-                return mapped
-        return "lora_unet_" + path.replace(".", "_")
-
-    return name
+    names = comfyui_kohya_names(family, paths)
+    return {path: names.get(path) or kohya_name(path) for path in paths}
 
 
 @dataclass
@@ -37,7 +29,8 @@ class TrainedLora:
         return self.weights.metadata
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.weights.kohya_state_dict(_kohya_name(self.family))
+        names = _kohya_names(self.family, list(self.weights.modules))
+        return self.weights.kohya_state_dict(names.__getitem__)
 
 
 def trained_lora(result, config, dataset, family: str, name: str, prediction: str = "") -> TrainedLora:
