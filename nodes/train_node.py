@@ -174,11 +174,12 @@ class TrainLora(io.ComfyNode):
         with torch.inference_mode(False), torch.enable_grad():
             make_weights_autograd_safe(backend.root)
             ensure_rope_autograd()
-            samples = []
-            for image in images:
+            unique = {}
+            for image in dataset.images:  # once per image; kohya repeats below only repeat the reference
                 latent = per_image[id(image)].to(backend.device).clone()
                 cond = encode_sample_cond(patcher, clone_tensors(cond_by_caption[image.caption]), latent, seed)
-                samples.append(TrainSample(latent=latent, cond=cond, caption=image.caption))
+                unique[id(image)] = TrainSample(latent=latent, cond=cond, caption=image.caption)
+            samples = [unique[id(image)] for image in images]
             try:
                 result = train(backend, samples, config, on_step=_Progress(steps, cls.hidden.unique_id),
                                should_stop=comfy.model_management.processing_interrupted)
@@ -189,7 +190,8 @@ class TrainLora(io.ComfyNode):
 
         lora = trained_lora(result, config, dataset, family, name, backend.prediction)
         if result.interrupted:
-            _save_partial(lora, name, result.steps_done, "training cancelled")
+            if result.steps_done > 0:
+                _save_partial(lora, name, result.steps_done, "training cancelled")
             comfy.model_management.throw_exception_if_processing_interrupted()
         trained_model, _, _ = apply_lora(patcher, None, lora.state_dict(), 1.0, 0.0, f"trained '{name}'")
         return io.NodeOutput(trained_model, lora, {"loss": result.losses, "name": name})
