@@ -1,9 +1,11 @@
 """ComfyUI's native TrainLoraNode vs LoRA Lab's LoraLabTrain, side by side on one machine, as ratios.
 
-Same random full-size SD1.5 checkpoint, same 4 captioned 64x64 images, rank 4, fp32, batch 1, no gradient
-checkpointing, both driven through a real ComfyUI server exactly as a user runs them.
+Same random full-size SD1.5 checkpoint, same 4 captioned 64x64 images, rank 4, fp32, batch 1, gradient
+checkpointing off (or on for all with --gradient-checkpointing), both driven through a real ComfyUI server
+exactly as a user runs them.
 
-Per-step time is a slope: each configuration runs at two step counts (default 2 and 6) and
+Per-step time is a slope: each configuration runs at two step counts (native 2 and 6, LoRA Lab 2 and 22,
+its steps being much shorter) and
     s_per_step = (t_hi - t_lo) / (hi - lo)
 so checkpoint loading, VAE/CLIP encoding and start-up cancel out. t is ComfyUI's own execution time of the
 prompt (history execution_start -> execution_success).
@@ -16,7 +18,8 @@ prompt) is recorded too. The native node forces a full model load; LoRA Lab need
 
 Usage (ComfyUI's python; models are built once into $LORA_LAB_TEST_CACHE or <tmp>/lora_lab_test_cache_<uid>):
     COMFYUI_PATH=/work/comfy/ComfyUI /work/comfy/ComfyUI/.venv/bin/python bench/native_vs_lora_lab.py \
-        [--steps 2 6] [--configs native lora_lab_default lora_lab_all_linear] [--json bench/results.json]
+        [--steps 2 6] [--lora-lab-steps 2 22] [--gradient-checkpointing]
+        [--configs native lora_lab_default lora_lab_all_linear] [--json bench/results.json]
 """
 
 from __future__ import annotations
@@ -105,9 +108,10 @@ def run_once(config: str, steps: int, checkpoint: Path, images: Path, work: Path
     return record
 
 
-def summarise(runs: list[dict], lo: int, hi: int) -> dict:
+def summarise(runs: list[dict], step_counts: dict[str, tuple[int, int]]) -> dict:
     summary = {}
     for config in dict.fromkeys(r["config"] for r in runs):
+        lo, hi = step_counts[config]
         by_steps = {r["steps"]: r for r in runs if r["config"] == config}
         a, b = by_steps.get(lo, {}), by_steps.get(hi, {})
         if a.get("exec_s") is None or b.get("exec_s") is None:
@@ -142,23 +146,31 @@ def print_table(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, nargs=2, default=[2, 6], metavar=("LO", "HI"))
+    parser.add_argument("--steps", type=int, nargs=2, default=[2, 6], metavar=("LO", "HI"),
+                        help="step counts of the native runs")
+    # LoRA Lab steps are an order of magnitude shorter: a wider span keeps start-up jitter out of the slope.
+    parser.add_argument("--lora-lab-steps", type=int, nargs=2, default=[2, 22], metavar=("LO", "HI"))
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--work", type=Path, default=None, help="scratch dir (default: a new temp dir)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="turn gradient checkpointing on for every configuration (both nodes' default)")
     args = parser.parse_args(argv)
+    for _kind, inputs in CONFIGS.values():
+        inputs["gradient_checkpointing"] = args.gradient_checkpointing
     reason = why_unavailable()
     if reason:
         print(reason, file=sys.stderr)
         return 2
-    lo, hi = sorted(args.steps)
+    step_counts = {c: tuple(sorted(args.steps if CONFIGS[c][0] == "native" else args.lora_lab_steps))
+                   for c in args.configs}
     checkpoint = ensure_model("sd15")
     work = args.work or Path(tempfile.mkdtemp(prefix="lora_lab_bench_"))
     images = make_image_folder(work / "images", count=4, size=64)
     runs = []
     for config in args.configs:
-        for steps in (lo, hi):
+        for steps in step_counts[config]:
             print(f"running {config} steps={steps} ...", flush=True)
             record = run_once(config, steps, checkpoint, images, work, args.timeout)
             runs.append(record)
@@ -166,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             if "error" in record:
                 break  # the other step count would fail the same way
-    summary = summarise(runs, lo, hi)
+    summary = summarise(runs, step_counts)
     print_table(summary)
     import torch
 
@@ -175,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "comfyui": os.environ.get("COMFYUI_PATH")},
         "setup": {"model": "random full SD1.5 (fp16 file, fp32 compute)", "images": "4 x 64x64, captions",
-                  "rank": RANK, "learning_rate": LEARNING_RATE, "steps": [lo, hi], "device": "cpu",
+                  "rank": RANK, "learning_rate": LEARNING_RATE, "steps": step_counts, "device": "cpu",
                   "configs": {c: CONFIGS[c][1] for c in args.configs}},
         "runs": runs, "summary": summary,
     }
