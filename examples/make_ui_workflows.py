@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SEED_NAMES = {"seed", "noise_seed"}  # the frontend adds a "control_after_generate" widget after these
 
 
 def _input_specs(info: dict) -> list[tuple[str, object]]:
@@ -60,8 +59,8 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
                 inputs.append({"name": name, "type": kind, "link": link_id})
             elif _is_widget(spec):
                 widgets.append(value if value is not None else spec[1].get("default") if len(spec) > 1 else None)
-                if name in SEED_NAMES:
-                    widgets.append("fixed")
+                if len(spec) > 1 and spec[1].get("control_after_generate"):
+                    widgets.append("fixed")  # the frontend's extra "control after generate" widget
         column = depth[node_id]
         row = rows.get(column, 0)
         rows[column] = row + 1

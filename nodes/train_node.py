@@ -130,7 +130,7 @@ class TrainLora(io.ComfyNode):
                                        "fp16 uses loss scaling."),
                 io.Boolean.Input("gradient_checkpointing", default=True,
                                  tooltip="Recompute activations in backward: less memory, ~30% slower."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed for LoRA init, batches, noise and timesteps."),
                 io.String.Input("output_name", default="lora_lab_lora",
                                 tooltip="Name for metadata and for partial saves (cancel, NaN) in models/loras."),
