@@ -136,11 +136,16 @@ def train(
     *,
     on_step: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    interrupt_on: tuple[type[BaseException], ...] = (),
 ) -> TrainResult:
-    """Train a LoRA on `backend.root`. Adapters are attached for the run and always removed."""
+    """Train a LoRA on `backend.root`. Adapters are attached for the run and always removed.
+
+    should_stop() is polled before each step; an exception of a type in interrupt_on raised during a step's
+    forward/backward also ends the run. Either way the result holds the last completed step, interrupted=True.
+    """
     # ComfyUI runs nodes under inference_mode: adapters, optimizer state and activations must be made outside it
     with torch.inference_mode(False), torch.enable_grad():
-        return _train(backend, samples, config, on_step, should_stop)
+        return _train(backend, samples, config, on_step, should_stop, interrupt_on)
 
 
 def _usable_in_autograd(obj: Any) -> Any:
@@ -154,7 +159,8 @@ def _usable_in_autograd(obj: Any) -> Any:
     return obj
 
 
-def _train(backend: Backend, samples: list[TrainSample], config: TrainConfig, on_step, should_stop) -> TrainResult:
+def _train(backend: Backend, samples: list[TrainSample], config: TrainConfig, on_step, should_stop,
+           interrupt_on: tuple[type[BaseException], ...]) -> TrainResult:
     _validate(backend, samples, config)
     samples = [TrainSample(_usable_in_autograd(s.latent), _usable_in_autograd(s.cond), s.caption) for s in samples]
     device = torch.device(backend.device)
@@ -185,21 +191,25 @@ def _train(backend: Backend, samples: list[TrainSample], config: TrainConfig, on
             u_all = sample_u(per_step, config.timestep_sampling, gen, config.logit_mean, config.logit_std)
             optimizer.zero_grad(set_to_none=True)
             micro_losses = []
-            for m in range(config.grad_accum):
-                part = slice(m * config.batch_size, (m + 1) * config.batch_size)
-                x0 = x0_all[part].to(device)
-                conds = [samples[i].cond for i in index[part]]
-                with autocast(config.precision, device):
-                    loss = diffusion_loss(backend, x0, noise_all[part].to(device), u_all[part], conds).mean()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(
-                        f"loss became {value} at step {step + 1} (micro-step {m + 1}); "
-                        f"the last good LoRA (after step {len(losses)}) is kept in .result",
-                        _result(adapters, losses, interrupted=True),
-                    )
-                scaler.scale(loss / config.grad_accum).backward()
-                micro_losses.append(value)
+            try:  # a host may cancel from inside the model's forward (ComfyUI's ops do)
+                for m in range(config.grad_accum):
+                    part = slice(m * config.batch_size, (m + 1) * config.batch_size)
+                    x0 = x0_all[part].to(device)
+                    conds = [samples[i].cond for i in index[part]]
+                    with autocast(config.precision, device):
+                        loss = diffusion_loss(backend, x0, noise_all[part].to(device), u_all[part], conds).mean()
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise NonFiniteLossError(
+                            f"loss became {value} at step {step + 1} (micro-step {m + 1}); "
+                            f"the last good LoRA (after step {len(losses)}) is kept in .result",
+                            _result(adapters, losses, interrupted=True),
+                        )
+                    scaler.scale(loss / config.grad_accum).backward()
+                    micro_losses.append(value)
+            except interrupt_on:
+                # no optimizer step was taken for this step: the adapters hold the last completed one
+                return _result(adapters, losses, interrupted=True)
             _clip_and_step(optimizer, scaler, params, config, step, adapters, losses)
             scheduler.step()
             losses.append(sum(micro_losses) / len(micro_losses))

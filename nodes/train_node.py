@@ -181,8 +181,11 @@ class TrainLora(io.ComfyNode):
                 unique[id(image)] = TrainSample(latent=latent, cond=cond, caption=image.caption)
             samples = [unique[id(image)] for image in images]
             try:
+                # Cancel arrives either as the flag (seen between steps) or as ComfyUI's ops raising
+                # InterruptProcessingException mid-forward (which also clears the flag): both end the run.
                 result = train(backend, samples, config, on_step=_Progress(steps, cls.hidden.unique_id),
-                               should_stop=comfy.model_management.processing_interrupted)
+                               should_stop=comfy.model_management.processing_interrupted,
+                               interrupt_on=(comfy.model_management.InterruptProcessingException,))
             except NonFiniteLossError as error:
                 lora = trained_lora(error.result, config, dataset, family, name, backend.prediction)
                 path = _save_partial(lora, name, error.result.steps_done, "loss became non-finite")
@@ -192,6 +195,7 @@ class TrainLora(io.ComfyNode):
         if result.interrupted:
             if result.steps_done > 0:
                 _save_partial(lora, name, result.steps_done, "training cancelled")
-            comfy.model_management.throw_exception_if_processing_interrupted()
+            comfy.model_management.interrupt_current_processing(False)
+            raise comfy.model_management.InterruptProcessingException()
         trained_model, _, _ = apply_lora(patcher, None, lora.state_dict(), 1.0, 0.0, f"trained '{name}'")
         return io.NodeOutput(trained_model, lora, {"loss": result.losses, "name": name})

@@ -191,6 +191,35 @@ def test_should_stop_and_on_step(unet):
     assert result.interrupted and result.steps_done == 2 and seen == [(1, 10), (2, 10)]
 
 
+class HostCancel(Exception):
+    """Stands for ComfyUI's InterruptProcessingException, raised from inside a layer's forward."""
+
+
+def test_cancel_raised_inside_the_forward_keeps_the_last_completed_step(unet):
+    backend = DDPMUNetBackend(unet)
+    calls = {"n": 0}
+
+    def cancel_on_third_call(module, args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise HostCancel()
+
+    handle = unet.conv_in.register_forward_pre_hook(cancel_on_third_call)
+    try:
+        partial = train(backend, make_samples(4), config(steps=8), interrupt_on=(HostCancel,))
+    finally:
+        handle.remove()
+    assert partial.interrupted and partial.steps_done == 2
+    clean = train(backend, make_samples(4), config(steps=2))
+    assert_same_lora(partial.lora, clean.lora)
+    with pytest.raises(HostCancel):  # not listed in interrupt_on: it propagates
+        handle = unet.conv_in.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(HostCancel()))
+        try:
+            train(backend, make_samples(4), config(steps=2))
+        finally:
+            handle.remove()
+
+
 def test_bad_config_is_named(unet):
     with pytest.raises(TrainingError, match="batch_size"):
         train(DDPMUNetBackend(unet), make_samples(2), config(batch_size=0))

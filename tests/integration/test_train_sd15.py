@@ -48,9 +48,10 @@ def test_sd15_trained_model_equals_saved_lora_through_stock_loader(comfy_server,
 
 def test_save_never_overwrites_and_names_are_checked(comfy_server, sd15_checkpoint, dataset_dir, loras_dir):
     ckpt = sd15_checkpoint.name
-    for _ in range(2):
-        comfy_server.run(train_only_workflow(ckpt, str(dataset_dir), dict(TRAIN, steps=1), save_name="twice"),
-                         timeout=1800)
+    # Two different trainings saved under one name (an identical prompt would be served from ComfyUI's cache).
+    for seed in (1, 2):
+        comfy_server.run(train_only_workflow(ckpt, str(dataset_dir), dict(TRAIN, steps=1, seed=seed),
+                                             save_name="twice"), timeout=1800)
     assert (loras_dir / "twice.safetensors").is_file()
     assert (loras_dir / "twice_00001.safetensors").is_file()
 
