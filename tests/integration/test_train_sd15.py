@@ -19,8 +19,14 @@ def test_sd15_trained_model_equals_saved_lora_through_stock_loader(comfy_server,
     ckpt = sd15_checkpoint.name
     mark = comfy_server.log_mark()
     history = comfy_server.run(train_then_sample_workflow(ckpt, str(dataset_dir), TRAIN, save_name="sd15_roundtrip",
-                                                          filename_prefix="latents/sd15_trained"), timeout=1800)
+                                                          loss_plot=True, filename_prefix="latents/sd15_trained"),
+                               timeout=1800)
     trained = saved_latent(comfy_server, history)
+    plots = [f for f in comfy_server.output_files(history) if f.suffix == ".png"]
+    saved_plot = [f for f in plots if f.name.startswith("lora_lab_loss")]  # IMAGE output -> SaveImage
+    preview = [f for f in plots if f.parent.name == "temp"]  # the node's own UI preview
+    assert len(saved_plot) == 1 and saved_plot[0].stat().st_size > 1000, plots
+    assert len(preview) == 1, plots
     saved = loras_dir / "sd15_roundtrip.safetensors"
     assert saved.is_file(), f"Save LoRA wrote nothing at {saved}: {list(loras_dir.iterdir())}"
 
