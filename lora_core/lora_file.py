@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
 from .atomic import save_safetensors_atomic
+from .captions import tag_counts
 from .errors import LoraFormatError
 
 FAMILIES: dict[str, dict[str, str]] = {
@@ -40,8 +40,7 @@ def _lora_lab_version() -> str:
 
 def tag_frequency(captions: Iterable[str], dataset_name: str = "dataset") -> dict[str, dict[str, int]]:
     """kohya's ss_tag_frequency: {dataset: {tag: count}}, tags = comma-separated caption parts."""
-    counts = Counter(tag.strip() for caption in captions for tag in caption.split(",") if tag.strip())
-    return {dataset_name: dict(sorted(counts.items()))}
+    return {dataset_name: dict(sorted(tag_counts(captions).items()))}
 
 
 def _iso(timestamp: float) -> str:

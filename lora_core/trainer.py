@@ -148,21 +148,21 @@ def train(
         return _train(backend, samples, config, on_step, should_stop, interrupt_on)
 
 
-def _usable_in_autograd(obj: Any) -> Any:
+def usable_in_autograd(obj: Any) -> Any:
     """Copy inference-mode tensors (anywhere in dicts/lists/tuples) so autograd may save them."""
     if isinstance(obj, torch.Tensor):
         return obj.clone() if obj.is_inference() else obj
     if isinstance(obj, dict):
-        return {k: _usable_in_autograd(v) for k, v in obj.items()}
+        return {k: usable_in_autograd(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_usable_in_autograd(v) for v in obj)
+        return type(obj)(usable_in_autograd(v) for v in obj)
     return obj
 
 
 def _train(backend: Backend, samples: list[TrainSample], config: TrainConfig, on_step, should_stop,
            interrupt_on: tuple[type[BaseException], ...]) -> TrainResult:
     _validate(backend, samples, config)
-    samples = [TrainSample(_usable_in_autograd(s.latent), _usable_in_autograd(s.cond), s.caption) for s in samples]
+    samples = [TrainSample(usable_in_autograd(s.latent), usable_in_autograd(s.cond), s.caption) for s in samples]
     device = torch.device(backend.device)
     gen = torch.Generator().manual_seed(config.seed)  # CPU generator: same draws on every device
     adapters = make_adapters(backend, config, gen)

@@ -20,20 +20,6 @@ import comfy.sampler_helpers
 _U_EPS = 1e-4
 
 
-def clone_tensors(value: Any) -> Any:
-    """Copy every tensor in a nested structure so autograd can save it.
-
-    ComfyUI runs nodes under inference_mode; tensors made there cannot be saved for backward.
-    """
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, dict):
-        return {k: clone_tensors(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(clone_tensors(v) for v in value)
-    return value
-
-
 class SampleCond:
     """One caption's conditioning, turned into the model's inputs (c_crossattn, y, guidance, ...)."""
 

@@ -13,9 +13,8 @@ from comfy_api.latest import io
 
 from ..lora_core.errors import NonFiniteLossError
 from ..lora_core.lora_file import save_lora_file
-from ..lora_core.trainer import TrainConfig, TrainSample, train
-from .comfy_backend import (ComfyBackend, clone_tensors, encode_sample_cond, load_for_training,
-                            make_weights_autograd_safe)
+from ..lora_core.trainer import TrainConfig, TrainSample, train, usable_in_autograd
+from .comfy_backend import ComfyBackend, encode_sample_cond, load_for_training, make_weights_autograd_safe
 from .comfy_paths import lora_output_name, unused_lora_path
 from .family import model_family
 from .lora_apply import apply_lora
@@ -156,7 +155,6 @@ class TrainLora(io.ComfyNode):
         family = model_family(patcher)
 
         latents = _encode_latents(vae, patcher, dataset)
-        per_image = {id(image): latent for image, latent in zip(dataset.images, latents)}
         cond_by_caption = _encode_captions(clip, captions)
         # The VAE and text encoder are done: let ComfyUI evict them before the model is loaded to train.
         comfy.model_management.free_memory(1e30, patcher.load_device)
@@ -174,10 +172,12 @@ class TrainLora(io.ComfyNode):
         with torch.inference_mode(False), torch.enable_grad():
             make_weights_autograd_safe(backend.root)
             ensure_rope_autograd()
+            # Encoded once per image; kohya repeats only repeat the reference. Tensors made under ComfyUI's
+            # inference_mode are copied, since autograd may not save them (the opaque cond objects included).
             unique = {}
-            for image in dataset.images:  # once per image; kohya repeats below only repeat the reference
-                latent = per_image[id(image)].to(backend.device).clone()
-                cond = encode_sample_cond(patcher, clone_tensors(cond_by_caption[image.caption]), latent, seed)
+            for image, latent in zip(dataset.images, latents):
+                latent = usable_in_autograd(latent.to(backend.device))
+                cond = encode_sample_cond(patcher, usable_in_autograd(cond_by_caption[image.caption]), latent, seed)
                 unique[id(image)] = TrainSample(latent=latent, cond=cond, caption=image.caption)
             samples = [unique[id(image)] for image in images]
             try:
