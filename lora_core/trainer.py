@@ -59,8 +59,15 @@ class TrainConfig:
 @dataclass
 class TrainSample:
     latent: torch.Tensor  # (C, H, W) or (C, T, H, W), already in the model's latent space (process_latent_in-ed)
-    cond: Any  # opaque, handed to backend.denoise paired with this latent
+    cond: Any  # opaque, handed to backend.denoise paired with this latent; see draw_cond
     caption: str = ""
+
+
+def draw_cond(cond: Any, generator: torch.Generator) -> Any:
+    """A cond that varies per step (caption dropout, tag shuffling) has draw(generator) -> the cond to use;
+    it is called with the run's generator when the step's randomness is drawn, so runs stay reproducible."""
+    draw = getattr(cond, "draw", None)
+    return draw(generator) if callable(draw) else cond
 
 
 @dataclass
@@ -203,23 +210,23 @@ class _Run:
                            state=self.state(), compute_dtype=dtype_name(self.compute_dtype))
 
     # --- one optimizer step ---------------------------------------------------------------------------
-    def _draw(self) -> list[tuple[list[int], list[torch.Tensor], torch.Tensor]]:
-        """The whole step's randomness, up front: per micro-batch its samples, their noise and noise levels."""
+    def _draw(self) -> list[tuple[list[int], list[torch.Tensor], torch.Tensor, list[Any]]]:
+        """The whole step's randomness, up front: per micro-batch its samples, noise, noise levels and conds."""
         c = self.config
         batches = [self.order.next_batch(c.batch_size) for _ in range(c.grad_accum)]
         noise = [[torch.randn(self.samples[i].latent.shape, generator=self.gen) for i in batch] for batch in batches]
         u = sample_u(c.batch_size * c.grad_accum, c.timestep_sampling, self.gen, c.logit_mean, c.logit_std)
-        return [(batch, n, u[m * c.batch_size:(m + 1) * c.batch_size]) for m, (batch, n) in enumerate(zip(batches, noise))]
+        conds = [[draw_cond(self.samples[i].cond, self.gen) for i in batch] for batch in batches]
+        return [(batch, noise[m], u[m * c.batch_size:(m + 1) * c.batch_size], conds[m]) for m, batch in enumerate(batches)]
 
     def step(self) -> float:
         step = len(self.losses)
         micro_losses = []
         self.optimizer.zero_grad(set_to_none=True)
-        for m, (batch, noise, u) in enumerate(self._draw()):
+        for m, (batch, noise, u, conds) in enumerate(self._draw()):
             x0 = torch.stack([self.samples[i].latent for i in batch]).float().to(self.device)
             with autocast(self.config.precision, self.device):
-                loss = diffusion_loss(self.backend, x0, torch.stack(noise).to(self.device), u,
-                                      [self.samples[i].cond for i in batch]).mean()
+                loss = diffusion_loss(self.backend, x0, torch.stack(noise).to(self.device), u, conds).mean()
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise NonFiniteLossError(
