@@ -57,8 +57,9 @@ import time
 from pathlib import Path
 
 SEED = 1234
-# Written into every file's metadata; bump when a builder's output changes for the same snapshot.
-BUILDER_VERSION = "2"
+# Written into every file's metadata; bump when a builder's output changes for the same snapshot: a cached
+# file with another value is rebuilt (ensure_model).
+BUILDER_VERSION = "3"
 
 SD15_UNET_CONFIG = {
     "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
@@ -293,7 +294,12 @@ def build_flux_small(path: Path, seed: int = SEED) -> None:
     model = comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, device="cpu",
                                       dtype=torch.float32, **params)
     fill_random_(model, seed)
-    _save(_cast(model.state_dict(), torch.bfloat16), path, {"lora_lab_test_model": "flux_small", "seed": str(seed)})
+    # Released Flux files (BFL's flux1-dev) name the q/k RMSNorm gains "<..>_norm.scale". January's Flux
+    # modules do too; August's use comfy.ops RMSNorm ("_norm.weight") and rename .scale -> .weight on load
+    # (supported_models.Flux.process_unet_state_dict) without a saving counterpart: write the released names.
+    sd = {(k[: -len(".weight")] + ".scale" if k.endswith("_norm.weight") else k): v
+          for k, v in model.state_dict().items()}
+    _save(_cast(sd, torch.bfloat16), path, {"lora_lab_test_model": "flux_small", "seed": str(seed)})
 
 
 def build_sd3_small(path: Path, seed: int = SEED) -> None:
@@ -470,18 +476,29 @@ def model_path(kind: str, cache_dir: Path | None = None, seed: int = SEED) -> Pa
     return cache_dir / MODEL_FOLDER[kind] / name
 
 
+def _is_current(path: Path) -> bool:
+    """path exists and was written by this BUILDER_VERSION (read from its safetensors header)."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError):
+        return False
+    return header.get("__metadata__", {}).get("lora_lab_builder") == BUILDER_VERSION
+
+
 def ensure_model(kind: str, cache_dir: Path | None = None, seed: int = SEED, timeout: float = 1800) -> Path:
     """Path of the cached model of this kind, building it first (in a child process) if missing."""
     from .comfy_env import comfy_python, comfyui_path, why_unavailable
 
     path = model_path(kind, cache_dir, seed)
-    if path.exists():
+    if _is_current(path):
         return path
     reason = why_unavailable()
     if reason:
         raise RuntimeError(reason)
     with _locked(path.parent / f".{path.name}.lock"):
-        if path.exists():
+        if _is_current(path):
             return path
         started = time.monotonic()
         env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
