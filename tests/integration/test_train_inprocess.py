@@ -34,7 +34,13 @@ def _train(sd15, dataset, **inputs):
 
 
 def _eval_loss(patcher, dataset, vae, clip) -> float:
-    """Mean native loss over the dataset at fixed timesteps and fixed noise (no grad)."""
+    """Mean native loss over the dataset at fixed timesteps and fixed noise, under inference_mode as ComfyUI runs
+    nodes (loading a patched fp8 model with grad enabled would make ComfyUI's own rounding fail)."""
+    with torch.inference_mode():
+        return _eval_loss_inner(patcher, dataset, vae, clip)
+
+
+def _eval_loss_inner(patcher, dataset, vae, clip) -> float:
     import comfy.model_management
 
     from lora_lab.lora_core.objective import diffusion_loss
