@@ -205,8 +205,8 @@ class CacheUsage:
     by_kind: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind -> (files, bytes)
 
     def __str__(self) -> str:
-        kinds = ", ".join(f"{k}: {n} files, {_size(b)}" for k, (n, b) in sorted(self.by_kind.items()))
-        return f"{self.folder}: {self.files} files, {_size(self.bytes)}" + (f" ({kinds})" if kinds else "")
+        kinds = ", ".join(f"{k}: {_files(n)}, {_size(b)}" for k, (n, b) in sorted(self.by_kind.items()))
+        return f"{self.folder}: {_files(self.files)}, {_size(self.bytes)}" + (f" ({kinds})" if kinds else "")
 
 
 def _entries(folder: Path) -> list[tuple[str, Path]]:
@@ -253,6 +253,10 @@ def _rmdir_if_empty(path: Path) -> None:
         path.rmdir()
     except OSError:
         pass  # not empty: something that is not ours lives there
+
+
+def _files(n: int) -> str:
+    return f"{n} file" + ("" if n == 1 else "s")
 
 
 def _size(n: int) -> str:

@@ -193,3 +193,16 @@ def test_weights_fingerprint_sees_any_real_change():
     renamed = {f"x.{k}": v for k, v in model.state_dict().items()}
     assert weights_fingerprint(renamed.items()) != fp
 
+
+
+def test_cache_command_reports_and_clears(tmp_path, capsys):
+    from lora_lab.__main__ import main
+
+    cache = EncodingCache(tmp_path, memory=MemoryStore())
+    cache.get_or_encode("latents", "77" * 20, lambda: torch.ones(100))
+    assert main(["cache", str(tmp_path)]) == 0
+    assert "1 file," in capsys.readouterr().out and cache_usage(tmp_path).files == 1
+    assert main(["cache", str(tmp_path), "--clear"]) == 0
+    assert "cleared" in capsys.readouterr().out and cache_usage(tmp_path).files == 0
+    assert main(["cache", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().out
