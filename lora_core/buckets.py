@@ -4,6 +4,7 @@ The set follows kohya's rule: for a base resolution, every (w, h) with both side
 [min_side, max_side], the largest h for each w with w * h <= resolution² pixels, both orientations, plus the
 square. Every bucket thus holds about as many pixels as the base square, so batches cost the same.
 
+A min_side above the base square's side is lowered to it, so small resolutions work with the defaults.
 An image goes to the bucket whose aspect ratio is nearest in log scale: that is the bucket that needs the
 smallest crop (the cut fraction is 1 - min(a/b, b/a) for aspects a and b). It is then resized so that it
 covers the bucket with one side exactly and cropped along the other side only (center, unless jittered).
@@ -77,10 +78,10 @@ def bucket_sizes(config: BucketConfig) -> list[Size]:
         raise DatasetError(f"Smallest bucket side {lo} is larger than the largest {hi}")
     area = config.area
     square = int(math.isqrt(area) // step * step)
-    if square < lo:
-        raise DatasetError(
-            f"No bucket fits: the resolution {_fmt(_pair(config.resolution))} holds {area} pixels, and the smallest "
-            f"bucket side {lo} leaves no size of at most that many pixels; lower min_bucket_side to {max(step, square)} or less")
+    if square < step:
+        raise DatasetError(f"The resolution {_fmt(_pair(config.resolution))} is smaller than one bucket step ({step} px); "
+                           f"raise it or lower the bucket step")
+    lo = min(lo, square)  # a base resolution below min_side (small test runs): its square is the smallest bucket
     sizes = {(min(square, hi), min(square, hi))}
     for w in range(lo, hi + 1, step):
         h = min(hi, area // w // step * step)

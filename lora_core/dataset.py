@@ -22,6 +22,7 @@ from .cache_keys import digest_bytes
 from .caption_transforms import CaptionTransforms, without_separator
 from .captions import apply_template, check_template, tag_counts
 from .dataset_files import count, find_files, names, normal_extension, reason, relative
+from .encoding_cache import ensure_writable
 from .errors import DatasetError
 from .frame_sampling import FramePlan
 from .image_io import IMAGE_EXTENSIONS, image_size, load_training_pixels
@@ -227,6 +228,8 @@ def load_image_folder(
                         f"using the default caption {used!r}")
     if found.latin1:
         warnings.append(f"{count(len(found.latin1), 'caption')} not valid UTF-8, read as latin-1: {names(found.latin1)}")
+    if cache_folder:
+        ensure_writable(Path(cache_folder))  # fail here, naming the folder, not after loading the models
     train, held_out = split_validation(images, validation, root)
     return ImageDataset(images=train, resolution=size, warnings=warnings, root=root, trigger_word=trigger_word.strip(),
                         buckets=buckets, validation=held_out, caption_transforms=caption_transforms or CaptionTransforms(),

@@ -21,6 +21,7 @@ from .captions import apply_template, check_template
 from .dataset import (SMALL_IMAGE_POLICIES, ImageDataset, TrainImage, parse_resolution, probe_image, report_small,
                       split_validation)
 from .dataset_files import REPEAT_FOLDER, count, find_files, names, normal_extension, reason, relative
+from .encoding_cache import ensure_writable
 from .errors import DatasetError
 from .frame_sampling import FramePlan, plan_clips, snap_frames
 from .image_io import IMAGE_EXTENSIONS
@@ -118,6 +119,8 @@ def load_video_folder(
                         f"using the default caption {used!r}")
     if found.latin1:
         warnings.append(f"{count(len(found.latin1), 'caption')} not valid UTF-8, read as latin-1: {names(found.latin1)}")
+    if cache_folder:
+        ensure_writable(Path(cache_folder))  # fail here, naming the folder, not after loading the models
     train, held_out = split_validation(clips, validation, root)
     return ImageDataset(images=train, resolution=size, warnings=warnings, root=root, trigger_word=trigger_word.strip(),
                         buckets=buckets, validation=held_out, caption_transforms=caption_transforms or CaptionTransforms(),

@@ -42,6 +42,11 @@ def test_bucket_set_follows_the_kohya_rule(resolution, lo, hi, step):
             assert h == hi or w == hi or w * (h + step) > area or (w + step) * h > area
 
 
+def test_small_resolution_with_default_sides_is_its_square():
+    assert bucket_sizes(BucketConfig(64, 256, 2048, 64)) == [(64, 64)]
+    assert (128, 128) in bucket_sizes(BucketConfig(128, 256, 2048, 64))
+
+
 def test_bucket_set_sd15_has_the_usual_sizes():
     sizes = bucket_sizes(BucketConfig(512, 256, 1024, 64))
     for expected in [(512, 512), (576, 448), (448, 576), (640, 384), (384, 640), (768, 320), (1024, 256)]:
@@ -52,7 +57,7 @@ def test_bucket_set_sd15_has_the_usual_sizes():
     (BucketConfig(512, 256, 1024, 60), "multiple of 8"),
     (BucketConfig(512, 250, 1024, 64), "multiples of the step"),
     (BucketConfig(512, 1024, 512, 64), "larger than the largest"),
-    (BucketConfig(128, 256, 1024, 64), "lower min_bucket_side to 128"),
+    (BucketConfig(48, 64, 1024, 64), "smaller than one bucket step"),
 ])
 def test_bad_bucket_options_are_named(config, culprit):
     with pytest.raises(DatasetError, match=culprit):
