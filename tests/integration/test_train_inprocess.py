@@ -23,7 +23,7 @@ def sd15(comfy, sd15_checkpoint):
 
 
 def _dataset(folder, **kwargs):
-    (dataset, _summary) = call_node("LoraLabDataset", folder=str(folder), resolution=64,
+    (dataset, _summary, _captions) = call_node("LoraLabDataset", folder=str(folder), resolution=64,
                                     trigger_word=kwargs.get("trigger_word", ""), default_caption="")
     return dataset
 
