@@ -174,3 +174,19 @@ def test_exif_rotation_counts_for_the_bucket(tmp_path):
     placement = ds.images[0].placement
     assert placement.source == (200, 400) and placement.bucket[0] < placement.bucket[1]
     assert ds.images[0].load_pixels().shape == (placement.bucket[1], placement.bucket[0], 3)
+
+
+def test_kohya_bucket_metadata(tmp_path):
+    import json
+
+    from lora_lab.lora_core.dataset_metadata import dataset_metadata
+
+    picture(tmp_path / "a.png", (300, 500))
+    picture(tmp_path / "3_more" / "b.png", (500, 300))
+    picture(tmp_path / "3_more" / "c.png", (510, 300))
+    meta = dataset_metadata(load_image_folder(tmp_path, 256, buckets=BucketConfig(256, 128, 512, 64)))
+    info = json.loads(meta["ss_bucket_info"])
+    assert sorted(b["count"] for b in info["buckets"].values()) == [1, 6]  # repeats counted, as kohya does
+    assert meta["ss_enable_bucket"] == "true" and meta["ss_min_bucket_reso"] == "128"
+    assert json.loads(meta["ss_dataset_dirs"])["3_more"] == {"n_repeats": 3, "img_count": 2}
+    assert all(isinstance(v, str) for v in meta.values())
