@@ -54,7 +54,7 @@ def dataset(folder: Path, cache: Path | str, **kw):
 
 def prepare(model, ds, vae, clip, conditioning=None, batch_size=1):
     from lora_lab.lora_core.encoding_cache import SHARED_MEMORY
-    from lora_lab.nodes.dataset_encoding import prepare_training_data
+    from lora_lab.nodes.training_data import prepare_training_data
 
     SHARED_MEMORY.clear()  # each call stands for a new ComfyUI process: only the disk cache may answer
     return prepare_training_data(model.clone(), ds, vae, clip, conditioning, batch_size, seed=0)
