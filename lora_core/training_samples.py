@@ -9,7 +9,7 @@ caption text likewise. What varies per step:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -34,6 +34,7 @@ class SampleInfo:
     placement: Placement  # after crop jitter
     flipped: bool
     latent: torch.Tensor  # the training latent (C, h, w) or (C, T, h, w)
+    per_step: bool = False  # the cond is for one step's drawn caption (not worth keeping beyond it)
 
     @property
     def original_size(self) -> Size:
@@ -156,9 +157,11 @@ class _TextEncodings:
 
 def _drawn(texts: _TextEncodings, make_cond: Callable[[Any, SampleInfo], Any], info: SampleInfo) -> Callable[[str], Any]:
     """The step caption's encoder: drawn texts are many and each used rarely, so they stay in memory only."""
+    step_info = replace(info, per_step=True)
+
     def encode(text: str) -> Any:
         with torch.no_grad():
-            return usable_in_autograd(make_cond(texts.get(text, disk=False), info))
+            return usable_in_autograd(make_cond(texts.get(text, disk=False), step_info))
     return encode
 
 
