@@ -70,7 +70,9 @@ class _Progress:
     def __call__(self, report: StepReport) -> None:
         step, total = report.step, report.total
         text = f"step {step}/{total}  loss {report.loss:.5f}  lr {report.lr:.3g}"
-        if step == 1 or step == total or step % max(1, total // 20) == 0:
+        if report.val_loss is not None:
+            text += f"  validation {report.val_loss:.5f}"
+        if step == 1 or step == total or step % max(1, total // 20) == 0 or report.val_loss is not None:
             log.info("LoRA Lab: %s", text)
         if comfy.model_management.processing_interrupted():
             return
