@@ -44,3 +44,13 @@ def dataset_metadata(dataset: ImageDataset) -> dict[str, str]:
     if dataset.kind == "videos":
         meta["lora_lab_frame_counts"] = json.dumps(sorted({k[2] for k in groups}))
     return meta
+
+
+def dataset_fingerprint(dataset: ImageDataset) -> str:
+    """A hash of everything the run's samples depend on (files' content, placements, frames, captions, repeats,
+    validation split, caption transforms, augmentation): equal for the same data, for resume checks."""
+    from .cache_keys import make_key
+
+    items = [[i.digest, i.placement, list(i.frames.indices) if i.frames else None, i.caption, i.repeats]
+             for i in dataset.all_items()]
+    return make_key("dataset", items, len(dataset.images), dataset.caption_transforms, dataset.augment)

@@ -190,3 +190,18 @@ def test_kohya_bucket_metadata(tmp_path):
     assert meta["ss_enable_bucket"] == "true" and meta["ss_min_bucket_reso"] == "128"
     assert json.loads(meta["ss_dataset_dirs"])["3_more"] == {"n_repeats": 3, "img_count": 2}
     assert all(isinstance(v, str) for v in meta.values())
+
+
+def test_dataset_fingerprint_follows_content_and_settings(tmp_path):
+    from lora_lab.lora_core.augment import AugmentConfig
+    from lora_lab.lora_core.dataset_metadata import dataset_fingerprint
+
+    picture(tmp_path / "a.png", (300, 500))
+    picture(tmp_path / "b.png", (500, 300))
+    config = BucketConfig(256, 128, 512, 64)
+    base = dataset_fingerprint(load_image_folder(tmp_path, 256, buckets=config))
+    assert base == dataset_fingerprint(load_image_folder(tmp_path, 256, buckets=config))
+    assert base != dataset_fingerprint(load_image_folder(tmp_path, 256))  # other placements
+    assert base != dataset_fingerprint(load_image_folder(tmp_path, 256, buckets=config, augment=AugmentConfig(flip=0.5)))
+    picture(tmp_path / "b.png", (500, 300), seed=9)
+    assert base != dataset_fingerprint(load_image_folder(tmp_path, 256, buckets=config))
