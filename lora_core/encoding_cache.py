@@ -157,8 +157,10 @@ class EncodingCache:
         path = self.path(kind, key)
         try:
             save_safetensors_atomic(tensors, path, {"format": FORMAT, "key": key, "tree": structure})
-        except OSError as error:
-            raise DatasetError(f"Cannot write to the cache folder {self.folder}: {_reason(error)}") from error
+        except OSError as error:  # e.g. the disk filled up mid-run: training can go on from memory
+            self.warnings.append(f"Cannot write to the cache folder {self.folder} ({_reason(error)}); "
+                                 "the rest of this run is cached in memory only")
+            self.folder = None
 
     def summary(self) -> str:
         where = str(self.folder) if self.folder else "memory only"
