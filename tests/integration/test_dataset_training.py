@@ -1,13 +1,11 @@
 """Issue 8's must-shows that run Train LoRA in a real ComfyUI (in this process, random SD1.5 / SDXL-shaped):
-buckets with mixed shapes at batch 2 and the crop per image, SDXL size conditioning from the real sizes, the
-cache counted at the node (second prompt encodes nothing, one edit re-encodes one, another VAE invalidates),
+buckets with mixed shapes at batch 2 and the crop per image, the cache counted at the node (second prompt encodes nothing, one edit re-encodes one, another VAE invalidates),
 byte-identical runs with buckets + flip + caption dropout + tag shuffling, and validation loss in LOSS and
 in the plot, repeatable at fixed noise."""
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,58 +13,19 @@ import torch
 from PIL import Image
 
 from .comfy_inprocess import call_node, load_checkpoint, register_lora_lab_nodes
+from .dataset_helpers import MIXED, Counted, load_dataset, make_folder
 
 TRAIN = {
     "steps": 2, "learning_rate": 1e-3, "rank": 4, "alpha": 4.0, "target_preset": "attention", "batch_size": 2,
     "grad_accumulation": 1, "lr_schedule": "constant", "warmup_steps": 0, "timestep_sampling": "uniform",
     "precision": "fp32", "gradient_checkpointing": False, "seed": 0, "output_name": "dataset_test",
 }
-MIXED = [(96, 64), (100, 66), (64, 96), (66, 100), (64, 64), (70, 70)]  # landscape, portrait, square pairs
 
 
 @pytest.fixture(scope="module")
 def sd15(comfy, sd15_checkpoint):
     register_lora_lab_nodes()
     return load_checkpoint(sd15_checkpoint)
-
-
-class Counted:
-    """Records the calls of one method of an object, in place (on a shallow copy made by the test)."""
-
-    def __init__(self, obj, name: str):
-        self.args: list = []
-        original = getattr(obj, name)
-
-        def counted(*args, **kwargs):
-            self.args.append(args)
-            return original(*args, **kwargs)
-
-        setattr(obj, name, counted)
-
-    @property
-    def calls(self) -> int:
-        return len(self.args)
-
-
-def make_folder(path: Path, shapes=MIXED) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:128, 0:128] / 127
-    for i, (w, h) in enumerate(shapes):
-        phase = rng.uniform(0, 6, 3)
-        base = np.stack([0.5 + 0.5 * np.sin(6 * xx + 3 * yy * (c + 1) + phase[c]) for c in range(3)], -1)
-        Image.fromarray((base[:h, :w] * 255).astype(np.uint8)).save(path / f"img{i}.png")
-        (path / f"img{i}.txt").write_text(f"photo {i}, red, blue, green, shapes")
-    return path
-
-
-def load_dataset(folder: Path, cache="", augmentation=None, caption_options=None, validation=0.0, resolution=64):
-    (buckets,) = call_node("LoraLabBucketOptions", min_bucket_side=32, max_bucket_side=128, bucket_step=16,
-                           small_images="upscale")
-    extra = {k: v for k, v in (("augmentation", augmentation), ("caption_options", caption_options)) if v is not None}
-    return call_node("LoraLabDataset", folder=str(folder), resolution=resolution, aspect_buckets=True,
-                     trigger_word="ohwx", caption_template="", default_caption="", validation=validation,
-                     cache_folder=str(cache), bucket_options=buckets, **extra)
 
 
 def train(model, clip, vae, dataset, **inputs):
@@ -96,30 +55,6 @@ def test_buckets_batch_2_and_the_crop_of_every_image(sd15, tmp_path):
         # and that cut is the smallest any bucket allows, along one side only
         assert p.kept_fraction >= max(place(p.source, b).kept_fraction for b in sizes) - 1e-9
         assert min(p.cut) <= 1
-
-
-def test_sdxl_gets_each_images_real_size_conditioning(comfy, model_file, tmp_path):
-    register_lora_lab_nodes()
-    model, clip, vae = load_checkpoint(model_file("sdxl_small"))
-    from lora_lab.nodes.training_data import prepare_training_data
-
-    dataset, _, _ = load_dataset(make_folder(tmp_path / "mixed", [(96, 64), (64, 96), (80, 80)]), resolution=64,
-                                 augmentation=call_node("LoraLabAugmentation", flip=0.5, crop_jitter=0.0, brightness=0.0,
-                                                        contrast=0.0, saturation=0.0, hue=0.0, variants=1, seed=0)[0])
-    patcher = model.clone()
-    data = prepare_training_data(patcher, dataset, vae, clip, None, 1, seed=0)
-    assert len(data.samples) == 6  # both orientations
-    for sample, info in zip(data.samples, data.infos):
-        p = info.placement
-        crop_left = p.resized[0] - p.crop[0] - p.bucket[0] if info.flipped else p.crop[0]
-        given = sample.cond.inputs()["y"].float().cpu()  # SDXL's ADM vector: pooled CLIP-G (1280) + 6 size embeddings
-        pooled = given[:, :1280]
-        expected = patcher.model.encode_adm(pooled_output=pooled, width=p.source[0], height=p.source[1],
-                                            crop_w=crop_left, crop_h=p.crop[1], target_width=p.bucket[0],
-                                            target_height=p.bucket[1])
-        assert torch.allclose(given, expected.float().cpu(), atol=1e-5), info.item.path.name
-        default = patcher.model.encode_adm(pooled_output=pooled, width=768, height=768)
-        assert not torch.allclose(given, default.float().cpu())
 
 
 def test_second_prompt_encodes_nothing_edit_re_encodes_one_new_vae_all(sd15, tmp_path):
