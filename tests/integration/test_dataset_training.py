@@ -117,7 +117,7 @@ def test_validation_loss_in_loss_output_and_plot_and_repeatable(sd15, tmp_path):
     model, clip, vae = sd15
     dataset, summary, captions = load_dataset(make_folder(tmp_path / "data"), validation=2)
     assert "validation: 2 images held out" in summary and len(captions) == 6
-    trained, _lora, loss = train(model, clip, vae, dataset, steps=4, validation_every=2)
+    trained, _lora, loss = train(model, clip, vae, dataset, steps=4, validation_every=2, batch_size=1)
     assert [step for step, _ in loss["validation"]] == [2, 4]
     assert all(np.isfinite(v) for _, v in loss["validation"])
 

@@ -23,7 +23,7 @@ def test_sdxl_gets_each_images_real_size_conditioning(comfy, model_file, tmp_pat
     for sample, info in zip(data.samples, data.infos):
         p = info.placement
         crop_left = p.resized[0] - p.crop[0] - p.bucket[0] if info.flipped else p.crop[0]
-        given = sample.cond.inputs()["y"].float().cpu()  # SDXL's ADM vector: pooled CLIP-G (1280) + 6 size embeddings
+        given = sample.cond.inputs()["y"].cond.float().cpu()  # SDXL's ADM vector: pooled CLIP-G (1280) + 6 size embeddings
         pooled = given[:, :1280]
         expected = patcher.model.encode_adm(pooled_output=pooled, width=p.source[0], height=p.source[1],
                                             crop_w=crop_left, crop_h=p.crop[1], target_width=p.bucket[0],
