@@ -161,8 +161,9 @@ class _Run:
     """One training run's objects; step() does one optimizer step, state() captures it between steps."""
 
     def __init__(self, backend: Backend, samples: list[TrainSample], config: TrainConfig, order: BatchOrder | None,
-                 resume: TrainState | None):
+                 resume: TrainState | None, distributed: Any = None):
         self.backend, self.samples, self.config = backend, samples, config
+        self.dist = distributed  # distributed.Distributed: this rank's slice of each batch, grads averaged
         self.device = torch.device(backend.device)
         self.gen = torch.Generator().manual_seed(config.seed)  # CPU generator: same draws on every device
         self.adapters = make_adapters(backend, config, self.gen)
@@ -219,15 +220,23 @@ class _Run:
         conds = [[draw_cond(self.samples[i].cond, self.gen) for i in batch] for batch in batches]
         return [(batch, noise[m], u[m * c.batch_size:(m + 1) * c.batch_size], conds[m]) for m, batch in enumerate(batches)]
 
+    def _local_draws(self) -> list[tuple[list[int], list[torch.Tensor], torch.Tensor, list[Any]]]:
+        """The step's draws (the same on every rank), cut to this rank's slice of each micro-batch."""
+        draws = self._draw()
+        if self.dist is None:
+            return draws
+        self.dist.seed_step(self.config.seed, len(self.losses))
+        return [self.dist.shard(*d) for d in draws]
+
     def step(self) -> float:
         step = len(self.losses)
         micro_losses = []
         self.optimizer.zero_grad(set_to_none=True)
-        for m, (batch, noise, u, conds) in enumerate(self._draw()):
+        for m, (batch, noise, u, conds) in enumerate(self._local_draws()):
             x0 = torch.stack([self.samples[i].latent for i in batch]).float().to(self.device)
             with autocast(self.config.precision, self.device):
                 loss = diffusion_loss(self.backend, x0, torch.stack(noise).to(self.device), u, conds).mean()
-            value = float(loss.detach())
+            value = float(loss.detach()) if self.dist is None else self.dist.mean(float(loss.detach()))
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss became {value} at step {step + 1} (micro-step {m + 1})",
                                          self.result(interrupted=True))
@@ -240,6 +249,8 @@ class _Run:
         return self.losses[-1]
 
     def _clip_and_step(self, step: int) -> None:
+        if self.dist is not None:
+            self.dist.reduce_grads(self.params)
         self.scaler.unscale_(self.optimizer)
         if self.config.max_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
@@ -265,6 +276,7 @@ def train(
     order: BatchOrder | None = None,
     resume: TrainState | None = None,
     validate: Callable[[int], float | None] | None = None,
+    distributed: Any = None,
 ) -> TrainResult:
     """Train a LoRA on `backend.root`. Adapters and layer wrappers are attached for the run and always removed.
 
@@ -272,6 +284,7 @@ def train(
     forward/backward also ends the run. Either way the result holds the last completed step, interrupted=True,
     and its .state continues the run. A NaN loss raises NonFiniteLossError and running out of memory
     TrainingOutOfMemory, both carrying that result. validate(step) may return a validation loss for the report.
+    distributed (lora_core.distributed.Distributed): data-parallel, this process computes its rank's slice.
     """
     # ComfyUI runs nodes under inference_mode: adapters, optimizer state and activations must be made outside it
     with torch.inference_mode(False), torch.enable_grad():
@@ -279,7 +292,7 @@ def train(
         samples = [TrainSample(usable_in_autograd(s.latent), usable_in_autograd(s.cond), s.caption) for s in samples]
         device = torch.device(backend.device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            run = _Run(backend, samples, config, order, resume)
+            run = _Run(backend, samples, config, order, resume, distributed)
             return _loop(run, on_step, should_stop, interrupt_on, validate)
 
 
