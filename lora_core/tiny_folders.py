@@ -87,6 +87,11 @@ def _vae(family: str):
         return diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                           temperal_downsample=[False, True, True], latents_mean=[0.0] * 4,
                                           latents_std=[1.0] * 4)
+    if family == "sana":  # a deep-compression autoencoder, as Sana's pipeline expects (8x here, 32x for real)
+        return diffusers.AutoencoderDC(latent_channels=4, attention_head_dim=8, encoder_block_out_channels=(8, 16, 16, 16),
+                                       decoder_block_out_channels=(8, 16, 16, 16), encoder_layers_per_block=(1, 1, 1, 1),
+                                       decoder_layers_per_block=(1, 1, 1, 1), encoder_qkv_multiscales=((),) * 4,
+                                       decoder_qkv_multiscales=((),) * 4, scaling_factor=0.5)
     from .tiny_models import tiny_vae
 
     return tiny_vae(0)
