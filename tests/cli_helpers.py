@@ -21,10 +21,10 @@ def tiny_pipeline(family: str, root: Path) -> Path:
     return _BUILT[family]
 
 
-def write_config(path: Path, model: Path, out: Path, **sections: dict) -> Path:
+def write_config(path: Path, model_path: Path, out: Path, **sections: dict) -> Path:
     """A TOML config: the tiny dataset at 64 px and a short run; `sections` override/add keys per section."""
     tables = {
-        "model": {"path": str(model)},
+        "model": {"path": str(model_path)},
         "data": {"path": str(DATASET), "resolution": 64, "trigger_word": "rcircle"},
         "train": {"steps": 2, "batch_size": 2, "rank": 4, "alpha": 4.0, "learning_rate": 1e-2,
                   "targets": "attention_mlp", "seed": 0},
@@ -45,6 +45,8 @@ def _toml(value) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return repr(value)
