@@ -11,7 +11,7 @@ from lora_lab.lora_core.diffusers_backend import DDPMUNetBackend
 from lora_lab.lora_core.errors import NonFiniteLossError, TrainingError
 from lora_lab.lora_core.injection import attached
 from lora_lab.lora_core.objective import diffusion_loss
-from lora_lab.lora_core.optim import make_optimizer, make_scheduler
+from lora_lab.lora_core.lr_schedule import make_scheduler
 from lora_lab.lora_core.tiny_models import TinyTextEncoder, tiny_unet
 from lora_lab.lora_core.trainer import TrainConfig, TrainSample, train
 
@@ -247,7 +247,7 @@ def test_bad_config_is_named(unet):
 
 def test_lr_schedules():
     def lrs(name, warmup, total=10):
-        opt = make_optimizer([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         sched, out = make_scheduler(opt, name, warmup, total), []
         for _ in range(total):
             out.append(opt.param_groups[0]["lr"])
