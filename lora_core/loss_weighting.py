@@ -6,8 +6,9 @@ SNR(sigma) = (a / b)^2, and its native loss relates to the x0 error by L_native 
 
   min-SNR gamma   L = min(SNR, gamma) L_x0          ->  w = min(SNR, gamma) c_out^2
                   (eps: min(SNR, gamma) / SNR; v: min(SNR, gamma) / (SNR + 1), as diffusers and kohya)
-  debiased        L = L_eps / sqrt(SNR), L_eps = SNR L_x0   ->  w = sqrt(SNR) c_out^2
-                  (eps: 1 / sqrt(SNR), kohya's; SNR capped at 1000 as kohya does for t = 0)
+  debiased        L = L_eps / sqrt(SNR), L_eps = SNR L_x0   ->  w = SNR c_out^2 / sqrt(SNR)
+                  (eps: 1 / sqrt(SNR), kohya's; the sqrt's SNR capped at 1000 as kohya does for t = 0.
+                  For v models kohya uses 1 / (SNR + 1) instead; this keeps the paper's definition.)
 """
 
 from __future__ import annotations
@@ -40,5 +41,5 @@ def loss_weight(backend: Any, sigma: torch.Tensor, c_out: torch.Tensor, options:
     if options.min_snr_gamma:
         weight = weight * s.clamp(max=options.min_snr_gamma) * c2
     if options.debiased_estimation:
-        weight = weight * s.clamp(max=DEBIASED_SNR_CAP).sqrt() * c2
+        weight = weight * s * c2 / s.clamp(max=DEBIASED_SNR_CAP).sqrt()
     return weight
