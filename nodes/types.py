@@ -5,3 +5,9 @@ from comfy_api.latest import io
 DATASET = io.Custom("LORA_LAB_DATASET")  # lora_core.dataset.ImageDataset
 LORA = io.Custom("LORA_LAB_LORA")  # nodes.lora_state.TrainedLora
 LOSS = io.Custom("LORA_LAB_LOSS")  # {"loss": [float per step], "name": str}
+# Optional config groups for Train LoRA (nodes/train_options.py); each carries a plain dict of settings.
+OPTIMIZER_OPTIONS = io.Custom("LORA_LAB_OPTIMIZER_OPTIONS")
+LOSS_OPTIONS = io.Custom("LORA_LAB_LOSS_OPTIONS")
+ALGORITHM_OPTIONS = io.Custom("LORA_LAB_ALGORITHM_OPTIONS")
+TEXT_ENCODER_OPTIONS = io.Custom("LORA_LAB_TEXT_ENCODER_OPTIONS")
+PREVIEW_OPTIONS = io.Custom("LORA_LAB_PREVIEW_OPTIONS")
