@@ -434,7 +434,9 @@ def _loop(run: _Run, on_step, should_stop, interrupt_on, validate) -> TrainResul
             stack.enter_context(frozen_base(tree, getattr(backend, "fetch_weight", plain_fetch),
                                             getattr(backend, "is_plain", torch_plain)))
         stack.enter_context(attached(trees, run.adapters))
-        stack.enter_context(gradient_checkpointing(backend.root, config.gradient_checkpointing, config.guard_inplace))
+        modules = dict(backend.root.named_modules())
+        stack.enter_context(gradient_checkpointing(backend.root, config.gradient_checkpointing, config.guard_inplace,
+                                                   adapted=[modules[n] for n in run.adapters if ":" not in n]))
         while len(run.losses) < config.steps:
             if should_stop is not None and should_stop():
                 return run.result(interrupted=True)
