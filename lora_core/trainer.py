@@ -437,6 +437,9 @@ def _loop(run: _Run, on_step, should_stop, interrupt_on, validate) -> TrainResul
         modules = dict(backend.root.named_modules())
         stack.enter_context(gradient_checkpointing(backend.root, config.gradient_checkpointing, config.guard_inplace,
                                                    adapted=[modules[n] for n in run.adapters if ":" not in n]))
+        for component, tree in trees.items():  # text encoders: no checkpointing, but ComfyUI's CLIP adds in place
+            if component:
+                stack.enter_context(gradient_checkpointing(tree, False, config.guard_inplace))
         while len(run.losses) < config.steps:
             if should_stop is not None and should_stop():
                 return run.result(interrupted=True)

@@ -10,8 +10,10 @@ from .load_node import LoadLora
 from .loss_plot_node import PlotTrainingLoss
 from .save_node import SaveLora
 from .train_node import TrainLora
+from .train_options import OPTION_NODES
 
 
 class LoraLabExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LoadTrainingImages, TrainLora, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora, InspectLora]
+        return [LoadTrainingImages, TrainLora, *OPTION_NODES, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora,
+                InspectLora]

@@ -9,14 +9,24 @@ import torch
 
 import comfy.model_management
 import comfy.utils
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
+from ..lora_core.adapters import ALGORITHMS
 from ..lora_core.errors import NonFiniteLossError, TrainingOutOfMemory
 from ..lora_core.lora_file import save_lora_file
+from ..lora_core.lr_schedule import LR_SCHEDULES
 from ..lora_core.memory_estimate import training_memory
+from ..lora_core.optimizers import OPTIMIZERS
 from ..lora_core.targets import select_targets
+from ..lora_core.timesteps import METHODS as TIMESTEP_METHODS
 from ..lora_core.train_state import save_train_state, state_path
 from ..lora_core.trainer import StepReport, TrainConfig, train
+from . import text_encoders
+from .previews import Previewer
+from .run_files import load_resume
+from .step_hooks import StepHooks
+from .text_encoder_conds import text_encoder_samples
+from .train_options import config_fields
 from .base_loras import base_loras
 from .comfy_backend import ComfyBackend
 from .comfy_paths import lora_output_name, unused_lora_path
@@ -25,13 +35,14 @@ from .lora_apply import apply_lora
 from .lora_state import TrainedLora, trained_lora
 from .rope_autograd import ensure_rope_autograd
 from .training_data import build_samples, encode_captions, encode_latents
-from .types import DATASET, LORA, LOSS
+from .types import (ALGORITHM_OPTIONS, DATASET, LORA, LOSS, LOSS_OPTIONS, OPTIMIZER_OPTIONS, PREVIEW_OPTIONS,
+                    TEXT_ENCODER_OPTIONS)
 
 log = logging.getLogger("lora_lab")
 
 TARGET_PRESETS = ["attention", "attention_mlp", "all_linear"]
-SCHEDULES = ["constant", "constant_with_warmup", "cosine", "linear"]
-TIMESTEP_SAMPLING = ["auto", "uniform", "logit_normal"]
+SCHEDULES = list(LR_SCHEDULES)
+TIMESTEP_SAMPLING = ["auto", *TIMESTEP_METHODS]
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 
 
@@ -155,11 +166,31 @@ class TrainLora(io.ComfyNode):
                                 tooltip="Name for metadata and for partial saves (cancel, NaN) in models/loras."),
                 io.String.Input("custom_targets", default="", optional=True,
                                 tooltip="Optional comma-separated regexes on module names; overrides the preset."),
+                io.Combo.Input("algorithm", options=list(ALGORITHMS), default="lora", optional=True,
+                               tooltip="lora (LoCon on convs), loha, lokr or dora; settings in 'LoRA Lab Algorithm'."),
+                io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw", optional=True,
+                               tooltip="adamw8bit needs bitsandbytes; came/lion pytorch-optimizer; prodigy prodigyopt "
+                                       "(set learning_rate 1.0); adamw_schedulefree schedulefree (constant schedule)."),
+                io.Int.Input("save_every", default=0, min=0, max=1_000_000, optional=True,
+                             tooltip="0 = off. Every N steps write models/loras/<output_name>_stepNNNNN.safetensors "
+                                     "and its training state beside it (resume_from continues from it)."),
+                io.String.Input("resume_from", default="", optional=True,
+                                tooltip="Continue a run exactly: a LoRA written by save_every / cancel / NaN / OOM "
+                                        "(name under models/loras, or an absolute path) or its .state.safetensors. "
+                                        "Dataset and settings must match (steps may grow)."),
+                OPTIMIZER_OPTIONS.Input("optimizer_options", optional=True, tooltip="From 'LoRA Lab Optimizer'."),
+                LOSS_OPTIONS.Input("loss_options", optional=True, tooltip="From 'LoRA Lab Loss & Noise'."),
+                ALGORITHM_OPTIONS.Input("algorithm_options", optional=True, tooltip="From 'LoRA Lab Algorithm'."),
+                TEXT_ENCODER_OPTIONS.Input("text_encoder_options", optional=True,
+                                           tooltip="From 'LoRA Lab Text Encoder': train the text encoder(s) too."),
+                PREVIEW_OPTIONS.Input("previews", optional=True, tooltip="From 'LoRA Lab Previews'."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained LoRA applied."),
                 LORA.Output(display_name="lora", tooltip="The trained LoRA (save it with 'Save LoRA')."),
                 LOSS.Output(display_name="loss", tooltip="Loss per step, for 'Plot Training Loss'."),
+                io.Clip.Output(display_name="clip", tooltip="The input CLIP; with the text-encoder LoRA applied "
+                                                            "when it was trained."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -167,41 +198,60 @@ class TrainLora(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, dataset, steps, learning_rate, rank, alpha, target_preset, batch_size,
                 grad_accumulation, lr_schedule, warmup_steps, timestep_sampling, precision,
-                gradient_checkpointing, seed, output_name, custom_targets="") -> io.NodeOutput:
+                gradient_checkpointing, seed, output_name, custom_targets="", algorithm="lora", optimizer="adamw",
+                save_every=0, resume_from="", optimizer_options=None, loss_options=None, algorithm_options=None,
+                text_encoder_options=None, previews=None) -> io.NodeOutput:
         name = lora_output_name(output_name)
         patcher = model.clone()
         family = model_family(patcher)
         underneath = base_loras(patcher)
+        resume = load_resume(resume_from)
+        train_te = bool(text_encoder_options)
+        encoders = text_encoders.trainable(clip, text_encoder_options.get("train_t5", False)) if train_te else {}
 
         latents = encode_latents(vae, patcher, dataset)
-        cond_by_caption = encode_captions(clip, [image.caption for image in dataset.images])
+        # Text-encoder training encodes captions every step, with grad: no caption cache then.
+        cond_by_caption = None if train_te else encode_captions(clip, [image.caption for image in dataset.images])
         # The VAE and text encoder are done: let ComfyUI evict them before the model is loaded to train.
         comfy.model_management.free_memory(1e30, patcher.load_device)
 
         backend = ComfyBackend(patcher)
+        backend.text_encoders = encoders
+        fields = config_fields(optimizer_options, loss_options, algorithm, algorithm_options, text_encoder_options)
+        fields.setdefault("timestep_sampling", resolve_timestep_sampling(timestep_sampling, backend.prediction))
         config = TrainConfig(
             steps=steps, learning_rate=learning_rate, rank=rank, alpha=alpha,
             targets=[t.strip() for t in custom_targets.split(",") if t.strip()] or target_preset,
             batch_size=batch_size, grad_accum=grad_accumulation, lr_schedule=lr_schedule,
-            warmup_steps=warmup_steps, timestep_sampling=resolve_timestep_sampling(timestep_sampling, backend.prediction),
-            precision=resolve_precision(precision, patcher.load_device),
-            gradient_checkpointing=gradient_checkpointing, seed=seed,
+            warmup_steps=warmup_steps, precision=resolve_precision(precision, patcher.load_device),
+            gradient_checkpointing=gradient_checkpointing, seed=seed, algorithm=algorithm, optimizer=optimizer,
+            identity={"family": family}, **fields,
         )
         load_for_training(patcher, backend, config, latents[0].shape)
 
         def finished(result) -> TrainedLora:
-            return trained_lora(result, config, dataset, family, name, backend.prediction, underneath)
+            return trained_lora(result, config, dataset, family, name, backend.prediction, underneath,
+                                tuple(text_encoders.present(clip)))
+
+        previewer = None
+        if previews:
+            previewer = Previewer(patcher, clip, vae, previews, name, cls.hidden.unique_id,
+                                  reload=lambda: load_for_training(patcher, backend, config, latents[0].shape))
+        on_step = StepHooks(_Progress(steps, cls.hidden.unique_id), finished, name, save_every, previewer)
 
         with torch.inference_mode(False), torch.enable_grad():
             ensure_rope_autograd()
-            samples = build_samples(patcher, backend.device, dataset, latents, cond_by_caption, seed)
+            if train_te:
+                samples = text_encoder_samples(clip, patcher, backend.device, dataset, latents, seed)
+            else:
+                samples = build_samples(patcher, backend.device, dataset, latents, cond_by_caption, seed)
             patcher.pre_run()  # as the sampler does: the model knows its patcher, pre-run callbacks fire
             try:
                 # Cancel arrives either as the flag (seen between steps) or as ComfyUI's ops raising
                 # InterruptProcessingException mid-forward (which also clears the flag): both end the run.
-                result = train(backend, samples, config, on_step=_Progress(steps, cls.hidden.unique_id),
+                result = train(backend, samples, config, on_step=on_step,
                                should_stop=comfy.model_management.processing_interrupted,
-                               interrupt_on=(comfy.model_management.InterruptProcessingException,))
+                               interrupt_on=(comfy.model_management.InterruptProcessingException,), resume=resume)
             except (NonFiniteLossError, TrainingOutOfMemory) as error:
                 kind = "loss became non-finite" if isinstance(error, NonFiniteLossError) else "out of memory"
                 path = _save_partial(finished(error.result), name, error.result, kind)
@@ -218,5 +268,10 @@ class TrainLora(io.ComfyNode):
                 _save_partial(lora, name, result, "training cancelled")
             comfy.model_management.interrupt_current_processing(False)
             raise comfy.model_management.InterruptProcessingException()
-        trained_model, _, _ = apply_lora(patcher, None, lora.state_dict(), 1.0, 0.0, f"trained '{name}'")
-        return io.NodeOutput(trained_model, lora, {"loss": result.losses, "name": name})
+        te = lora.has_text_encoder
+        trained_model, trained_clip, _ = apply_lora(patcher, clip if te else None, lora.state_dict(), 1.0,
+                                                    1.0 if te else 0.0, f"trained '{name}'")
+        outputs = (trained_model, lora, {"loss": result.losses, "name": name}, trained_clip if te else clip)
+        if previewer is not None and previewer.latest:
+            return io.NodeOutput(*outputs, ui=ui.PreviewImage(torch.cat(previewer.latest), cls=cls))
+        return io.NodeOutput(*outputs)
