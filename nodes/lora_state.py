@@ -55,6 +55,7 @@ def trained_lora(result, config, dataset, family: str, name: str, prediction: st
         targets=config.targets, prediction=prediction, output_name=name,
         trigger_words=dataset.trigger_word, captions=[image.caption for image in dataset.images],
         resolution=dataset.resolution, compute_dtype=result.compute_dtype, base_loras=base_loras,
+        timestep_sampling=config.timestep_sampling,
     )
     metadata.update(algorithm_metadata(config))
     weights = LoraWeights(modules=result.lora.modules, metadata={**result.lora.metadata, **metadata})

@@ -254,11 +254,12 @@ class TrainLora(io.ComfyNode):
                                interrupt_on=(comfy.model_management.InterruptProcessingException,), resume=resume)
             except (NonFiniteLossError, TrainingOutOfMemory) as error:
                 kind = "loss became non-finite" if isinstance(error, NonFiniteLossError) else "out of memory"
+                done = error.result.steps_done
                 path = _save_partial(finished(error.result), name, error.result, kind)
-                del error.result  # its tensors pin nothing on the device, but the traceback should not keep them
+                del error.result  # the traceback should not keep the run's tensors alive
                 comfy.model_management.soft_empty_cache()
-                raise type(error)(f"{error} Saved the LoRA to {path} and the state to continue from to "
-                                  f"{state_path(path)}.") from error
+                raise type(error)(f"LoRA Lab: {error}. Saved the LoRA after step {done} to {path} and the state "
+                                  f"to continue from to {state_path(path)}.") from error
             finally:
                 patcher.cleanup()
 
