@@ -126,9 +126,10 @@ class DoraAdapter(LoraAdapter):
         lora = LoraAdapter.create(geo, rank, alpha, dropout, generator)
         adapter = cls(geo, lora.down, lora.up, alpha, torch.zeros(geo.in_features if axis == "input" else geo.out_features),
                       axis, fetch, dropout)
-        norms, _ = adapter.norms(module, torch.empty(0))
+        weight = getattr(module, "weight", None)
+        norms, _ = adapter.norms(module, torch.empty(0, device=weight.device if weight is not None else "cpu"))
         with torch.no_grad():
-            adapter.magnitude.copy_(norms)
+            adapter.magnitude.copy_(norms.cpu())
         return adapter
 
     @classmethod

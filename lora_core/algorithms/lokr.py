@@ -77,7 +77,11 @@ class LokrAdapter(Adapter):
 
     @property
     def scale(self) -> float:
-        return self.weights().scale
+        """alpha / r of the decomposed factor (w2's first, as ComfyUI), else 1."""
+        for role in ("lokr_w2_b", "lokr_w1_b"):
+            if role in self.parts:
+                return self.alpha / int(self.parts[role].shape[0])
+        return 1.0
 
     def _factors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p = {k: self.cast(v, like) for k, v in self.parts.items()}
