@@ -52,6 +52,9 @@ def load_resume(resume_from: str) -> TrainState | None:
     path = resolve_resume(resume_from)
     if path is None:
         return None
-    state = load_train_state(path)
+    import torch
+
+    with torch.inference_mode(False):  # its tensors become optimizer state that is updated in place
+        state = load_train_state(path)
     log.info("LoRA Lab: resuming from %s (step %d)", path, state.step)
     return state

@@ -137,26 +137,26 @@ def test_save_every_then_resume_is_byte_identical(sd15, dataset_dir, loras):
     assert _file_bytes(resumed) == _file_bytes(straight)
 
 
-def test_cancel_at_step_three_then_resume_is_byte_identical(sd15, dataset_dir, loras):
+def test_cancel_at_step_three_then_resume_is_byte_identical(sd15, dataset_dir, loras, monkeypatch):
     import comfy.model_management
+    import comfy.utils
 
-    model = sd15[0]
     dataset = _dataset(dataset_dir)
     common = dict(steps=5, learning_rate=2e-3, seed=4, output_name="cancelled")
     _m, straight, _l, _c = _train(sd15, dataset, **common)
-    calls = {"n": 0}
+    update = comfy.utils.ProgressBar.update_absolute
 
-    def cancel_after_three(module, args, kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # the third step's forward: the flag is seen at the next step boundary
+    def cancel_after_step_three(bar, value, total=None, preview=None):  # the user presses cancel as step 3 ends
+        update(bar, value, total, preview)
+        if value == 3:
             comfy.model_management.interrupt_current_processing(True)
 
-    handle = model.model.diffusion_model.register_forward_pre_hook(cancel_after_three, with_kwargs=True)
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", cancel_after_step_three)
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             _train(sd15, dataset, **common)
     finally:
-        handle.remove()
+        monkeypatch.undo()
         comfy.model_management.interrupt_current_processing(False)
     assert (loras / "cancelled_step00003.state.safetensors").exists()
     _m, resumed, _l, _c = _train(sd15, dataset, resume_from=str(loras / "cancelled_step00003.state.safetensors"),
