@@ -63,8 +63,14 @@ def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
             out.append("dataset: the images, captions or their encoding (VAE, crop, flip) differ")
     old_s, new_s = saved.get("settings", {}), now.get("settings", {})
     for name in sorted(set(old_s) | set(new_s)):
-        if _plain(old_s.get(name)) != _plain(new_s.get(name)):
-            out.append(f"{name}: {json.dumps(old_s.get(name))} in the state, {json.dumps(new_s.get(name))} now")
+        old, new = old_s.get(name), new_s.get(name)
+        if name == "identity" and isinstance(old, dict) and isinstance(new, dict):
+            # the host's own facts (model family, the dataset's inputs as its loader hashed them)
+            for key in sorted(set(old) | set(new)):
+                if _plain(old.get(key)) != _plain(new.get(key)):
+                    out.append(f"{key}: {json.dumps(old.get(key))} in the state, {json.dumps(new.get(key))} now")
+        elif _plain(old) != _plain(new):
+            out.append(f"{name}: {json.dumps(old)} in the state, {json.dumps(new)} now")
     return out
 
 

@@ -20,7 +20,7 @@ from .adapters import Adapter, adapter_from_weights, new_adapter
 from .backend import Backend
 from .checkpointing import gradient_checkpointing
 from .ema import ema_weights, make_ema
-from .errors import NonFiniteLossError, TrainingError, TrainingOutOfMemory
+from .errors import LoraLabError, NonFiniteLossError, TrainingCrashed, TrainingError, TrainingOutOfMemory
 from .fingerprint import check_same_run, run_fingerprint
 from .frozen_layers import explain_inference_error, frozen_base, plain_fetch, torch_plain
 from .injection import attached
@@ -244,6 +244,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.compute_dtype == torch.float16)
         self.order = order or EpochShuffle(len(samples), int(self.gen.initial_seed()) + 1)
         self.losses: list[float] = []
+        self.updating = False
         torch.manual_seed(config.seed)  # adapter dropout uses the global RNG (forked by the caller)
         if resume is not None:
             self._restore(resume)
@@ -338,10 +339,12 @@ class _Run:
                                          self.result(interrupted=True))
             self.scaler.scale(loss / self.config.grad_accum).backward()
             micro_losses.append(value)
+        self.updating = True  # from here until the step is recorded, the adapters match no saved state
         self._clip_and_step(step)
         self.scheduler.step()
         self.losses.append(sum(micro_losses) / len(micro_losses))
         self.boundary = self._boundary()
+        self.updating = False
         return self.losses[-1]
 
     def _clip_and_step(self, step: int) -> None:
@@ -409,8 +412,8 @@ def train(
 
     should_stop() is polled before each step; an exception of a type in interrupt_on raised during a step's
     forward/backward also ends the run. Either way the result holds the last completed step, interrupted=True,
-    and its .state continues the run. A NaN loss raises NonFiniteLossError and running out of memory
-    TrainingOutOfMemory, both carrying that result. validate(step) may return a validation loss for the report.
+    and its .state continues the run. A NaN loss raises NonFiniteLossError, running out of memory
+    TrainingOutOfMemory and any other exception TrainingCrashed, all carrying that result. validate(step) may return a validation loss for the report.
     """
     # ComfyUI runs nodes under inference_mode: adapters, optimizer state and activations must be made outside it
     with torch.inference_mode(False), torch.enable_grad():
@@ -445,19 +448,36 @@ def _loop(run: _Run, on_step, should_stop, interrupt_on, validate) -> TrainResul
             except interrupt_on:
                 # no optimizer step was taken for this step: the adapters hold the last completed one
                 return run.result(interrupted=True)
-            except RuntimeError as error:
-                _raise_clearly(error, run)
-                raise
+            except LoraLabError:
+                raise  # NaN (carries its result) or a named bad input
+            except Exception as error:
+                if isinstance(error, RuntimeError):
+                    _raise_clearly(error, run)
+                raise _crashed(error, run, "during") from error
             step = len(run.losses)
             if on_step is not None or validate is not None:
-                val_loss = None
-                if validate is not None:
-                    with run.evaluating():
-                        val_loss = validate(step)
-                if on_step is not None:
-                    on_step(StepReport(step, config.steps, loss, run.lr(), val_loss, snapshot=run.result,
-                                       evaluating=run.evaluating))
+                try:
+                    val_loss = None
+                    if validate is not None:
+                        with run.evaluating():
+                            val_loss = validate(step)
+                    if on_step is not None:
+                        on_step(StepReport(step, config.steps, loss, run.lr(), val_loss, snapshot=run.result,
+                                           evaluating=run.evaluating))
+                except interrupt_on:
+                    return run.result(interrupted=True)
+                except LoraLabError:
+                    raise
+                except Exception as error:  # a failed save or preview: the step itself is complete
+                    raise _crashed(error, run, "after") from error
     return run.result()
+
+
+def _crashed(error: BaseException, run: _Run, when: str) -> TrainingCrashed:
+    """Any unexpected exception: carry the last completed step so the host can save it and its state."""
+    step = len(run.losses) + (1 if when == "during" else 0)
+    result = None if run.updating else run.result(interrupted=True)
+    return TrainingCrashed(f"training failed {when} step {step}: {type(error).__name__}: {error}", result)
 
 
 def _raise_clearly(error: BaseException, run: _Run) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..lora_core.dataset_metadata import dataset_metadata
 from ..lora_core.lora_file import algorithm_metadata, training_metadata
 from ..lora_core.lora_weights import LoraWeights, kohya_name
 from .text_encoders import kohya_te_name
@@ -58,5 +59,6 @@ def trained_lora(result, config, dataset, family: str, name: str, prediction: st
         timestep_sampling=config.timestep_sampling,
     )
     metadata.update(algorithm_metadata(config))
+    metadata.update(dataset_metadata(dataset))  # kohya's bucket / caption / augmentation keys
     weights = LoraWeights(modules=result.lora.modules, metadata={**result.lora.metadata, **metadata})
     return TrainedLora(weights=weights, family=family, te_components=tuple(te_components))

@@ -1,30 +1,26 @@
 """Conditioning for text-encoder LoRA training: each step encodes the caption again, with gradients,
 through the CLIP whose layers carry the adapters (no caption cache for it), then builds the model's inputs
-for the paired latent exactly as a cached caption's (encode_sample_cond)."""
+for the paired latent as a cached caption's are built (encode_sample_cond, SDXL size conditioning)."""
 
 from __future__ import annotations
 
-import torch
+from typing import Any, Callable
 
-from ..lora_core.trainer import TrainSample, usable_in_autograd
+from ..lora_core.training_samples import SampleInfo
 from .comfy_backend import encode_sample_cond
+from .comfy_encoders import with_size_conditioning
 
 
-class EncodedEachStep:
-    def __init__(self, clip, patcher, caption: str, latent: torch.Tensor, seed: int):
-        self.clip, self.patcher, self.latent, self.seed = clip, patcher, latent, seed
-        self.tokens = clip.tokenize(caption)
+def encoded_each_step(clip, patcher, seed: int, sizes_of: Callable[[SampleInfo], Any]) -> Callable[[str, SampleInfo], Any]:
+    """make_cond for lora_core.training_samples (text_each_step): caption text + sample -> the step's cond.
 
-    def draw(self, generator: torch.Generator):
-        conditioning = self.clip.encode_from_tokens_scheduled(self.tokens)
-        return encode_sample_cond(self.patcher, conditioning, self.latent, self.seed)
-
-
-def text_encoder_samples(clip, patcher, device, dataset, latents: list[torch.Tensor], seed: int) -> list[TrainSample]:
-    """Samples in the dataset's expanded order whose conds encode per step; call under inference_mode(False)."""
-    unique = {}
-    for image, latent in zip(dataset.images, latents):
-        latent = usable_in_autograd(latent.to(device))
-        unique[id(image)] = TrainSample(latent=latent, cond=EncodedEachStep(clip, patcher, image.caption, latent, seed),
-                                        caption=image.caption)
-    return [unique[id(image)] for image in dataset.expanded()]
+    Called from the trainer's draw (inside the training step, grad enabled), so the encoders' adapters get
+    gradients through it; in evaluating() (validation, previews) it runs without grad on the current LoRA.
+    """
+    def make_cond(text: str, info: SampleInfo) -> Any:
+        conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        sizes = sizes_of(info)
+        if sizes is not None:
+            conditioning = with_size_conditioning(conditioning, *sizes)
+        return encode_sample_cond(patcher, conditioning, info.latent, seed)
+    return make_cond

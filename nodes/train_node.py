@@ -12,7 +12,8 @@ import comfy.utils
 from comfy_api.latest import io, ui
 
 from ..lora_core.adapters import ALGORITHMS
-from ..lora_core.errors import NonFiniteLossError, TrainingOutOfMemory
+from ..lora_core.dataset_metadata import dataset_fingerprint
+from ..lora_core.errors import NonFiniteLossError, TrainingCrashed, TrainingError, TrainingOutOfMemory
 from ..lora_core.lora_file import save_lora_file
 from ..lora_core.lr_schedule import LR_SCHEDULES
 from ..lora_core.memory_estimate import training_memory
@@ -21,11 +22,11 @@ from ..lora_core.targets import select_targets
 from ..lora_core.timesteps import METHODS as TIMESTEP_METHODS
 from ..lora_core.train_state import save_train_state, state_path
 from ..lora_core.trainer import StepReport, TrainConfig, train
+from ..lora_core.validation import ValidationLoss
 from . import text_encoders
 from .previews import Previewer
 from .run_files import load_resume
 from .step_hooks import StepHooks
-from .text_encoder_conds import text_encoder_samples
 from .train_options import config_fields
 from .base_loras import base_loras
 from .comfy_backend import ComfyBackend
@@ -34,7 +35,7 @@ from .family import model_family
 from .lora_apply import apply_lora
 from .lora_state import TrainedLora, trained_lora
 from .rope_autograd import ensure_rope_autograd
-from .training_data import build_samples, encode_captions, encode_latents
+from .training_data import largest_latent_shape, prepare_training_data
 from .types import (ALGORITHM_OPTIONS, DATASET, LORA, LOSS, LOSS_OPTIONS, OPTIMIZER_OPTIONS, PREVIEW_OPTIONS,
                     TEXT_ENCODER_OPTIONS)
 
@@ -80,7 +81,9 @@ class _Progress:
     def __call__(self, report: StepReport) -> None:
         step, total = report.step, report.total
         text = f"step {step}/{total}  loss {report.loss:.5f}  lr {report.lr:.3g}"
-        if step == 1 or step == total or step % max(1, total // 20) == 0:
+        if report.val_loss is not None:
+            text += f"  validation {report.val_loss:.5f}"
+        if step == 1 or step == total or step % max(1, total // 20) == 0 or report.val_loss is not None:
             log.info("LoRA Lab: %s", text)
         if comfy.model_management.processing_interrupted():
             return
@@ -135,9 +138,12 @@ class TrainLora(io.ComfyNode):
                         "the LoRA applied, the LoRA, and the loss history.",
             inputs=[
                 io.Model.Input("model", tooltip="The model to train on (from any checkpoint/UNet loader)."),
-                io.Clip.Input("clip", tooltip="Text encoder used to encode the captions (not trained)."),
-                io.Vae.Input("vae", tooltip="VAE used to encode the training images to latents once."),
-                DATASET.Input("dataset", tooltip="Images and captions from 'Load Training Images'."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="Text encoder for the captions (trained only with 'LoRA Lab Text Encoder'). Not needed "
+                                      "when conditioning is connected; needed for per-step caption dropout / shuffling, "
+                                      "text-encoder training and previews."),
+                io.Vae.Input("vae", tooltip="VAE used to encode the training images to latents once (cached)."),
+                DATASET.Input("dataset", tooltip="From 'Load Training Images' or 'Load Training Videos'."),
                 io.Int.Input("steps", default=500, min=1, max=1_000_000, tooltip="Optimizer steps."),
                 io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6,
                                tooltip="Peak learning rate of AdamW."),
@@ -166,6 +172,13 @@ class TrainLora(io.ComfyNode):
                                 tooltip="Name for metadata and for partial saves (cancel, NaN) in models/loras."),
                 io.String.Input("custom_targets", default="", optional=True,
                                 tooltip="Optional comma-separated regexes on module names; overrides the preset."),
+                io.Conditioning.Input("conditioning", optional=True,
+                                      tooltip="The dataset's captions output encoded by any text-encoder node (one per "
+                                              "caption, in order): for models whose encoder is not a CLIP (Sana's "
+                                              "Gemma, T5-only). Per-step caption dropout/shuffling need clip instead."),
+                io.Int.Input("validation_every", default=50, min=0, max=1_000_000, optional=True,
+                             tooltip="Validation loss of the dataset's held-out images every N steps (and at the end), "
+                                     "at fixed noise; 0 = off."),
                 io.Combo.Input("algorithm", options=list(ALGORITHMS), default="lora", optional=True,
                                tooltip="lora (LoCon on convs), loha, lokr or dora; settings in 'LoRA Lab Algorithm'."),
                 io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw", optional=True,
@@ -193,25 +206,34 @@ class TrainLora(io.ComfyNode):
                                                             "when it was trained."),
             ],
             hidden=[io.Hidden.unique_id],
+            is_input_list=True,  # the conditioning list arrives whole; every other input is a list of one
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, dataset, steps, learning_rate, rank, alpha, target_preset, batch_size,
-                grad_accumulation, lr_schedule, warmup_steps, timestep_sampling, precision,
-                gradient_checkpointing, seed, output_name, custom_targets="", algorithm="lora", optimizer="adamw",
-                save_every=0, resume_from="", optimizer_options=None, loss_options=None, algorithm_options=None,
-                text_encoder_options=None, previews=None) -> io.NodeOutput:
+    def execute(cls, **inputs) -> io.NodeOutput:
+        single = {k: v[0] if isinstance(v, list) and k != "conditioning" else v for k, v in inputs.items()}
+        return cls._run(**single)
+
+    @classmethod
+    def _run(cls, model, vae, dataset, steps, learning_rate, rank, alpha, target_preset, batch_size,
+             grad_accumulation, lr_schedule, warmup_steps, timestep_sampling, precision,
+             gradient_checkpointing, seed, output_name, custom_targets="", clip=None, conditioning=None,
+             validation_every=50, algorithm="lora", optimizer="adamw", save_every=0, resume_from="",
+             optimizer_options=None, loss_options=None, algorithm_options=None, text_encoder_options=None,
+             previews=None) -> io.NodeOutput:
         name = lora_output_name(output_name)
         patcher = model.clone()
         family = model_family(patcher)
         underneath = base_loras(patcher)
-        resume = load_resume(resume_from)
         train_te = bool(text_encoder_options)
+        if (train_te or previews) and clip is None:
+            raise TrainingError("LoRA Lab: " + ("text-encoder training" if train_te else "previews")
+                                + " needs Train LoRA's clip input")
+        resume = load_resume(resume_from)
         encoders = text_encoders.trainable(clip, text_encoder_options.get("train_t5", False)) if train_te else {}
 
-        latents = encode_latents(vae, patcher, dataset)
-        # Text-encoder training encodes captions every step, with grad: no caption cache then.
-        cond_by_caption = None if train_te else encode_captions(clip, [image.caption for image in dataset.images])
+        data = prepare_training_data(patcher, dataset, vae, clip, conditioning, batch_size, seed,
+                                     train_text_encoder=train_te)
         # The VAE and text encoder are done: let ComfyUI evict them before the model is loaded to train.
         comfy.model_management.free_memory(1e30, patcher.load_device)
 
@@ -225,9 +247,11 @@ class TrainLora(io.ComfyNode):
             batch_size=batch_size, grad_accum=grad_accumulation, lr_schedule=lr_schedule,
             warmup_steps=warmup_steps, precision=resolve_precision(precision, patcher.load_device),
             gradient_checkpointing=gradient_checkpointing, seed=seed, algorithm=algorithm, optimizer=optimizer,
-            identity={"family": family}, **fields,
+            identity={"family": family, "dataset inputs": dataset_fingerprint(dataset)}, **fields,
         )
-        load_for_training(patcher, backend, config, latents[0].shape)
+        load_for_training(patcher, backend, config, largest_latent_shape(data))
+        validate = (ValidationLoss(backend, data.validation, validation_every, last_step=steps, batch_size=batch_size,
+                                   precision=config.precision) if data.validation and validation_every > 0 else None)
 
         def finished(result) -> TrainedLora:
             return trained_lora(result, config, dataset, family, name, backend.prediction, underneath,
@@ -236,24 +260,24 @@ class TrainLora(io.ComfyNode):
         previewer = None
         if previews:
             previewer = Previewer(patcher, clip, vae, previews, name, cls.hidden.unique_id,
-                                  reload=lambda: load_for_training(patcher, backend, config, latents[0].shape))
+                                  reload=lambda: load_for_training(patcher, backend, config, largest_latent_shape(data)))
         on_step = StepHooks(_Progress(steps, cls.hidden.unique_id), finished, name, save_every, previewer)
 
         with torch.inference_mode(False), torch.enable_grad():
             ensure_rope_autograd()
-            if train_te:
-                samples = text_encoder_samples(clip, patcher, backend.device, dataset, latents, seed)
-            else:
-                samples = build_samples(patcher, backend.device, dataset, latents, cond_by_caption, seed)
             patcher.pre_run()  # as the sampler does: the model knows its patcher, pre-run callbacks fire
             try:
                 # Cancel arrives either as the flag (seen between steps) or as ComfyUI's ops raising
                 # InterruptProcessingException mid-forward (which also clears the flag): both end the run.
-                result = train(backend, samples, config, on_step=on_step,
+                result = train(backend, data.samples, config, on_step=on_step,
                                should_stop=comfy.model_management.processing_interrupted,
-                               interrupt_on=(comfy.model_management.InterruptProcessingException,), resume=resume)
-            except (NonFiniteLossError, TrainingOutOfMemory) as error:
-                kind = "loss became non-finite" if isinstance(error, NonFiniteLossError) else "out of memory"
+                               interrupt_on=(comfy.model_management.InterruptProcessingException,),
+                               order=data.order, validate=validate, resume=resume)
+            except (NonFiniteLossError, TrainingOutOfMemory, TrainingCrashed) as error:
+                kind = {NonFiniteLossError: "loss became non-finite", TrainingOutOfMemory: "out of memory"}.get(
+                    type(error), "training failed")
+                if error.result is None or error.result.steps_done == 0:
+                    raise type(error)(f"LoRA Lab: {error}. No step was completed, so nothing was saved.") from error
                 done = error.result.steps_done
                 path = _save_partial(finished(error.result), name, error.result, kind)
                 del error.result  # the traceback should not keep the run's tensors alive
@@ -272,7 +296,9 @@ class TrainLora(io.ComfyNode):
         te = lora.has_text_encoder
         trained_model, trained_clip, _ = apply_lora(patcher, clip if te else None, lora.state_dict(), 1.0,
                                                     1.0 if te else 0.0, f"trained '{name}'")
-        outputs = (trained_model, lora, {"loss": result.losses, "name": name}, trained_clip if te else clip)
+        outputs = (trained_model, lora, {"loss": result.losses, "name": name,
+                                         "validation": validate.history if validate else []},
+                   trained_clip if te else clip)
         if previewer is not None and previewer.latest:
             return io.NodeOutput(*outputs, ui=ui.PreviewImage(torch.cat(previewer.latest), cls=cls))
         return io.NodeOutput(*outputs)

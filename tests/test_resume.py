@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lora_lab.lora_core.diffusers_backend import DDPMUNetBackend
-from lora_lab.lora_core.errors import TrainingError
+from lora_lab.lora_core.errors import TrainingCrashed, TrainingError
 from lora_lab.lora_core.lora_file import save_lora_file
 from lora_lab.lora_core.optimizers import OPTIMIZERS
 from lora_lab.lora_core.tiny_models import TinyTextEncoder, tiny_unet
@@ -105,6 +105,44 @@ def test_cancel_inside_step_four_then_resume_is_exact(unet, tmp_path):
     path = save_train_state(tmp_path / "x.state.safetensors", cancelled.state)
     resumed = train(backend, samples, cfg, resume=load_train_state(path))
     assert lora_bytes(resumed, tmp_path, "b") == lora_bytes(straight, tmp_path, "a")
+
+
+class Bug(KeyError):
+    pass
+
+
+@pytest.mark.parametrize("where", ["forward", "after_step"])
+def test_a_crash_carries_the_last_completed_step_and_resumes_exactly(unet, tmp_path, where):
+    """Any unexpected exception (a bug in the model's forward, a failed save after a step) -> TrainingCrashed
+    with the last completed step's result; resuming from its state gives the uninterrupted run's bytes."""
+    backend, samples = DDPMUNetBackend(unet), make_samples()
+    cfg = config()
+    straight = train(backend, samples, cfg)
+    calls = {"n": 0}
+
+    def crash_in_step_four(module, args):  # 2 micro-batches per step: the 7th forward is step 4's first
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise Bug("boom")
+
+    def crash_after_step_three(report):
+        if report.step == 3:
+            raise OSError("disk full")
+
+    handle = unet.conv_in.register_forward_pre_hook(crash_in_step_four) if where == "forward" else None
+    try:
+        with pytest.raises(TrainingCrashed) as info:
+            train(backend, samples, cfg, on_step=None if handle else crash_after_step_three)
+    finally:
+        if handle:
+            handle.remove()
+    message = str(info.value)
+    assert ("during step 4: Bug: 'boom'" if where == "forward" else "after step 3: OSError: disk full") in message
+    crashed = info.value.result
+    assert crashed.interrupted and crashed.steps_done == 3
+    path = save_train_state(tmp_path / "c.state.safetensors", crashed.state)
+    resumed = train(backend, samples, cfg, resume=load_train_state(path))
+    assert lora_bytes(resumed, tmp_path, "c") == lora_bytes(straight, tmp_path, "a")
 
 
 def test_periodic_snapshot_resumes_exactly_and_previews_change_nothing(unet, tmp_path):

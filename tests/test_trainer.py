@@ -8,7 +8,7 @@ import torch
 
 from lora_lab.lora_core.adapters import adapter_from_weights
 from lora_lab.lora_core.diffusers_backend import DDPMUNetBackend
-from lora_lab.lora_core.errors import NonFiniteLossError, TrainingError
+from lora_lab.lora_core.errors import NonFiniteLossError, TrainingCrashed, TrainingError
 from lora_lab.lora_core.injection import attached
 from lora_lab.lora_core.objective import diffusion_loss
 from lora_lab.lora_core.lr_schedule import make_scheduler
@@ -226,12 +226,14 @@ def test_cancel_raised_inside_the_forward_keeps_the_last_completed_step(unet):
     assert partial.interrupted and partial.steps_done == 2
     clean = train(backend, make_samples(4), config(steps=2))
     assert_same_lora(partial.lora, clean.lora)
-    with pytest.raises(HostCancel):  # not listed in interrupt_on: it propagates
+    # not listed in interrupt_on: a crash, raised as TrainingCrashed (with the last completed step) from it
+    with pytest.raises(TrainingCrashed, match="during step 1: HostCancel") as info:
         handle = unet.conv_in.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(HostCancel()))
         try:
             train(backend, make_samples(4), config(steps=2))
         finally:
             handle.remove()
+    assert isinstance(info.value.__cause__, HostCancel) and info.value.result.steps_done == 0
 
 
 def test_bad_config_is_named(unet):
@@ -310,3 +312,16 @@ def test_flow_backends_train(family):
     assert all(map(math.isfinite, a.losses)) and a.losses == b.losses
     assert any(torch.count_nonzero(w.up) for w in a.lora.modules.values())
     assert any(".ff." in n or "proj_mlp" in n for n in a.lora.modules)  # MLP layers were trained too
+
+
+def test_a_model_that_computes_in_fp16_gets_loss_scaling_without_autocast(unet):
+    """No autocast asked for (precision fp32), but the model's own dtype is fp16: the gradients are fp16 and need
+    loss scaling, and the metadata must say fp16 ran."""
+
+    class Fp16Backend(DDPMUNetBackend):
+        compute_dtype = torch.float16
+
+    result = train(Fp16Backend(unet), make_samples(2), config(steps=2, precision="fp32"))
+    assert result.compute_dtype == "fp16" and result.state.scaler  # a live GradScaler's state
+    plain = train(DDPMUNetBackend(unet), make_samples(2), config(steps=2, precision="fp32"))
+    assert plain.compute_dtype == "fp32" and not plain.state.scaler
