@@ -455,7 +455,7 @@ def _loop(run: _Run, on_step, should_stop, interrupt_on, validate) -> TrainResul
                     _raise_clearly(error, run)
                 raise _crashed(error, run, "during") from error
             step = len(run.losses)
-            if on_step is not None or validate is not None:
+            if on_step is not None or validate is not None:  # validation also without a progress listener
                 try:
                     val_loss = None
                     if validate is not None:
