@@ -1,6 +1,6 @@
 """Issue 9 in a real ComfyUI, in this process, on the random full SD1.5: every optimizer learns; LoHa/LoKr/DoRA
 files through the core LoraLoader equal the in-graph MODEL; a text-encoder LoRA through strength_clip equals
-the in-graph CLIP; save_every + resume_from and cancel + resume are byte-exact; previews change no byte; bad
+the in-graph CLIP; save_every + resume_from, cancel + resume and crash + resume are byte-exact; previews change no byte; bad
 input is named. Optional optimizer packages come from PYTHONPATH (never installed into ComfyUI's venv)."""
 
 from __future__ import annotations
@@ -161,6 +161,45 @@ def test_cancel_at_step_three_then_resume_is_byte_identical(sd15, dataset_dir, l
     assert (loras / "cancelled_step00003.state.safetensors").exists()
     _m, resumed, _l, _c = _train(sd15, dataset, resume_from=str(loras / "cancelled_step00003.state.safetensors"),
                                  **common)
+    assert _file_bytes(resumed) == _file_bytes(straight)
+
+
+def test_a_crash_mid_run_saves_a_loadable_lora_and_state_that_resume_exactly(sd15, dataset_dir, loras, monkeypatch):
+    """A bug striking inside step 3's forward: Train LoRA raises TrainingCrashed naming the step-2 LoRA and its
+    state; ComfyUI's loader maps every key of that file, and resuming from it gives the uninterrupted bytes."""
+    import comfy.lora
+    import comfy.utils
+
+    model, _clip, _vae = sd15
+    dataset = _dataset(dataset_dir)
+    common = dict(steps=4, learning_rate=2e-3, seed=6, output_name="crashed")
+    _m, straight, _l, _c = _train(sd15, dataset, **common)
+    update, armed = comfy.utils.ProgressBar.update_absolute, {"on": False}
+
+    def arm_after_step_two(bar, value, total=None, preview=None):
+        update(bar, value, total, preview)
+        armed["on"] = armed["on"] or value == 2
+
+    def bug(module, args):
+        if armed["on"]:
+            raise KeyError("simulated bug in a custom node's model patch")
+
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", arm_after_step_two)
+    handle = model.model.diffusion_model.register_forward_pre_hook(bug)
+    try:
+        with pytest.raises(Exception) as caught:
+            _train(sd15, dataset, **common)
+    finally:
+        handle.remove()
+        monkeypatch.undo()
+    message = str(caught.value)
+    partial, state = loras / "crashed_step00002.safetensors", loras / "crashed_step00002.state.safetensors"
+    assert type(caught.value).__name__ == "TrainingCrashed", message
+    assert "during step 3: KeyError" in message and str(partial) in message and str(state) in message
+    sd = comfy.utils.load_torch_file(str(partial))
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    assert len(comfy.lora.load_lora(sd, key_map)) * 3 == len(sd)  # every module (down, up, alpha) mapped
+    _m, resumed, _l, _c = _train(sd15, dataset, resume_from=str(partial), **common)
     assert _file_bytes(resumed) == _file_bytes(straight)
 
 
