@@ -70,6 +70,10 @@ class DDPMUNetBackend:
         index = (u.to(self.device) * (len(self.sigmas) - 1)).round().long()
         return self.sigmas[index]
 
+    def timestep_fraction(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Discrete timestep / num_train_timesteps (kohya's t / 1000)."""
+        return self.timestep(sigma).float() / len(self.sigmas)
+
     def noisy(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return x0 + _bcast(sigma, x0) * noise
 
@@ -113,6 +117,10 @@ class FlowTransformerBackend:
     def sigma_from_u(self, u: torch.Tensor) -> torch.Tensor:
         u = u.to(self.device).float()
         return self.shift * u / (1 + (self.shift - 1) * u)
+
+    def timestep_fraction(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Flow models' timestep is sigma (x 1000), shift included: Wan 2.2's expert boundary is on it."""
+        return sigma.float()
 
     def noisy(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = _bcast(sigma, x0)

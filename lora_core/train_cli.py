@@ -25,7 +25,7 @@ from .buckets import BucketConfig
 from .distributed import Distributed, init_from_env, launched_world_size, shutdown
 from .encoding_cache import EncodingCache
 from .errors import LoraLabError
-from .lora_file import training_metadata
+from .lora_file import algorithm_metadata, training_metadata
 from .model_folders import ModelFolder, check_family, check_parts, inspect_folder, load_model
 from .train_config import ConfigError, RunConfig, check_world_size, load_config
 from .train_outputs import write_lora
@@ -226,6 +226,7 @@ def _save(config: RunConfig, folder: ModelFolder, dataset, model, result: TrainR
         captions=dataset.captions(), resolution=resolution, compute_dtype=result.compute_dtype,
         timestep_sampling=t.timestep_sampling, started_at=started, finished_at=time.time(),
         comment=f"lora-lab train on {folder.root.name} ({folder.cls})")
+    meta.update(algorithm_metadata(t))
     write_lora(out_dir, name, result.lora, folder, config.output.formats, meta)
     if result.state is not None:
         save_train_state(state_path(out_dir / f"{name}.safetensors"), result.state)

@@ -231,6 +231,9 @@ def check_values(config: RunConfig) -> None:
     for name in ("steps", "batch_size", "grad_accum", "rank"):
         if getattr(t, name) < 1:
             raise ConfigError(f"{src}: train.{name} must be >= 1, got {getattr(t, name)}")
+    if getattr(t, "train_text_encoder", False):
+        raise ConfigError(f"{src}: train.train_text_encoder is not supported by lora-lab train yet (captions are "
+                          "encoded once, before training); use the Train LoRA node for a text-encoder LoRA")
     if o.save_every < 0:
         raise ConfigError(f"{src}: output.save_every must be >= 0, got {o.save_every}")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .lora_file import save_lora_file
-from .lora_weights import LoraWeights, kohya_name
+from .lora_weights import LoraModuleWeights, LoraWeights, kohya_name
 from .model_folders import ModelFolder
 
 UNET_FAMILIES = ("sd15", "sdxl")
@@ -33,9 +33,19 @@ def comfyui_state_dict(lora: LoraWeights, folder: ModelFolder) -> dict[str, torc
     return out
 
 
+def _plain_lora(lora: LoraWeights) -> bool:
+    return all(isinstance(w, LoraModuleWeights) and w.dora_scale is None for w in lora.modules.values())
+
+
 def diffusers_state_dict(lora: LoraWeights, folder: ModelFolder) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from ..converters.peft_metadata import LORA_ADAPTER_METADATA_KEY, build_config
 
+    if not _plain_lora(lora):  # LoHa / LoKr / DoRA: the converter's exact PEFT form, or an error saying why not
+        from ..converters.convert import convert_state_dict
+
+        dotted = lora.kohya_state_dict(lambda name: f"{folder.component}.{name}")
+        tensors, meta, _ = convert_state_dict(dotted, None, "diffusers", arch=folder.family, strict=True)
+        return tensors, {k: v for k, v in meta.items() if k in (LORA_ADAPTER_METADATA_KEY, "format")}
     tensors: dict[str, torch.Tensor] = {}
     for name in sorted(lora.modules):
         w = lora.modules[name]
