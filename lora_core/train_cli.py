@@ -227,9 +227,9 @@ def _save(config: RunConfig, folder: ModelFolder, dataset, model, result: TrainR
         timestep_sampling=t.timestep_sampling, started_at=started, finished_at=time.time(),
         comment=f"lora-lab train on {folder.root.name} ({folder.cls})")
     meta.update(algorithm_metadata(t))
-    write_lora(out_dir, name, result.lora, folder, config.output.formats, meta)
-    if result.state is not None:
+    if result.state is not None:  # first: a LoRA form that cannot be written must not lose the run
         save_train_state(state_path(out_dir / f"{name}.safetensors"), result.state)
+    write_lora(out_dir, name, result.lora, folder, config.output.formats, meta)
 
 
 def _report(config: RunConfig, result: TrainResult, progress: _Progress | None, validate: Any, out_dir: Path,

@@ -4,7 +4,8 @@ The trainer's module names are the diffusers model's own paths. ComfyUI form:
   UNets (SD1.5/SDXL): kohya keys `lora_unet_<diffusers path>`, which kohya's SD1.5 files use and ComfyUI maps
                       for both UNets through its diffusers->SGM table;
   transformers:       the converter's ComfyUI output (original names, q/k/v fused where ComfyUI's model fuses
-                      them), strict: a module that cannot be mapped is an error, never dropped.
+                      them), strict: a module that cannot be mapped is an error, never dropped. LoHa/LoKr/DoRA
+                      on Flux/SD3: `lora_transformer_<diffusers path>`, which ComfyUI maps into the fused slices.
 diffusers form: `<unet|transformer>.<path>.lora_A/B.weight` with the PEFT LoraConfig (ranks, alphas) in the
 `lora_adapter_metadata` header, which diffusers' load_lora_weights reads.
 """
@@ -16,21 +17,37 @@ from pathlib import Path
 
 import torch
 
+from .errors import LoraFormatError, LoraLabError
 from .lora_file import save_lora_file
 from .lora_weights import LoraModuleWeights, LoraWeights, kohya_name
 from .model_folders import ModelFolder
 
 UNET_FAMILIES = ("sd15", "sdxl")
+DIFFUSERS_NAMED = ("flux", "sd3")  # ComfyUI maps lora_transformer_<diffusers path> keys for these
 
 
 def comfyui_state_dict(lora: LoraWeights, folder: ModelFolder) -> dict[str, torch.Tensor]:
     if folder.family in UNET_FAMILIES:
         return lora.kohya_state_dict(kohya_name)
+    if folder.family in DIFFUSERS_NAMED and not _plain_lora(lora):
+        # LoHa/LoKr/DoRA cannot be fused into one adapter on ComfyUI's q/k/v weight; ComfyUI maps these
+        # diffusers-named keys itself and patches each into its slice of the fused weight
+        return lora.kohya_state_dict(lambda name: "lora_transformer_" + name.replace(".", "_"))
     from ..converters.convert import convert_state_dict
 
     dotted = lora.kohya_state_dict(lambda name: f"{folder.component}.{name}")
-    out, _, _ = convert_state_dict(dotted, None, "comfyui", arch=folder.family, strict=True)
+    try:
+        out, _, _ = convert_state_dict(dotted, None, "comfyui", arch=folder.family, strict=True)
+    except LoraLabError:
+        raise
+    except Exception as error:  # the converter's fusing assumes LoRA factors
+        raise LoraFormatError(f"cannot write a {folder.family} {_kinds(lora)} in ComfyUI form "
+                              f"({type(error).__name__}: {error}); use algorithm = \"lora\" or formats = [\"diffusers\"]") from None
     return out
+
+
+def _kinds(lora: LoraWeights) -> str:
+    return "/".join(sorted({type(w).__name__.replace("Weights", "").replace("ModuleWeights", "") for w in lora.modules.values()}))
 
 
 def _plain_lora(lora: LoraWeights) -> bool:

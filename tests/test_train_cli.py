@@ -139,3 +139,37 @@ def test_flags_override_the_file_and_resume_continues(models, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("family,algorithm,optimizer", [("sd15", "loha", "adafactor"), ("flux", "lokr", "adamw")])
+def test_algorithms_and_optimizers_from_the_config(family, algorithm, optimizer, models, tmp_path):
+    """The nodes' algorithms and optimizers through the CLI: LyCORIS keys in the ComfyUI form and their metadata.
+    LoHa has an exact LoRA form, which diffusers applies as trained; this LoKr (full w2 at toy width) has none,
+    so asking for the diffusers form is an error that says so, after the ComfyUI form and the state are written."""
+    from lora_lab.lora_core.errors import LoraFormatError
+
+    folder = tiny_pipeline(family, models)
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "run.toml", folder, out, train={"algorithm": algorithm, "optimizer": optimizer,
+                                                                 "learning_rate": 1e-2 if optimizer == "adamw" else 1e-1})
+    if algorithm == "lokr":
+        with pytest.raises(LoraFormatError, match="no exact diffusers/PEFT LoRA form"):
+            run_training(load_config(cfg), inspect_folder(folder))
+        assert (out / "lora.safetensors").is_file() and (out / "lora.state.safetensors").is_file()
+        result = run_training(load_config(cfg, ['output.formats=["comfyui"]']), inspect_folder(folder))
+    else:
+        result = run_training(load_config(cfg), inspect_folder(folder))
+    comfy, meta = load_lora_file(out / "lora.safetensors")
+    assert meta["lora_lab_algorithm"] == algorithm and meta["ss_optimizer"] == optimizer
+    role = {"loha": ".hada_w1_a", "lokr": ".lokr_w"}[algorithm]
+    assert any(role in k for k in comfy) and len(result.lora.modules) > 0
+    if algorithm == "lokr":
+        return
+    pipe = _pipeline(folder, family)
+    denoiser = pipe.unet if family in ("sd15", "sdxl") else pipe.transformer
+    base = _denoise(denoiser, family)
+    expected = _denoise(_merged(denoiser, result.lora), family)
+    pipe.load_lora_weights(str(out / "lora.diffusers.safetensors"))
+    got = _denoise(denoiser, family)
+    assert (expected - base).abs().max() > 1e-4
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)

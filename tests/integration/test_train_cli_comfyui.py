@@ -39,7 +39,7 @@ def _meta_model(unet_config: dict):
         return model_config.get_model({})
 
 
-def _train(family: str, tmp_path):
+def _train(family: str, tmp_path, *extra: str):
     from lora_lab.lora_core.model_folders import inspect_folder
     from lora_lab.lora_core.tiny_folders import make_tiny_pipeline
     from lora_lab.lora_core.train_cli import run_training
@@ -50,7 +50,7 @@ def _train(family: str, tmp_path):
     overrides = [f'model.path="{folder}"', f'data.path="{dataset}"', "data.resolution=64", "train.steps=2",
                  "train.batch_size=2", "train.rank=4", "train.alpha=2.0", "train.learning_rate=1e-2",
                  'train.targets="all_linear"', f'output.dir="{tmp_path / "out"}"', 'output.formats=["comfyui"]',
-                 "output.loss_plot=false"]
+                 "output.loss_plot=false", *extra]
     result = run_training(load_config(None, overrides), inspect_folder(folder))
     from lora_lab.lora_core.lora_file import load_lora_file
 
@@ -82,10 +82,12 @@ def _assert_equal(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
         torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-5, msg=key)
 
 
-def test_flux_cli_lora_maps_fully(comfy, tmp_path, caplog):
+@pytest.mark.parametrize("algorithm", ["lora", "lokr"])
+def test_flux_cli_lora_maps_fully(comfy, tmp_path, caplog, algorithm):
+    """LoRA: the converter's fused BFL keys; LoKr: diffusers-named keys ComfyUI patches into the fused slices."""
     import comfy.utils
 
-    lora, tensors = _train("flux", tmp_path)
+    lora, tensors = _train("flux", tmp_path, f'train.algorithm="{algorithm}"')
     model = _meta_model(FLUX_TINY)
     got = _patched(tensors, model, caplog)
     # expected: every trained delta where ComfyUI's own diffusers->Flux map puts that layer (slices of fused weights)
