@@ -173,3 +173,15 @@ def test_algorithms_and_optimizers_from_the_config(family, algorithm, optimizer,
     got = _denoise(denoiser, family)
     assert (expected - base).abs().max() > 1e-4
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_validation_loss_in_the_report_and_plot(models, tmp_path):
+    folder = tiny_pipeline("sd15", models)
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "run.toml", folder, out, data={"validation": 1, "validate_every": 1},
+                       output={"formats": ["comfyui"]})
+    result = run_training(load_config(cfg), inspect_folder(folder))
+    report = json.loads((out / "lora_report.json").read_text())
+    assert [step for step, _ in report["validation"]] == [1, 2]
+    assert report["losses"] == result.losses and len(report["step_seconds"]) == 2
+    assert (out / "lora_loss.png").stat().st_size > 0

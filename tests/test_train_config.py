@@ -120,3 +120,17 @@ def test_example_configs_parse():
     for path in examples:
         config = load_config(path)
         assert config.model.family != "auto" and config.output.formats
+
+
+def test_tensorboard_without_the_package(tmp_path, unet_folder, capsys, no_loading):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out", output={"tensorboard": True})
+    _fails(capsys, [str(cfg)], "output.tensorboard needs the tensorboard package")
+
+
+def test_text_encoder_training_refused(tmp_path, unet_folder, capsys, no_loading):
+    cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out", train={"train_text_encoder": True})
+    _fails(capsys, [str(cfg)], "train_text_encoder is not supported by lora-lab train")
