@@ -14,6 +14,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo.add_arguments(commands.add_parser("demo", help="train the bundled tiny example end to end on the CPU"))
 
+    from .lora_core import train_cli
+
+    train_cli.add_arguments(commands.add_parser("train", help="train a LoRA on a local diffusers model (TOML config; "
+                                                "torchrun / accelerate launch for several processes)"))
+
     from .lora_core import cache_cli
 
     cache_cli.add_arguments(commands.add_parser("cache", help="report the size of an encoding cache folder, or clear it"))

@@ -70,13 +70,20 @@ class DDPMUNetBackend:
         index = (u.to(self.device) * (len(self.sigmas) - 1)).round().long()
         return self.sigmas[index]
 
+    def timestep_fraction(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Discrete timestep / num_train_timesteps (kohya's t / 1000)."""
+        return self.timestep(sigma).float() / len(self.sigmas)
+
     def noisy(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return x0 + _bcast(sigma, x0) * noise
 
     def denoise(self, x_t: torch.Tensor, sigma: torch.Tensor, conds: list[Any]) -> torch.Tensor:
         s = _bcast(sigma, x_t)
         ehs = _stack(conds, "encoder_hidden_states", self.device)
-        raw = self.root(x_t / (1 + s**2).sqrt(), self.timestep(sigma), encoder_hidden_states=ehs).sample
+        extra = {}
+        if isinstance(conds[0], dict) and "time_ids" in conds[0]:  # SDXL's pooled text and size conditioning
+            extra["added_cond_kwargs"] = {k: _stack(conds, k, self.device) for k in ("text_embeds", "time_ids")}
+        raw = self.root(x_t / (1 + s**2).sqrt(), self.timestep(sigma), encoder_hidden_states=ehs, **extra).sample
         if self.prediction == "eps":
             return x_t - s * raw
         return x_t / (1 + s**2) - raw * s / (1 + s**2).sqrt()
@@ -87,9 +94,9 @@ class DDPMUNetBackend:
 
 
 class FlowTransformerBackend:
-    """Rectified-flow transformers: SanaTransformer2DModel, FluxTransformer2DModel (v = noise - x0).
+    """Rectified-flow transformers: Sana, Flux, SD3 (2D) and Wan (3D, latents (C, T, H, W)); v = noise - x0.
 
-    conds[i]: dict with "encoder_hidden_states" (L, D) and, for Flux, "pooled_projections" (D_pool,).
+    conds[i]: dict with "encoder_hidden_states" (L, D) and, for Flux and SD3, "pooled_projections" (D_pool,).
     """
 
     def __init__(
@@ -105,10 +112,15 @@ class FlowTransformerBackend:
         self.guidance = float(guidance)
         self.device = device or _model_device(transformer)
         self.is_flux = type(transformer).__name__.startswith("Flux")
+        self.kind = next((k for k in ("Flux", "SD3", "Wan") if type(transformer).__name__.startswith(k)), "Sana")
 
     def sigma_from_u(self, u: torch.Tensor) -> torch.Tensor:
         u = u.to(self.device).float()
         return self.shift * u / (1 + (self.shift - 1) * u)
+
+    def timestep_fraction(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Flow models' timestep is sigma (x 1000), shift included: Wan 2.2's expert boundary is on it."""
+        return sigma.float()
 
     def noisy(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = _bcast(sigma, x0)
@@ -116,7 +128,13 @@ class FlowTransformerBackend:
 
     def denoise(self, x_t: torch.Tensor, sigma: torch.Tensor, conds: list[Any]) -> torch.Tensor:
         ehs = _stack(conds, "encoder_hidden_states", self.device)
-        v = self._flux_velocity(x_t, sigma, ehs, conds) if self.is_flux else self._sana_velocity(x_t, sigma, ehs)
+        if self.kind == "Flux":
+            v = self._flux_velocity(x_t, sigma, ehs, conds)
+        elif self.kind == "SD3":
+            v = self.root(hidden_states=x_t, encoder_hidden_states=ehs, timestep=sigma * 1000,
+                          pooled_projections=_stack(conds, "pooled_projections", self.device), return_dict=False)[0]
+        else:  # Sana, Wan: the pipelines pass scheduler timesteps in [0, 1000]
+            v = self._sana_velocity(x_t, sigma, ehs)
         return x_t - _bcast(sigma, x_t) * v
 
     def _sana_velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, ehs: torch.Tensor) -> torch.Tensor:

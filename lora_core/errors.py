@@ -35,3 +35,12 @@ class TrainingOutOfMemory(TrainingError):
     def __init__(self, message: str, result: Any = None):
         super().__init__(message)
         self.result = result
+
+
+class TrainingCrashed(TrainingError):
+    """Any other exception during a step or an after-step hook (a bug, a failed save, a disk error). `result`
+    holds the last completed step and its state (None if it struck while the optimizer was updating)."""
+
+    def __init__(self, message: str, result: Any = None):
+        super().__init__(message)
+        self.result = result

@@ -137,6 +137,28 @@ def training_metadata(
     return meta
 
 
+def algorithm_metadata(config) -> dict[str, str]:
+    """kohya/LyCORIS keys for the algorithm and optimizer (ss_network_module, ss_network_args, ss_optimizer, LRs)."""
+    algorithm = getattr(config, "algorithm", "lora")
+    options = dict(getattr(config, "algorithm_options", {}) or {})
+    meta = {"lora_lab_algorithm": algorithm, "lora_lab_optimizer": getattr(config, "optimizer", "adamw"),
+            "ss_optimizer": getattr(config, "optimizer", "adamw"), "ss_unet_lr": _num(config.learning_rate)}
+    if algorithm != "lora":
+        args = {"algo": "lora" if algorithm == "dora" else algorithm, **{k: str(v) for k, v in options.items()}}
+        if algorithm == "dora":
+            args["dora_wd"] = "True"
+            args["wd_on_output"] = str(options.get("axis", "input") == "output")
+        meta.update(ss_network_module="lycoris.kohya", ss_network_args=json.dumps(args, sort_keys=True))
+    if getattr(config, "train_text_encoder", False):
+        te_lr = config.text_encoder_lr if config.text_encoder_lr is not None else config.learning_rate
+        meta.update(ss_text_encoder_lr=_num(te_lr), ss_network_train_unet_only="False")
+    else:
+        meta["ss_network_train_unet_only"] = "True"
+    if getattr(config, "ema_decay", 0.0):
+        meta["lora_lab_ema_decay"] = _num(config.ema_decay)
+    return meta
+
+
 def _num(x: float) -> str:
     return repr(float(x))  # "16.0", "0.0001": what kohya writes
 

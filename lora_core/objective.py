@@ -5,7 +5,8 @@ raw* (eps, v or flow velocity), (D - x0) = c_out (raw - raw*) and
 
     ||raw - raw*||^2 = ||D - x0||^2 / c_out(sigma)^2
 
-which is the model's native loss exactly, with no model-specific code here.
+which is the model's native loss exactly, with no model-specific code here. Robust losses act on the same
+native residual (D - x0) / c_out, and loss weights (min-SNR, debiased) are factors written in sigma.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from typing import Any
 import torch
 
 from .backend import Backend
+from .loss_options import LossOptions
+from .loss_weighting import loss_weight, snr
+from .robust_loss import elementwise, huber_threshold
+from .timesteps import timestep_fraction
+
+_NATIVE = LossOptions()
 
 
 def per_sample_loss(denoised: torch.Tensor, x0: torch.Tensor, c_out: torch.Tensor) -> torch.Tensor:
@@ -24,10 +31,21 @@ def per_sample_loss(denoised: torch.Tensor, x0: torch.Tensor, c_out: torch.Tenso
 
 
 def diffusion_loss(
-    backend: Backend, x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor, conds: list[Any]
+    backend: Backend, x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor, conds: list[Any],
+    options: LossOptions = _NATIVE,
 ) -> torch.Tensor:
-    """Per-sample native loss of `backend` at noise levels u (B,), with conds[i] paired to x0[i]."""
+    """Per-sample loss of `backend` at noise levels u (B,), with conds[i] paired to x0[i]."""
     sigma = backend.sigma_from_u(u)
     x_t = backend.noisy(x0, noise, sigma)
     denoised = backend.denoise(x_t, sigma, conds)
-    return per_sample_loss(denoised, x0, backend.c_out(sigma))
+    c_out = backend.c_out(sigma)
+    if options.loss_type == "l2":
+        loss = per_sample_loss(denoised, x0, c_out)
+    else:
+        residual = (denoised.float() - x0.float()) / c_out.float().reshape(-1, *[1] * (x0.dim() - 1))
+        c = None
+        if options.loss_type in ("huber", "smooth_l1"):
+            c = huber_threshold(options, timestep_fraction(backend, sigma, u), snr(backend, sigma).cpu())
+        loss = elementwise(residual, options, c).flatten(1).mean(dim=1)
+    weight = loss_weight(backend, sigma, c_out, options)
+    return loss if weight is None else loss * weight.to(loss)

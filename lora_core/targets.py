@@ -36,6 +36,12 @@ _MLP = [
     r"(^|\.)mlp\.(inverted_conv|point_conv)\.conv$",  # Sana original (1x1 convs; depth_conv is grouped)
     r"(^|\.)ff\.(conv_inverted|conv_point)$",  # diffusers Sana GLUMBConv
 ]
+_TEXT_ENCODER = [
+    r"(^|\.)self_attn\.(q_proj|k_proj|v_proj|out_proj)$",  # CLIP (HF and ComfyUI names)
+    r"(^|\.)mlp\.(fc1|fc2)$",
+    r"(^|\.)(SelfAttention|EncDecAttention)\.(q|k|v|o)$",  # T5
+    r"(^|\.)DenseReluDense\.(wi|wi_0|wi_1|wo)$",
+]
 _IN_BLOCK = re.compile(r"(^|\.)([A-Za-z_]*blocks?|layers)\.\d+\.|(^|\.)mid_block\.")
 _EXCLUDED_PART = re.compile(r"norm|emb|^(img_mod|txt_mod|mod|modulation|adaLN_modulation|t_block)$")
 _IO_LAYER = re.compile(r"(^|\.)input_blocks\.0\.0$")  # SGM UNet conv_in sits inside input_blocks
@@ -45,6 +51,7 @@ PRESETS: dict[str, str] = {
     "attention_mlp": "attention + feed-forward/MLP layers",
     "all_linear": "every Linear inside the transformer/UNet blocks",
     "all_linear_conv": "every Linear and ungrouped Conv inside the blocks (LoCon)",
+    "text_encoder": "attention and MLP linears of CLIP / T5 text encoders (kohya's text-encoder LoRA)",
 }
 # Community defaults per family (kohya / ai-toolkit / diffusion-pipe practice).
 FAMILY_DEFAULT_PRESET: dict[str, str] = {
@@ -87,6 +94,8 @@ def _in_preset(preset: str, name: str, module: nn.Module) -> bool:
         return isinstance(module, nn.Linear)
     if preset == "all_linear_conv":
         return True
+    if preset == "text_encoder":
+        return any(re.search(p, name) for p in _TEXT_ENCODER)
     patterns = _ATTENTION + (_MLP if preset == "attention_mlp" else [])
     return any(re.search(p, name) for p in patterns)
 

@@ -34,6 +34,7 @@ class TrainState:
     order: dict[str, Any]
     losses: list[float] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)  # dataset and settings the run was made with
+    ema: dict[str, Any] | None = None  # the EMA of the adapter weights, when on
 
 
 def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
@@ -91,6 +92,8 @@ def save_train_state(path: str | os.PathLike, state: TrainState) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     body = {name: _split_tensors(getattr(state, name), tensors, name)
             for name in ("adapters", "optimizer", "scheduler", "scaler", "rng", "order")}
+    if state.ema is not None:
+        body["ema"] = _split_tensors(state.ema, tensors, "ema")
     body.update(step=state.step, losses=state.losses, fingerprint=state.fingerprint)
     if not tensors:
         tensors["step"] = torch.tensor(state.step)  # safetensors refuses a file without tensors
@@ -116,5 +119,6 @@ def load_train_state(path: str | os.PathLike) -> TrainState:
     body = json.loads(meta["state"])
     return TrainState(
         step=int(body["step"]), losses=list(body["losses"]), fingerprint=dict(body["fingerprint"]),
+        ema=_join_tensors(body["ema"], tensors) if "ema" in body else None,
         **{name: _join_tensors(body[name], tensors) for name in ("adapters", "optimizer", "scheduler", "scaler", "rng", "order")},
     )

@@ -16,19 +16,24 @@ from typing import Any, Callable
 
 import torch
 
-from .adapters import LoraAdapter, adapter_from_weights, new_adapter
+from .adapters import Adapter, adapter_from_weights, new_adapter
 from .backend import Backend
 from .checkpointing import gradient_checkpointing
-from .errors import NonFiniteLossError, TrainingError, TrainingOutOfMemory
+from .ema import ema_weights, make_ema
+from .errors import LoraLabError, NonFiniteLossError, TrainingCrashed, TrainingError, TrainingOutOfMemory
+from .fingerprint import check_same_run, run_fingerprint
 from .frozen_layers import explain_inference_error, frozen_base, plain_fetch, torch_plain
 from .injection import attached
-from .lora_weights import LoraWeights
+from .loss_options import LossOptions
+from .lora_weights import LoraWeights, split_component
+from .lr_schedule import make_scheduler, self_schedule
 from .objective import diffusion_loss
-from .optim import make_optimizer, make_scheduler
+from .optimizers import evaluation_weights, make_optimizer, optimizer_spec
 from .precision import autocast, compute_dtype, dtype_name
 from .sample_order import BatchOrder, EpochShuffle
+from .noise import sample_noise
 from .targets import select_targets
-from .timesteps import sample_u
+from .timesteps import TimestepOptions, sampler
 from .train_state import TrainState, restore_rng, rng_state
 
 
@@ -52,8 +57,28 @@ class TrainConfig:
     guard_inplace: bool = True  # copy block inputs saved for backward: original (ComfyUI) blocks do `x += ...`
     seed: int = 0
     max_grad_norm: float | None = 1.0  # None or 0 disables clipping
-    weight_decay: float = 0.01
+    weight_decay: float | None = None  # None: the optimizer's default (AdamW: 0.01)
     init_lora: LoraWeights | None = None  # start from these weights instead of a fresh init
+    algorithm: str = "lora"  # lora | loha | lokr | dora (adapters.ALGORITHMS)
+    algorithm_options: dict[str, Any] = field(default_factory=dict)  # lokr: factor, decompose_both; dora: axis
+    optimizer: str = "adamw"  # optimizers.OPTIMIZERS
+    optimizer_settings: dict[str, Any] = field(default_factory=dict)  # override the optimizer's defaults
+    lr_cycles: int = 1  # cosine_with_restarts
+    sigmoid_scale: float = 1.0  # timestep sampling "sigmoid" / "shift"
+    sampling_shift: float = 3.0  # timestep sampling "shift"
+    mode_scale: float = 1.29  # timestep sampling "mode"
+    timestep_min: float = 0.0  # fraction of the model's timesteps trained on (Wan 2.2 experts)
+    timestep_max: float = 1.0
+    loss: LossOptions = field(default_factory=LossOptions)
+    ema_decay: float = 0.0  # 0 = off; else the result is the EMA of the adapter weights
+    train_text_encoder: bool = False  # adapters on backend.text_encoders too (conds must encode in draw())
+    text_encoder_lr: float | None = None  # None: learning_rate
+    text_encoder_targets: str | list[str] = "text_encoder"
+    identity: dict[str, Any] = field(default_factory=dict)  # more of what a resumed run must share (e.g. model)
+
+    def timestep_options(self) -> TimestepOptions:
+        return TimestepOptions(self.timestep_sampling, self.logit_mean, self.logit_std, self.sigmoid_scale,
+                               self.sampling_shift, self.mode_scale, self.timestep_min, self.timestep_max)
 
 
 @dataclass
@@ -72,13 +97,20 @@ def draw_cond(cond: Any, generator: torch.Generator) -> Any:
 
 @dataclass
 class StepReport:
-    """What on_step receives after each optimizer step."""
+    """What on_step receives after each optimizer step.
+
+    snapshot() gives the result so far (LoRA and state to continue from): for periodic saves.
+    evaluating() is a context in which the model carries the LoRA as it would be saved (EMA / schedule-free
+    average, dropout off, no grad) and every RNG the run uses is restored on exit: for previews.
+    """
 
     step: int
     total: int
     loss: float
     lr: float
     val_loss: float | None = None
+    snapshot: Callable[[], "TrainResult"] | None = None
+    evaluating: Callable[[], contextlib.AbstractContextManager] | None = None
 
 
 @dataclass
@@ -95,6 +127,13 @@ def _validate(backend: Backend, samples: list[TrainSample], config: TrainConfig,
     missing = [m for m in ("root", "prediction", "device", "sigma_from_u", "noisy", "denoise", "c_out") if not hasattr(backend, m)]
     if missing:
         raise TrainingError(f"{type(backend).__name__} is not a Backend: it lacks {', '.join(missing)}")
+    if config.train_text_encoder and not getattr(backend, "text_encoders", None):
+        raise TrainingError("train_text_encoder needs a text encoder: this backend has none (connect a CLIP)")
+    config.loss.check()
+    if config.ema_decay and not 0 < config.ema_decay < 1:
+        raise TrainingError(f"ema_decay must be in (0, 1) (or 0 = off), got {config.ema_decay}")
+    if config.ema_decay and optimizer_spec(config.optimizer).schedule_free:
+        raise TrainingError("schedule-free AdamW already averages its weights; turn EMA off with it")
     if not samples:
         raise TrainingError("no training samples")
     for name in ("steps", "batch_size", "grad_accum", "rank"):
@@ -107,16 +146,44 @@ def _validate(backend: Backend, samples: list[TrainSample], config: TrainConfig,
         raise TrainingError(f"batch_size > 1 needs latents of one shape (or aspect buckets), got {sorted(shapes)}")
 
 
-def make_adapters(backend: Backend, config: TrainConfig, generator: torch.Generator) -> dict[str, LoraAdapter]:
-    modules = dict(backend.root.named_modules())
+def roots(backend: Backend, config: TrainConfig) -> dict[str, torch.nn.Module]:
+    """Module trees that get adapters: "" is the diffusion model; text encoders by component (te1, ...)."""
+    out = {"": backend.root}
+    if config.train_text_encoder:
+        out.update(getattr(backend, "text_encoders", {}) or {})
+    return out
+
+
+def make_adapters(backend: Backend, config: TrainConfig, generator: torch.Generator) -> dict[str, Adapter]:
+    fetch = getattr(backend, "fetch_weight", plain_fetch)
+    trees = roots(backend, config)
+    modules = {(f"{c}:{n}" if c else n): m for c, tree in trees.items() for n, m in tree.named_modules()}
     if config.init_lora is not None:
-        adapters = {n: adapter_from_weights(modules[n], w) for n, w in config.init_lora.modules.items()}
+        missing = [n for n in config.init_lora.modules if n not in modules]
+        if missing:
+            raise TrainingError(f"the LoRA to continue from has modules this model lacks: {', '.join(missing[:5])}")
+        adapters = {n: adapter_from_weights(modules[n], w, fetch) for n, w in config.init_lora.modules.items()}
         for a in adapters.values():
             a.dropout = torch.nn.Dropout(config.dropout) if config.dropout > 0 else torch.nn.Identity()
     else:
-        names = select_targets(backend.root, config.targets)
-        adapters = {n: new_adapter(modules[n], config.rank, config.alpha, config.dropout, generator) for n in names}
+        names = [n for n in select_targets(backend.root, config.targets)]
+        for component, tree in trees.items():
+            if component:
+                names += [f"{component}:{n}" for n in select_targets(tree, config.text_encoder_targets)]
+        adapters = {n: new_adapter(modules[n], config.rank, config.alpha, config.dropout, generator, config.algorithm,
+                                   fetch, n, **config.algorithm_options) for n in names}
     return {n: a.to(backend.device).train() for n, a in adapters.items()}
+
+
+def param_groups(adapters: dict[str, Adapter], config: TrainConfig) -> list[dict[str, Any]]:
+    """The diffusion model's adapters at learning_rate, the text encoders' at text_encoder_lr."""
+    model = [p for n, a in adapters.items() if split_component(n)[0] == "model" for p in a.parameters()]
+    text = [p for n, a in adapters.items() if split_component(n)[0] != "model" for p in a.parameters()]
+    groups = [{"params": model, "lr": config.learning_rate, "name": "model"}]
+    if text:
+        lr = config.text_encoder_lr if config.text_encoder_lr is not None else config.learning_rate
+        groups.append({"params": text, "lr": lr, "name": "text encoder"})
+    return [g for g in groups if g["params"]]
 
 
 @contextlib.contextmanager
@@ -161,19 +228,24 @@ class _Run:
     """One training run's objects; step() does one optimizer step, state() captures it between steps."""
 
     def __init__(self, backend: Backend, samples: list[TrainSample], config: TrainConfig, order: BatchOrder | None,
-                 resume: TrainState | None):
+                 resume: TrainState | None, distributed: Any = None):
         self.backend, self.samples, self.config = backend, samples, config
+        self.dist = distributed  # distributed.Distributed: this rank's slice of each batch, grads averaged
         self.device = torch.device(backend.device)
         self.gen = torch.Generator().manual_seed(config.seed)  # CPU generator: same draws on every device
         self.adapters = make_adapters(backend, config, self.gen)
-        self.params = [p for a in self.adapters.values() for p in a.parameters()]
-        self.optimizer = make_optimizer(self.params, config.learning_rate, config.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, config.lr_schedule, config.warmup_steps, config.steps)
+        groups = param_groups(self.adapters, config)
+        self.params = [p for g in groups for p in g["params"]]
+        self.optimizer, self.scheduler = _optimizer_and_schedule(groups, config)
+        self.ema = make_ema(self.params, config.ema_decay) if config.ema_decay else None
+        self.sample_u = sampler(backend, config.timestep_options())
+        self.fingerprint = run_fingerprint(config, samples)
         self.compute_dtype = compute_dtype(config.precision, getattr(backend, "compute_dtype", torch.float32))
         # fp16 gradients underflow without loss scaling, whether autocast or the model's own dtype made them fp16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.compute_dtype == torch.float16)
         self.order = order or EpochShuffle(len(samples), int(self.gen.initial_seed()) + 1)
         self.losses: list[float] = []
+        self.updating = False
         torch.manual_seed(config.seed)  # adapter dropout uses the global RNG (forked by the caller)
         if resume is not None:
             self._restore(resume)
@@ -184,14 +256,43 @@ class _Run:
         return rng_state(self.gen, self.device), self.order.state_dict()
 
     def state(self) -> TrainState:
+        """Between steps, outside evaluating(): the live (training) weights and everything to continue."""
         rng, order = self.boundary
         return TrainState(
             step=len(self.losses), losses=list(self.losses), rng=rng, order=order,
             adapters={f"{n}::{k}": v.detach().cpu().clone() for n, a in self.adapters.items() for k, v in a.state_dict().items()},
-            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+            optimizer=_copied(self.optimizer.state_dict()), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(), fingerprint=self.fingerprint,
+            ema=None if self.ema is None else _copied(self.ema.state_dict()),
         )
 
+    @contextlib.contextmanager
+    def final_weights(self):
+        """The adapters hold the weights to save or evaluate inside (EMA / schedule-free average)."""
+        with evaluation_weights(self.config.optimizer, self.optimizer, self.params):
+            if self.ema is None:
+                yield
+            else:
+                with ema_weights(self.ema, self.params):
+                    yield
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        """final_weights, dropout off, no grad, and every RNG the run draws from restored after."""
+        device = torch.device(self.backend.device)
+        gen_state = self.gen.get_state()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), self.final_weights():
+            for a in self.adapters.values():
+                a.eval()
+            try:
+                yield
+            finally:
+                for a in self.adapters.values():
+                    a.train()
+                self.gen.set_state(gen_state)
+
     def _restore(self, state: TrainState) -> None:
+        check_same_run(state.fingerprint, self.fingerprint)
         for name, adapter in self.adapters.items():
             own = {k.split("::", 1)[1]: v for k, v in state.adapters.items() if k.split("::", 1)[0] == name}
             if set(own) != set(adapter.state_dict()):
@@ -201,45 +302,63 @@ class _Run:
         self.scheduler.load_state_dict(state.scheduler)
         self.scaler.load_state_dict(state.scaler)
         self.order.load_state_dict(state.order)
+        if self.ema is not None:
+            if state.ema is None:
+                raise TrainingError("cannot resume with EMA on from a state made without EMA")
+            self.ema.load_state_dict(state.ema)
         restore_rng(state.rng, self.gen, self.device)
         self.losses = list(state.losses)
 
     def result(self, interrupted: bool = False) -> TrainResult:
-        lora = LoraWeights({n: a.weights() for n, a in self.adapters.items()})
+        state = self.state()
+        with self.final_weights():
+            lora = LoraWeights({n: a.weights() for n, a in self.adapters.items()})
         return TrainResult(lora=lora, losses=list(self.losses), steps_done=len(self.losses), interrupted=interrupted,
-                           state=self.state(), compute_dtype=dtype_name(self.compute_dtype))
+                           state=state, compute_dtype=dtype_name(self.compute_dtype))
 
     # --- one optimizer step ---------------------------------------------------------------------------
     def _draw(self) -> list[tuple[list[int], list[torch.Tensor], torch.Tensor, list[Any]]]:
         """The whole step's randomness, up front: per micro-batch its samples, noise, noise levels and conds."""
         c = self.config
         batches = [self.order.next_batch(c.batch_size) for _ in range(c.grad_accum)]
-        noise = [[torch.randn(self.samples[i].latent.shape, generator=self.gen) for i in batch] for batch in batches]
-        u = sample_u(c.batch_size * c.grad_accum, c.timestep_sampling, self.gen, c.logit_mean, c.logit_std)
+        noise = [[sample_noise(self.samples[i].latent, self.gen, c.loss) for i in batch] for batch in batches]
+        u = self.sample_u(c.batch_size * c.grad_accum, self.gen)
         conds = [[draw_cond(self.samples[i].cond, self.gen) for i in batch] for batch in batches]
         return [(batch, noise[m], u[m * c.batch_size:(m + 1) * c.batch_size], conds[m]) for m, batch in enumerate(batches)]
+
+    def _local_draws(self) -> list[tuple[list[int], list[torch.Tensor], torch.Tensor, list[Any]]]:
+        """The step's draws (the same on every rank), cut to this rank's slice of each micro-batch."""
+        draws = self._draw()
+        if self.dist is None:
+            return draws
+        self.dist.seed_step(self.config.seed, len(self.losses))
+        return [self.dist.shard(*d) for d in draws]
 
     def step(self) -> float:
         step = len(self.losses)
         micro_losses = []
         self.optimizer.zero_grad(set_to_none=True)
-        for m, (batch, noise, u, conds) in enumerate(self._draw()):
+        for m, (batch, noise, u, conds) in enumerate(self._local_draws()):
             x0 = torch.stack([self.samples[i].latent for i in batch]).float().to(self.device)
             with autocast(self.config.precision, self.device):
-                loss = diffusion_loss(self.backend, x0, torch.stack(noise).to(self.device), u, conds).mean()
-            value = float(loss.detach())
+                loss = diffusion_loss(self.backend, x0, torch.stack(noise).to(self.device), u, conds, self.config.loss).mean()
+            value = float(loss.detach()) if self.dist is None else self.dist.mean(float(loss.detach()))
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss became {value} at step {step + 1} (micro-step {m + 1})",
                                          self.result(interrupted=True))
             self.scaler.scale(loss / self.config.grad_accum).backward()
             micro_losses.append(value)
+        self.updating = True  # from here until the step is recorded, the adapters match no saved state
         self._clip_and_step(step)
         self.scheduler.step()
         self.losses.append(sum(micro_losses) / len(micro_losses))
         self.boundary = self._boundary()
+        self.updating = False
         return self.losses[-1]
 
     def _clip_and_step(self, step: int) -> None:
+        if self.dist is not None:
+            self.dist.reduce_grads(self.params)
         self.scaler.unscale_(self.optimizer)
         if self.config.max_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
@@ -249,9 +368,43 @@ class _Run:
             raise NonFiniteLossError(f"gradient became {float(norm)} at step {step + 1}", self.result(interrupted=True))
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.step(self.params)
 
     def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        """The step size of the first group as the optimizer applies it (Prodigy: lr x its estimate d)."""
+        group = self.optimizer.param_groups[0]
+        lr = group["lr"] if group["lr"] is not None else self.scheduler.get_last_lr()[0]
+        return float(lr) * float(group.get("d", 1.0))
+
+
+def _copied(obj: Any) -> Any:
+    """Deep copy of a state dict's tensors (optimizers hand out their live state)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _copied(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_copied(v) for v in obj)
+    return obj
+
+
+def _optimizer_and_schedule(groups: list[dict[str, Any]], config: TrainConfig):
+    spec = optimizer_spec(config.optimizer)
+    settings = dict(config.optimizer_settings)
+    if config.weight_decay is not None:
+        settings["weight_decay"] = config.weight_decay
+    if spec.schedule_free:
+        if config.lr_schedule not in ("constant", "constant_with_warmup"):
+            raise TrainingError(f"{config.optimizer} needs no LR schedule (it is schedule-free); "
+                                f"set lr_schedule to constant, not {config.lr_schedule!r}")
+        settings.setdefault("warmup_steps", config.warmup_steps)  # its own warm-up, which keeps its averaging right
+    optimizer = make_optimizer(config.optimizer, groups, settings)
+    if spec.schedule_free:
+        return optimizer, make_scheduler(optimizer, "constant", 0, config.steps)
+    if spec.self_scheduled({**spec.defaults, **settings}):
+        return optimizer, self_schedule(optimizer)
+    return optimizer, make_scheduler(optimizer, config.lr_schedule, config.warmup_steps, config.steps, config.lr_cycles)
 
 
 def train(
@@ -265,13 +418,15 @@ def train(
     order: BatchOrder | None = None,
     resume: TrainState | None = None,
     validate: Callable[[int], float | None] | None = None,
+    distributed: Any = None,
 ) -> TrainResult:
     """Train a LoRA on `backend.root`. Adapters and layer wrappers are attached for the run and always removed.
 
     should_stop() is polled before each step; an exception of a type in interrupt_on raised during a step's
     forward/backward also ends the run. Either way the result holds the last completed step, interrupted=True,
-    and its .state continues the run. A NaN loss raises NonFiniteLossError and running out of memory
-    TrainingOutOfMemory, both carrying that result. validate(step) may return a validation loss for the report.
+    and its .state continues the run. A NaN loss raises NonFiniteLossError, running out of memory
+    TrainingOutOfMemory and any other exception TrainingCrashed, all carrying that result. validate(step) may return a validation loss for the report.
+    distributed (lora_core.distributed.Distributed): data-parallel, this process computes its rank's slice.
     """
     # ComfyUI runs nodes under inference_mode: adapters, optimizer state and activations must be made outside it
     with torch.inference_mode(False), torch.enable_grad():
@@ -279,20 +434,25 @@ def train(
         samples = [TrainSample(usable_in_autograd(s.latent), usable_in_autograd(s.cond), s.caption) for s in samples]
         device = torch.device(backend.device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            run = _Run(backend, samples, config, order, resume)
+            run = _Run(backend, samples, config, order, resume, distributed)
             return _loop(run, on_step, should_stop, interrupt_on, validate)
 
 
 def _loop(run: _Run, on_step, should_stop, interrupt_on, validate) -> TrainResult:
     backend, config = run.backend, run.config
+    trees = roots(backend, config)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_frozen(backend.root))
-        stack.enter_context(frozen_base(backend.root, getattr(backend, "fetch_weight", plain_fetch),
-                                        getattr(backend, "is_plain", torch_plain)))
-        stack.enter_context(attached(backend.root, run.adapters))
+        for tree in trees.values():
+            stack.enter_context(_frozen(tree))
+            stack.enter_context(frozen_base(tree, getattr(backend, "fetch_weight", plain_fetch),
+                                            getattr(backend, "is_plain", torch_plain)))
+        stack.enter_context(attached(trees, run.adapters))
         modules = dict(backend.root.named_modules())
         stack.enter_context(gradient_checkpointing(backend.root, config.gradient_checkpointing, config.guard_inplace,
-                                                   adapted=[modules[name] for name in run.adapters]))
+                                                   adapted=[modules[n] for n in run.adapters if ":" not in n]))
+        for component, tree in trees.items():  # text encoders: no checkpointing, but ComfyUI's CLIP adds in place
+            if component:
+                stack.enter_context(gradient_checkpointing(tree, False, config.guard_inplace))
         while len(run.losses) < config.steps:
             if should_stop is not None and should_stop():
                 return run.result(interrupted=True)
@@ -301,14 +461,36 @@ def _loop(run: _Run, on_step, should_stop, interrupt_on, validate) -> TrainResul
             except interrupt_on:
                 # no optimizer step was taken for this step: the adapters hold the last completed one
                 return run.result(interrupted=True)
-            except RuntimeError as error:
-                _raise_clearly(error, run)
-                raise
+            except LoraLabError:
+                raise  # NaN (carries its result) or a named bad input
+            except Exception as error:
+                if isinstance(error, RuntimeError):
+                    _raise_clearly(error, run)
+                raise _crashed(error, run, "during") from error
             step = len(run.losses)
-            validation = validate(step) if validate is not None else None  # also without a progress listener
-            if on_step is not None:
-                on_step(StepReport(step, config.steps, loss, run.lr(), validation))
+            if on_step is not None or validate is not None:  # validation also without a progress listener
+                try:
+                    val_loss = None
+                    if validate is not None:
+                        with run.evaluating():
+                            val_loss = validate(step)
+                    if on_step is not None:
+                        on_step(StepReport(step, config.steps, loss, run.lr(), val_loss, snapshot=run.result,
+                                           evaluating=run.evaluating))
+                except interrupt_on:
+                    return run.result(interrupted=True)
+                except LoraLabError:
+                    raise
+                except Exception as error:  # a failed save or preview: the step itself is complete
+                    raise _crashed(error, run, "after") from error
     return run.result()
+
+
+def _crashed(error: BaseException, run: _Run, when: str) -> TrainingCrashed:
+    """Any unexpected exception: carry the last completed step so the host can save it and its state."""
+    step = len(run.losses) + (1 if when == "during" else 0)
+    result = None if run.updating else run.result(interrupted=True)
+    return TrainingCrashed(f"training failed {when} step {step}: {type(error).__name__}: {error}", result)
 
 
 def _raise_clearly(error: BaseException, run: _Run) -> None:

@@ -10,6 +10,7 @@ caption text likewise. What varies per step:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import torch
@@ -18,7 +19,7 @@ from .augment import Variant, apply_colour, flip_pixels, flipped_crop, jittered,
 from .bucket_order import BucketOrder, OrderItem
 from .buckets import Placement, Size
 from .cache_keys import make_key
-from .caption_transforms import StepCaption, without_separator
+from .caption_transforms import CaptionTransforms, StepCaption, without_separator
 from .dataset import ImageDataset, TrainImage
 from .dataset_files import count, names, relative
 from .encoding_cache import EncodingCache
@@ -64,6 +65,9 @@ class Encoders:
     text_id: str = ""
     latent_in: Callable[[torch.Tensor], torch.Tensor] = lambda raw: raw  # raw latent -> the model's latent space
     make_cond: Callable[[Any, SampleInfo], Any] = _plain_cond  # conditioning + sample -> the trainer's cond
+    # Text-encoder training: captions are encoded at every draw (with grad, never cached); make_cond then
+    # receives the step's caption text and encodes it itself.
+    text_each_step: bool = False
 
 
 @dataclass
@@ -93,7 +97,7 @@ def build_training_data(dataset: ImageDataset, encoders: Encoders, cache: Encodi
         if transforms.active:
             raise DatasetError("Caption dropout, tag dropout and tag shuffling change the caption every step, so they "
                                "need Train LoRA's clip input; turn them off to use a conditioning list")
-    elif encoders.encode_text is None:
+    elif encoders.encode_text is None and not encoders.text_each_step:
         raise DatasetError("Captions need a text encoder: connect Train LoRA's clip input or a conditioning list")
 
     dataset.check_batch_size(batch_size)  # before any encoding: names the bucket and its files
@@ -114,6 +118,10 @@ def build_training_data(dataset: ImageDataset, encoders: Encoders, cache: Encodi
         for info in encoded:
             if conditioning is not None:
                 cond = encoders.make_cond(conditioning, info)
+            elif encoders.text_each_step:
+                drawn = transforms.active and not is_validation
+                cond = StepCaption(item.caption if drawn else base_text, transforms if drawn else CaptionTransforms(),
+                                   partial(encoders.make_cond, info=replace(info, per_step=True)))
             elif transforms.active and not is_validation:
                 cond = StepCaption(item.caption, transforms, _drawn(texts, encoders.make_cond, info))
             else:

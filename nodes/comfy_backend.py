@@ -138,6 +138,14 @@ class ComfyBackend:
     def noisy(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.sampling.noise_scaling(sigma, noise, x0)
 
+    def timestep_fraction(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The model's timestep as a fraction of its schedule: sigma for flow models (their timestep is
+        sigma x multiplier, shift included: Wan 2.2's expert boundary), else discrete timestep / count."""
+        if self.prediction == "flow":
+            return sigma.float()
+        count = len(getattr(self.sampling, "sigmas", ())) or 1000
+        return self.sampling.timestep(sigma.float()).float() / count
+
     def c_out(self, sigma: torch.Tensor) -> torch.Tensor:
         ones = torch.ones(sigma.shape[0], 1, device=sigma.device, dtype=torch.float32)
         return self.sampling.calculate_denoised(sigma, ones, torch.zeros_like(ones)).flatten()

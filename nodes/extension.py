@@ -12,10 +12,11 @@ from .load_node import LoadLora
 from .loss_plot_node import PlotTrainingLoss
 from .save_node import SaveLora
 from .train_node import TrainLora
+from .train_options import OPTION_NODES
 from .video_dataset_node import LoadTrainingVideos
 
 
 class LoraLabExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [LoadTrainingImages, LoadTrainingVideos, BucketOptions, CaptionOptions, Augmentation, EncodingCacheNode,
-                TrainLora, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora, InspectLora]
+                TrainLora, *OPTION_NODES, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora, InspectLora]

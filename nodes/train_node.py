@@ -9,15 +9,25 @@ import torch
 
 import comfy.model_management
 import comfy.utils
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
-from ..lora_core.errors import NonFiniteLossError, TrainingOutOfMemory
+from ..lora_core.adapters import ALGORITHMS
+from ..lora_core.dataset_metadata import dataset_fingerprint
+from ..lora_core.errors import NonFiniteLossError, TrainingCrashed, TrainingError, TrainingOutOfMemory
 from ..lora_core.lora_file import save_lora_file
+from ..lora_core.lr_schedule import LR_SCHEDULES
 from ..lora_core.memory_estimate import training_memory
+from ..lora_core.optimizers import OPTIMIZERS
 from ..lora_core.targets import select_targets
+from ..lora_core.timesteps import METHODS as TIMESTEP_METHODS
 from ..lora_core.train_state import save_train_state, state_path
 from ..lora_core.trainer import StepReport, TrainConfig, train
 from ..lora_core.validation import ValidationLoss
+from . import text_encoders
+from .previews import Previewer
+from .run_files import load_resume
+from .step_hooks import StepHooks
+from .train_options import config_fields
 from .base_loras import base_loras
 from .comfy_backend import ComfyBackend
 from .comfy_paths import lora_output_name, unused_lora_path
@@ -26,13 +36,14 @@ from .lora_apply import apply_lora
 from .lora_state import TrainedLora, trained_lora
 from .rope_autograd import ensure_rope_autograd
 from .training_data import largest_latent_shape, prepare_training_data
-from .types import DATASET, LORA, LOSS
+from .types import (ALGORITHM_OPTIONS, DATASET, LORA, LOSS, LOSS_OPTIONS, OPTIMIZER_OPTIONS, PREVIEW_OPTIONS,
+                    TEXT_ENCODER_OPTIONS)
 
 log = logging.getLogger("lora_lab")
 
 TARGET_PRESETS = ["attention", "attention_mlp", "all_linear"]
-SCHEDULES = ["constant", "constant_with_warmup", "cosine", "linear"]
-TIMESTEP_SAMPLING = ["auto", "uniform", "logit_normal"]
+SCHEDULES = list(LR_SCHEDULES)
+TIMESTEP_SAMPLING = ["auto", *TIMESTEP_METHODS]
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 
 
@@ -128,8 +139,9 @@ class TrainLora(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model to train on (from any checkpoint/UNet loader)."),
                 io.Clip.Input("clip", optional=True,
-                              tooltip="Text encoder for the captions (not trained). Not needed when conditioning is "
-                                      "connected; needed for per-step caption dropout / shuffling."),
+                              tooltip="Text encoder for the captions (trained only with 'LoRA Lab Text Encoder'). Not needed "
+                                      "when conditioning is connected; needed for per-step caption dropout / shuffling, "
+                                      "text-encoder training and previews."),
                 io.Vae.Input("vae", tooltip="VAE used to encode the training images to latents once (cached)."),
                 DATASET.Input("dataset", tooltip="From 'Load Training Images' or 'Load Training Videos'."),
                 io.Int.Input("steps", default=500, min=1, max=1_000_000, tooltip="Optimizer steps."),
@@ -167,11 +179,31 @@ class TrainLora(io.ComfyNode):
                 io.Int.Input("validation_every", default=50, min=0, max=1_000_000, optional=True,
                              tooltip="Validation loss of the dataset's held-out images every N steps (and at the end), "
                                      "at fixed noise; 0 = off."),
+                io.Combo.Input("algorithm", options=list(ALGORITHMS), default="lora", optional=True,
+                               tooltip="lora (LoCon on convs), loha, lokr or dora; settings in 'LoRA Lab Algorithm'."),
+                io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw", optional=True,
+                               tooltip="adamw8bit needs bitsandbytes; came/lion pytorch-optimizer; prodigy prodigyopt "
+                                       "(set learning_rate 1.0); adamw_schedulefree schedulefree (constant schedule)."),
+                io.Int.Input("save_every", default=0, min=0, max=1_000_000, optional=True,
+                             tooltip="0 = off. Every N steps write models/loras/<output_name>_stepNNNNN.safetensors "
+                                     "and its training state beside it (resume_from continues from it)."),
+                io.String.Input("resume_from", default="", optional=True,
+                                tooltip="Continue a run exactly: a LoRA written by save_every / cancel / NaN / OOM "
+                                        "(name under models/loras, or an absolute path) or its .state.safetensors. "
+                                        "Dataset and settings must match (steps may grow)."),
+                OPTIMIZER_OPTIONS.Input("optimizer_options", optional=True, tooltip="From 'LoRA Lab Optimizer'."),
+                LOSS_OPTIONS.Input("loss_options", optional=True, tooltip="From 'LoRA Lab Loss & Noise'."),
+                ALGORITHM_OPTIONS.Input("algorithm_options", optional=True, tooltip="From 'LoRA Lab Algorithm'."),
+                TEXT_ENCODER_OPTIONS.Input("text_encoder_options", optional=True,
+                                           tooltip="From 'LoRA Lab Text Encoder': train the text encoder(s) too."),
+                PREVIEW_OPTIONS.Input("previews", optional=True, tooltip="From 'LoRA Lab Previews'."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained LoRA applied."),
                 LORA.Output(display_name="lora", tooltip="The trained LoRA (save it with 'Save LoRA')."),
                 LOSS.Output(display_name="loss", tooltip="Loss per step, for 'Plot Training Loss'."),
+                io.Clip.Output(display_name="clip", tooltip="The input CLIP; with the text-encoder LoRA applied "
+                                                            "when it was trained."),
             ],
             hidden=[io.Hidden.unique_id],
             is_input_list=True,  # the conditioning list arrives whole; every other input is a list of one
@@ -186,31 +218,50 @@ class TrainLora(io.ComfyNode):
     def _run(cls, model, vae, dataset, steps, learning_rate, rank, alpha, target_preset, batch_size,
              grad_accumulation, lr_schedule, warmup_steps, timestep_sampling, precision,
              gradient_checkpointing, seed, output_name, custom_targets="", clip=None, conditioning=None,
-             validation_every=50) -> io.NodeOutput:
+             validation_every=50, algorithm="lora", optimizer="adamw", save_every=0, resume_from="",
+             optimizer_options=None, loss_options=None, algorithm_options=None, text_encoder_options=None,
+             previews=None) -> io.NodeOutput:
         name = lora_output_name(output_name)
         patcher = model.clone()
         family = model_family(patcher)
         underneath = base_loras(patcher)
+        train_te = bool(text_encoder_options)
+        if (train_te or previews) and clip is None:
+            raise TrainingError("LoRA Lab: " + ("text-encoder training" if train_te else "previews")
+                                + " needs Train LoRA's clip input")
+        resume = load_resume(resume_from)
+        encoders = text_encoders.trainable(clip, text_encoder_options.get("train_t5", False)) if train_te else {}
 
-        data = prepare_training_data(patcher, dataset, vae, clip, conditioning, batch_size, seed)
+        data = prepare_training_data(patcher, dataset, vae, clip, conditioning, batch_size, seed,
+                                     train_text_encoder=train_te)
         # The VAE and text encoder are done: let ComfyUI evict them before the model is loaded to train.
         comfy.model_management.free_memory(1e30, patcher.load_device)
 
         backend = ComfyBackend(patcher)
+        backend.text_encoders = encoders
+        fields = config_fields(optimizer_options, loss_options, algorithm, algorithm_options, text_encoder_options)
+        fields.setdefault("timestep_sampling", resolve_timestep_sampling(timestep_sampling, backend.prediction))
         config = TrainConfig(
             steps=steps, learning_rate=learning_rate, rank=rank, alpha=alpha,
             targets=[t.strip() for t in custom_targets.split(",") if t.strip()] or target_preset,
             batch_size=batch_size, grad_accum=grad_accumulation, lr_schedule=lr_schedule,
-            warmup_steps=warmup_steps, timestep_sampling=resolve_timestep_sampling(timestep_sampling, backend.prediction),
-            precision=resolve_precision(precision, patcher.load_device),
-            gradient_checkpointing=gradient_checkpointing, seed=seed,
+            warmup_steps=warmup_steps, precision=resolve_precision(precision, patcher.load_device),
+            gradient_checkpointing=gradient_checkpointing, seed=seed, algorithm=algorithm, optimizer=optimizer,
+            identity={"family": family, "dataset inputs": dataset_fingerprint(dataset)}, **fields,
         )
         load_for_training(patcher, backend, config, largest_latent_shape(data))
         validate = (ValidationLoss(backend, data.validation, validation_every, last_step=steps, batch_size=batch_size,
                                    precision=config.precision) if data.validation and validation_every > 0 else None)
 
         def finished(result) -> TrainedLora:
-            return trained_lora(result, config, dataset, family, name, backend.prediction, underneath)
+            return trained_lora(result, config, dataset, family, name, backend.prediction, underneath,
+                                tuple(text_encoders.present(clip)))
+
+        previewer = None
+        if previews:
+            previewer = Previewer(patcher, clip, vae, previews, name, cls.hidden.unique_id,
+                                  reload=lambda: load_for_training(patcher, backend, config, largest_latent_shape(data)))
+        on_step = StepHooks(_Progress(steps, cls.hidden.unique_id), finished, name, save_every, previewer)
 
         with torch.inference_mode(False), torch.enable_grad():
             ensure_rope_autograd()
@@ -218,12 +269,15 @@ class TrainLora(io.ComfyNode):
             try:
                 # Cancel arrives either as the flag (seen between steps) or as ComfyUI's ops raising
                 # InterruptProcessingException mid-forward (which also clears the flag): both end the run.
-                result = train(backend, data.samples, config, on_step=_Progress(steps, cls.hidden.unique_id),
+                result = train(backend, data.samples, config, on_step=on_step,
                                should_stop=comfy.model_management.processing_interrupted,
                                interrupt_on=(comfy.model_management.InterruptProcessingException,),
-                               order=data.order, validate=validate)
-            except (NonFiniteLossError, TrainingOutOfMemory) as error:
-                kind = "loss became non-finite" if isinstance(error, NonFiniteLossError) else "out of memory"
+                               order=data.order, validate=validate, resume=resume)
+            except (NonFiniteLossError, TrainingOutOfMemory, TrainingCrashed) as error:
+                kind = {NonFiniteLossError: "loss became non-finite", TrainingOutOfMemory: "out of memory"}.get(
+                    type(error), "training failed")
+                if error.result is None or error.result.steps_done == 0:
+                    raise type(error)(f"LoRA Lab: {error}. No step was completed, so nothing was saved.") from error
                 done = error.result.steps_done
                 path = _save_partial(finished(error.result), name, error.result, kind)
                 del error.result  # the traceback should not keep the run's tensors alive
@@ -239,6 +293,12 @@ class TrainLora(io.ComfyNode):
                 _save_partial(lora, name, result, "training cancelled")
             comfy.model_management.interrupt_current_processing(False)
             raise comfy.model_management.InterruptProcessingException()
-        trained_model, _, _ = apply_lora(patcher, None, lora.state_dict(), 1.0, 0.0, f"trained '{name}'")
-        return io.NodeOutput(trained_model, lora, {"loss": result.losses, "name": name,
-                                                   "validation": validate.history if validate else []})
+        te = lora.has_text_encoder
+        trained_model, trained_clip, _ = apply_lora(patcher, clip if te else None, lora.state_dict(), 1.0,
+                                                    1.0 if te else 0.0, f"trained '{name}'")
+        outputs = (trained_model, lora, {"loss": result.losses, "name": name,
+                                         "validation": validate.history if validate else []},
+                   trained_clip if te else clip)
+        if previewer is not None and previewer.latest:
+            return io.NodeOutput(*outputs, ui=ui.PreviewImage(torch.cat(previewer.latest), cls=cls))
+        return io.NodeOutput(*outputs)

@@ -19,6 +19,7 @@ from ..lora_core.errors import DatasetError
 from ..lora_core.trainer import usable_in_autograd
 from ..lora_core.training_samples import Encoders, SampleInfo, TrainingData, build_training_data
 from .comfy_backend import encode_sample_cond
+from .text_encoder_conds import encoded_each_step
 from .comfy_encoders import (clip_encoder, clip_identity, uses_size_conditioning, vae_encoder, vae_identity,
                              with_size_conditioning)
 
@@ -26,14 +27,19 @@ log = logging.getLogger("lora_lab")
 
 
 def prepare_training_data(patcher, dataset, vae, clip, conditioning: list | None, batch_size: int,
-                          seed: int) -> TrainingData:
+                          seed: int, train_text_encoder: bool = False) -> TrainingData:
     """Encode (or read from the cache) every latent and caption the run needs; raises DatasetError.
 
     Runs outside inference mode and without grad, so that what it makes can be saved by autograd later.
+    train_text_encoder: captions are not encoded here but at each step, with grad, through the CLIP that
+    carries the adapters (nodes/text_encoder_conds.py); no caption cache then.
     """
     if clip is None and conditioning is None:
         raise DatasetError("Train LoRA needs a clip (to encode the dataset's captions) or a conditioning list "
                            "(the dataset's captions output encoded by any text-encoder node)")
+    if train_text_encoder and (clip is None or conditioning is not None):
+        raise DatasetError("Text-encoder training needs Train LoRA's clip input (it encodes the captions every step "
+                           "through the CLIP it trains) and no conditioning list")
     size_conditioning = uses_size_conditioning(patcher)
     shared: dict[tuple, Any] = {}
 
@@ -49,11 +55,17 @@ def prepare_training_data(patcher, dataset, vae, clip, conditioning: list | None
             shared[key] = (cond, encode_sample_cond(patcher, usable_in_autograd(cond), info.latent, seed))
         return shared[key][1]  # the entry keeps `cond` alive, so its id is not reused by another object
 
+    def sizes_of(info: SampleInfo):
+        return (info.original_size, info.crop_top_left, info.target_size) if size_conditioning else None
+
+    text_each_step = train_text_encoder
     encoders = Encoders(
         encode_pixels=vae_encoder(vae), pixels_id=vae_identity(vae),
-        encode_text=clip_encoder(clip) if clip is not None else None,
-        text_id=clip_identity(clip) if clip is not None else "",
-        latent_in=lambda raw: patcher.model.process_latent_in(raw), make_cond=make_cond)
+        encode_text=clip_encoder(clip) if clip is not None and not text_each_step else None,
+        text_id=clip_identity(clip) if clip is not None and not text_each_step else "",
+        latent_in=lambda raw: patcher.model.process_latent_in(raw),
+        make_cond=encoded_each_step(clip, patcher, seed, sizes_of) if text_each_step else make_cond,
+        text_each_step=text_each_step)
     with torch.inference_mode(False), torch.no_grad():
         data = build_training_data(dataset, encoders, EncodingCache(dataset.cache_folder), seed=seed,
                                    batch_size=batch_size,

@@ -8,10 +8,10 @@ import torch
 
 from lora_lab.lora_core.adapters import adapter_from_weights
 from lora_lab.lora_core.diffusers_backend import DDPMUNetBackend
-from lora_lab.lora_core.errors import NonFiniteLossError, TrainingError
+from lora_lab.lora_core.errors import NonFiniteLossError, TrainingCrashed, TrainingError
 from lora_lab.lora_core.injection import attached
 from lora_lab.lora_core.objective import diffusion_loss
-from lora_lab.lora_core.optim import make_optimizer, make_scheduler
+from lora_lab.lora_core.lr_schedule import make_scheduler
 from lora_lab.lora_core.tiny_models import TinyTextEncoder, tiny_unet
 from lora_lab.lora_core.trainer import TrainConfig, TrainSample, train
 
@@ -226,12 +226,14 @@ def test_cancel_raised_inside_the_forward_keeps_the_last_completed_step(unet):
     assert partial.interrupted and partial.steps_done == 2
     clean = train(backend, make_samples(4), config(steps=2))
     assert_same_lora(partial.lora, clean.lora)
-    with pytest.raises(HostCancel):  # not listed in interrupt_on: it propagates
+    # not listed in interrupt_on: a crash, raised as TrainingCrashed (with the last completed step) from it
+    with pytest.raises(TrainingCrashed, match="during step 1: HostCancel") as info:
         handle = unet.conv_in.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(HostCancel()))
         try:
             train(backend, make_samples(4), config(steps=2))
         finally:
             handle.remove()
+    assert isinstance(info.value.__cause__, HostCancel) and info.value.result.steps_done == 0
 
 
 def test_bad_config_is_named(unet):
@@ -247,7 +249,7 @@ def test_bad_config_is_named(unet):
 
 def test_lr_schedules():
     def lrs(name, warmup, total=10):
-        opt = make_optimizer([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         sched, out = make_scheduler(opt, name, warmup, total), []
         for _ in range(total):
             out.append(opt.param_groups[0]["lr"])

@@ -251,3 +251,35 @@ def test_same_seed_same_lora_bytes_with_buckets_flip_dropout_and_shuffle(tmp_pat
     c, _ = _lora_bytes(tmp_path, seed=6)
     assert a == b and losses_a == losses_b
     assert a != c
+
+
+def test_text_each_step_encodes_the_drawn_caption_at_every_draw_and_caches_no_text(tmp_path):
+    """Text-encoder training: make_cond gets the step's caption text at every draw (so the encoder being
+    trained runs each step), validation gets the plain caption, and no text goes through the cache."""
+    transforms = CaptionTransforms(shuffle=True, keep_tokens=1)
+    ds = load_image_folder(make_folder(tmp_path / "d"), 64, buckets=BUCKETS, caption_transforms=transforms,
+                           validation=1)
+    fake = FakeEncoders()
+    made: list[tuple[str, bool]] = []
+
+    def make_cond(text, info):
+        made.append((text, info.per_step))
+        return {"text": text}
+
+    cache = EncodingCache(None, memory=MemoryStore())
+    data = build_training_data(ds, Encoders(fake.pixels, "vae-1", None, "", make_cond=make_cond, text_each_step=True),
+                               cache, seed=0)
+    assert made == [] and fake.texts == [] and "text" not in cache.stats  # nothing encoded up front
+    g = torch.Generator().manual_seed(5)
+    sample = data.samples[0]
+    first, second = sample.cond.draw(g), sample.cond.draw(g)
+    assert len(made) == 2 and all(per_step for _, per_step in made)
+    # the shuffled caption of this draw, with the kept token first, re-encoded at each draw
+    expected = transforms.apply(sample.caption, torch.Generator().manual_seed(5))
+    assert first == {"text": expected}
+    assert second["text"].split(", ")[0] == sample.caption.split(", ")[0]
+    assert sorted(second["text"].split(", ")) == sorted(sample.caption.split(", "))
+    val = data.validation[0]
+    state = g.get_state()
+    assert val.cond.draw(g) == {"text": val.caption}  # validation: the plain caption, drawing nothing
+    assert torch.equal(g.get_state(), state)

@@ -84,7 +84,7 @@ def test_sana_trains_from_a_conditioning_list_and_loads_back(sana, tmp_path):
     conds = gemma_stand_in(captions)
     assert conds[0][0][0].shape == (1, 300, GEMMA_WIDTH)
 
-    trained, lora, loss = call_node(
+    trained, lora, loss, _clip = call_node(
         "LoraLabTrain", model=model, vae=vae, dataset=dataset, conditioning=conds, steps=3, learning_rate=1e-3,
         rank=4, alpha=4.0, target_preset="attention", batch_size=2, grad_accumulation=1, lr_schedule="constant",
         warmup_steps=0, timestep_sampling="auto", precision="fp32", gradient_checkpointing=True, seed=0,

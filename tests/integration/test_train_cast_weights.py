@@ -74,8 +74,8 @@ def test_cast_in_forward_model_trains_without_copying(parts, sd15_checkpoint, we
 
     resident = _status_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    trained, lora, loss = call_node("LoraLabTrain", model=model, clip=clip, vae=vae, dataset=dataset,
-                                    **dict(TRAIN, output_name=f"cast_{weight_dtype}"))
+    trained, lora, loss, _clip = call_node("LoraLabTrain", model=model, clip=clip, vae=vae, dataset=dataset,
+                                           **dict(TRAIN, output_name=f"cast_{weight_dtype}"))
     growth = (_status_kb("VmHWM") - resident) * 1024
     after_loss = _eval_loss(trained, dataset, vae, clip)
     print(f"\n{weight_dtype}: model {model_bytes / 2**20:.0f} MiB, peak growth while training "

@@ -57,7 +57,7 @@ def test_it_learns_on_random_sd15(sd15, dataset_dir, capsys):
     model, clip, vae = sd15
     dataset = _dataset(dataset_dir)
     before = _eval_loss(model, dataset, vae, clip)
-    trained, _lora, loss = _train(sd15, dataset, steps=30, learning_rate=2e-3, rank=8, alpha=8.0,
+    trained, _lora, loss, _clip = _train(sd15, dataset, steps=30, learning_rate=2e-3, rank=8, alpha=8.0,
                                   target_preset="all_linear", seed=1)
     after = _eval_loss(trained, dataset, vae, clip)
     _eval_loss(model, dataset, vae, clip)  # leave the base weights loaded for the next test
@@ -106,9 +106,9 @@ def test_same_seed_gives_byte_identical_lora(sd15, dataset_dir):
     dataset = _dataset(dataset_dir)
     files = []
     for _ in range(2):
-        _model, lora, _loss = _train(sd15, dataset, seed=11)
+        _model, lora, _loss, _clip = _train(sd15, dataset, seed=11)
         files.append(safetensors_bytes(lora.state_dict(), lora.metadata))
-    _model, other, _loss = _train(sd15, dataset, seed=12)
+    _model, other, _loss, _clip = _train(sd15, dataset, seed=12)
     assert files[0] == files[1], "same seed and inputs must give the same bytes"
     assert files[0] != safetensors_bytes(other.state_dict(), other.metadata), "the seed must matter"
 
@@ -119,7 +119,7 @@ def test_strength_scales_the_delta_exactly_through_comfy_loader(sd15, dataset_di
 
     folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
     model, clip, _vae = sd15
-    _m, lora, _l = _train(sd15, _dataset(dataset_dir), steps=2)
+    _m, lora, _l, _c = _train(sd15, _dataset(dataset_dir), steps=2)
     (path,) = call_node("LoraLabSaveLora", lora=lora, name="strength")
 
     def deltas(strength):

@@ -64,7 +64,7 @@ def _dataset(folder):
 
 def _train(model, clip, vae, folder, name, **inputs):
     return call_node("LoraLabTrain", model=model, clip=clip, vae=vae, dataset=_dataset(folder),
-                     **dict(TRAIN, output_name=name, **inputs))
+                     **dict(TRAIN, output_name=name, **inputs))[:3]  # MODEL, LORA, LOSS (CLIP is 4th)
 
 
 def _metadata(lora) -> dict:

@@ -95,7 +95,7 @@ def test_wan_trains_on_clips_and_its_file_matches_in_graph(wan, tmp_path, capsys
     conds = conditioning(captions)
 
     before = eval_loss(model, dataset, vae, conds)
-    trained, lora, loss = call_node(
+    trained, lora, loss, _clip = call_node(
         "LoraLabTrain", model=model, vae=vae, dataset=dataset, conditioning=conds, steps=25, learning_rate=5e-3,
         rank=8, alpha=8.0, target_preset="all_linear", batch_size=2, grad_accumulation=1, lr_schedule="constant",
         warmup_steps=0, timestep_sampling="auto", precision="fp32", gradient_checkpointing=True, seed=0,

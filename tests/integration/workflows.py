@@ -41,7 +41,7 @@ LORA_LAB_NODES = {
     "loss_plot": "LoraLabLossPlot",
 }
 # LoraLabTrain outputs, in order
-TRAIN_OUTPUTS = {"MODEL": 0, "LORA": 1, "LOSS": 2}
+TRAIN_OUTPUTS = {"MODEL": 0, "LORA": 1, "LOSS": 2, "CLIP": 3}
 
 DEFAULT_DATASET_INPUTS = {"resolution": 64, "aspect_buckets": True, "trigger_word": "", "caption_template": "",
                           "default_caption": "", "validation": 0.0, "cache_folder": ""}  # memory-only cache

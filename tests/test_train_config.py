@@ -1,0 +1,136 @@
+"""Bad `lora-lab train` configurations: a clear message, exit status 2, and no model loaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli_helpers import DATASET, write_config
+from lora_lab.__main__ import main
+from lora_lab.lora_core import model_folders, train_cli
+from lora_lab.lora_core.train_config import ConfigError, load_config
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if anything tries to load weights."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the configuration was checked")
+    monkeypatch.setattr(model_folders, "load_model", refuse)
+    monkeypatch.setattr(train_cli, "load_model", refuse)
+
+
+@pytest.fixture
+def unet_folder(tmp_path):
+    """A folder that looks like an SD1.5 pipeline to the pre-flight checks (JSON only, no weights)."""
+    root = tmp_path / "sd15"
+    for part in ("vae", "tokenizer", "text_encoder"):
+        (root / part).mkdir(parents=True)
+    (root / "unet").mkdir()
+    (root / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", "cross_attention_dim": 768}))
+    return root
+
+
+def _fails(capsys, args: list[str], *expected: str) -> str:
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def test_unknown_key_named_with_nearest(tmp_path, unet_folder, capsys, no_loading):
+    cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out", train={"learning_rat": 1e-4})
+    _fails(capsys, [str(cfg)], "unknown key train.'learning_rat'", "did you mean 'learning_rate'?", str(cfg))
+
+
+def test_unknown_nested_key_and_section(tmp_path, unet_folder, capsys, no_loading):
+    cfg = write_config(tmp_path / "a.toml", unet_folder, tmp_path / "out")
+    cfg.write_text(cfg.read_text() + "[data.augment]\nflipp = 0.5\n")
+    _fails(capsys, [str(cfg)], "data.augment.'flipp'", "did you mean 'flip'?")
+    cfg2 = write_config(tmp_path / "b.toml", unet_folder, tmp_path / "out")
+    cfg2.write_text(cfg2.read_text().replace("[output]", "[outputs]"))
+    _fails(capsys, [str(cfg2)], "unknown key 'outputs'", "did you mean 'output'?")
+    clean = write_config(tmp_path / "c.toml", unet_folder, tmp_path / "out")
+    _fails(capsys, [str(clean), "--set", "train.rnak=4"], "did you mean 'rank'?")
+
+
+def test_missing_model_folder(tmp_path, capsys, no_loading):
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "nowhere", tmp_path / "out")
+    _fails(capsys, [str(cfg)], "model folder not found", str(tmp_path / "nowhere"))
+
+
+def test_folder_without_a_model(tmp_path, capsys, no_loading):
+    (tmp_path / "empty").mkdir()
+    cfg = write_config(tmp_path / "run.toml", tmp_path / "empty", tmp_path / "out")
+    _fails(capsys, [str(cfg)], "holds no diffusers model", "unet/config.json")
+
+
+def test_family_the_folder_does_not_hold(tmp_path, unet_folder, capsys, no_loading):
+    cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out", model={"family": "flux"})
+    _fails(capsys, [str(cfg)], "model.family = 'flux'", "holds a sd15 model (UNet2DConditionModel)", 'family = "sd15"')
+
+
+def test_missing_text_encoder(tmp_path, unet_folder, capsys, no_loading):
+    (unet_folder / "tokenizer").rmdir()
+    cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out")
+    _fails(capsys, [str(cfg)], "lacks tokenizer/")
+
+
+def test_world_size_must_divide_the_batch(tmp_path, unet_folder, capsys, monkeypatch, no_loading):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc_per_node 2 sets it; checked before joining a group
+    cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out", train={"batch_size": 3})
+    _fails(capsys, [str(cfg)], "train.batch_size = 3", "does not divide by the 2 processes", "multiple of 2")
+
+
+def test_bad_values(tmp_path, unet_folder, capsys, no_loading):
+    cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out")
+    _fails(capsys, [str(cfg), "--set", "train.rank=four"], "train.rank must be int, got 'four'")
+    _fails(capsys, [str(cfg), "--set", 'output.formats=["kohya"]'], "output.formats has 'kohya'")
+    _fails(capsys, [str(cfg), "--set", "model.dtype=fp8"], "model.dtype = 'fp8'")
+    _fails(capsys, [str(cfg), "--set", "data.augment.flip=2.0"], "flip")
+    _fails(capsys, [str(cfg), "--data", str(tmp_path / "no_data")], "is not a folder")
+    _fails(capsys, [str(tmp_path / "missing.toml")], "config file not found")
+    (tmp_path / "broken.toml").write_text("[train\nsteps = 1")
+    _fails(capsys, [str(tmp_path / "broken.toml")], "not valid TOML")
+
+
+def test_file_and_flags_merge(tmp_path, unet_folder):
+    cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out", data={"buckets": {"enabled": True}})
+    config = load_config(cfg, ["train.rank=32", "output.formats=['comfyui', 'diffusers']", "data.trigger_word=sks"])
+    assert config.train.rank == 32 and config.train.steps == 2
+    assert config.output.formats == ["comfyui", "diffusers"] and config.data.trigger_word == "sks"
+    assert config.data.buckets.enabled and config.data.path == str(DATASET)
+    with pytest.raises(ConfigError, match="section"):
+        load_config(cfg, ["rank=3"])
+
+
+def test_example_configs_parse():
+    import dataclasses
+
+    from cli_helpers import REPO
+    from lora_lab.lora_core.trainer import TrainConfig
+
+    if "optimizer" not in {f.name for f in dataclasses.fields(TrainConfig)}:
+        pytest.skip("the example configs name optimizers (CAME, AdamW 8-bit, Adafactor): issue 9's trainer")
+
+    examples = sorted((REPO / "examples" / "configs").glob("*.toml"))
+    assert len(examples) >= 3
+    for path in examples:
+        config = load_config(path)
+        assert config.model.family != "auto" and config.output.formats
+
+
+def test_tensorboard_without_the_package(tmp_path, unet_folder, capsys, no_loading):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out", output={"tensorboard": True})
+    _fails(capsys, [str(cfg)], "output.tensorboard needs the tensorboard package")
+
+
+def test_text_encoder_training_refused(tmp_path, unet_folder, capsys, no_loading):
+    cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out", train={"train_text_encoder": True})
+    _fails(capsys, [str(cfg)], "train_text_encoder is not supported by lora-lab train")
