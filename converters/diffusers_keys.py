@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from .families import Family
-from .fuse_split import ConversionError, unfold_mid
+from .conversion_error import ConversionError
+from .fuse_split import unfold_mid
 from .module_weights import ModuleWeights
 
 
@@ -20,10 +21,11 @@ def component_prefix(family: Family, component: str) -> str:
 def as_lora(m: ModuleWeights) -> ModuleWeights:
     """Exact LoRA form of any adapter PEFT can load as LoRA; ConversionError otherwise."""
     if m.get("dora_scale") is not None:
-        raise ConversionError("DoRA scale on the input axis has no PEFT layout")
+        raise ConversionError("DoRA with an input-axis scale (OneTrainer/LyCORIS default) has no PEFT layout "
+                              "(PEFT's magnitude is per output row)")
     if m.kind == "lora":
         if m.get("diff") is not None:
-            raise ConversionError("full weight delta (.diff) has no diffusers/PEFT form")
+            raise ConversionError("a full weight or bias delta (.diff / .diff_b) has no diffusers/PEFT form")
         return unfold_mid(m)
     if m.kind == "loha" and "hada_t1" not in m.tensors:
         # (w1a w1b) * (w2a w2b) = sum_ij (w1a_i * w2a_j)(w1b_i * w2b_j)^T : an exact LoRA of rank r1*r2
@@ -40,6 +42,8 @@ def as_lora(m: ModuleWeights) -> ModuleWeights:
         up = torch.kron(w1, t["lokr_w2_a"])
         down = torch.kron(torch.eye(w1.shape[1], dtype=w1.dtype, device=w1.device), t["lokr_w2_b"])
         return _rebuild(m, down, up)
+    if m.kind == "diff":
+        raise ConversionError("a full weight or bias delta (.diff / .diff_b) has no diffusers/PEFT form")
     raise ConversionError(f"{m.kind} adapter has no exact diffusers/PEFT LoRA form")
 
 

@@ -102,7 +102,7 @@ def write_streaming(path: str | os.PathLike, entries: list[tuple[str, torch.dtyp
         for key, dtype, shape in entries:
             got_key, t = next(it)
             if got_key != key or t.dtype != dtype or tuple(t.shape) != tuple(shape):
-                raise LoraFormatError(f"internal: streamed tensor {got_key!r} {t.dtype} {tuple(t.shape)} "
+                raise RuntimeError(f"internal error: streamed tensor {got_key!r} {t.dtype} {tuple(t.shape)} "
                                       f"does not match header entry {key!r} {dtype} {shape}")
             data = t.detach().to("cpu").contiguous()
             if data.numel():

@@ -36,7 +36,7 @@ def test_cli_convert_streams_same_tensors_as_in_memory(tmp_path, capsys):
     src, meta = _write_fixture(tmp_path)
     out = tmp_path / "out.safetensors"
     assert main(["convert", str(src), str(out), "--to", "comfyui"]) == 0
-    assert "unmatched keys: 0" in capsys.readouterr().out
+    assert "unconverted keys: 0" in capsys.readouterr().out
     expected, _, _ = convert_state_dict(load_file(src), meta, "comfyui")
     got = load_file(out)
     assert set(got) == set(expected)
