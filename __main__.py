@@ -6,8 +6,16 @@ import argparse
 import sys
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 1 (argparse's default 2 means "written, some keys unconverted" here)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lora-lab", description="Train, convert and inspect LoRAs.")
+    parser = _Parser(prog="lora-lab", description="Train, convert, inspect, merge, resize and bake LoRAs.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     from .lora_core import demo

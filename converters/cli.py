@@ -1,21 +1,45 @@
-"""`lora-lab convert IN OUT --to comfyui|diffusers` and `lora-lab inspect FILE`."""
+"""`lora-lab convert | inspect` (and the shared exit-status contract of convert, merge, resize and bake).
+
+Exit status: 0 - every key was converted (or dropped by its nature, with the reason printed);
+2 - the output was written but some keys were left unconverted (they are listed); 1 - error, nothing written.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 from ..lora_core.errors import LoraLabError
 
+EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE = 0, 1, 2
+DTYPE_CHOICES = ("keep", "fp16", "bf16", "fp32")
+ARCH_HELP = ("model family when detection is ambiguous (flux, chroma, sd15, sdxl, sd3, sana, wan, hunyuan_video, "
+             "qwen_image, lumina2, z_image, generic)")
+
+
+def run_reporting(action: Callable[[], object]) -> int:
+    """Run a command; print its report (stdout) or its error (stderr) and return the exit status."""
+    try:
+        report = action()
+    except LoraLabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:  # disk full, permissions: the OS's words and the file, nothing was written
+        print(f"error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return EXIT_ERROR
+    print(report)
+    return EXIT_OK if getattr(report, "complete", True) else EXIT_INCOMPLETE
+
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="LoRA file (.safetensors; legacy .pt/.ckpt/.bin only if weights_only-loadable)")
+    parser.add_argument("input", help="LoRA file (.safetensors; legacy .pt/.ckpt/.bin only if it holds plain tensors)")
     parser.add_argument("output", help="output .safetensors path")
     parser.add_argument("--to", required=True, choices=("comfyui", "diffusers"), help="target format")
-    parser.add_argument("--arch", default=None, help="model family when detection is ambiguous "
-                        "(flux, sd15, sdxl, sd3, sana, wan, hunyuan_video)")
-    parser.add_argument("--dtype", default="keep", choices=("keep", "fp16", "bf16", "fp32"))
-    parser.add_argument("--strict", action="store_true", help="fail if any key cannot be converted")
+    parser.add_argument("--arch", default=None, help=ARCH_HELP)
+    parser.add_argument("--dtype", default="keep", choices=DTYPE_CHOICES)
+    parser.add_argument("--strict", action="store_true",
+                        help="fail (exit 1, nothing written) if any key cannot be converted")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--adapter-config", action="store_true", help="also write adapter_config.json (diffusers)")
     parser.set_defaults(run=run_convert)
@@ -23,29 +47,19 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="LoRA file")
-    parser.add_argument("--arch", default=None, help="model family when detection is ambiguous")
+    parser.add_argument("--arch", default=None, help=ARCH_HELP)
     parser.set_defaults(run=run_inspect)
 
 
 def run_convert(args: argparse.Namespace) -> int:
     from .convert import convert_file
 
-    try:
-        report = convert_file(args.input, args.output, args.to, arch=args.arch, dtype=args.dtype, strict=args.strict,
-                              overwrite=args.overwrite, adapter_config=args.adapter_config)
-    except LoraLabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(report)
-    return 0
+    return run_reporting(lambda: convert_file(args.input, args.output, args.to, arch=args.arch, dtype=args.dtype,
+                                              strict=args.strict, overwrite=args.overwrite,
+                                              adapter_config=args.adapter_config))
 
 
 def run_inspect(args: argparse.Namespace) -> int:
     from .inspect_lora import inspect_lora
 
-    try:
-        print(inspect_lora(args.file, arch=args.arch))
-    except LoraLabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting(lambda: inspect_lora(args.file, arch=args.arch))
