@@ -14,7 +14,7 @@ PRIORITY = ("flux", "sd3", "sana", "wan", "sd15", "sdxl", "hunyuan_video", "chro
             "lumina2")
 # Maps that agree on every module they share: a tie between them converts identically, so the first one wins.
 INTERCHANGEABLE = ({"flux", "hunyuan_video", "chroma"},)
-_BLOCK = re.compile(r"(?:^|[._])(single_transformer_blocks|transformer_blocks|double_blocks|single_blocks)[._](\d+)")
+_BLOCK = re.compile(r"(?:^|[._])(single_transformer_blocks|transformer_blocks|double_blocks|single_blocks|joint_blocks)[._](\d+)")
 
 
 def _within_limits(family: Family, refs: list[ModuleRef]) -> bool:
@@ -45,6 +45,17 @@ def _sd_family(source: TensorSource, refs: list[ModuleRef], components: set[str]
     return None
 
 
+def _nextdit_family(source: TensorSource, refs: list[ModuleRef]) -> str | None:
+    """Lumina 2 and Z-Image share ComfyUI's names. Z-Image's qkv has 3 x width rows, Lumina 2's (grouped-query
+    attention) 5/3 x width; failing a qkv module, the width itself tells."""
+    for ref in refs:
+        if re.search(r"attention[._]qkv$", ref.raw_name) and "down" in ref.keys and "up" in ref.keys:
+            rows, cols = source.shape(ref.keys["up"])[0], source.shape(ref.keys["down"])[1]
+            return "z_image" if rows == 3 * cols else "lumina2" if 3 * rows == 5 * cols else None
+    width = _in_features(source, refs, r"(attention[._]out|feed_forward[._]w[13])$")
+    return {lumina2.WIDTH: "lumina2", z_image.WIDTH: "z_image"}.get(width)
+
+
 def _break_tie(top: list[str], hits: dict, source: TensorSource, refs: list[ModuleRef], components: set[str],
                where: str) -> str:
     tied = set(top)
@@ -59,11 +70,10 @@ def _break_tie(top: list[str], hits: dict, source: TensorSource, refs: list[Modu
         width = _in_features(source, refs, r"(attn[._]to_[qkv]|attn[._]add_[qkv]_proj|attn[._]to_out)")
         return "flux" if width in (3072, None) else "sd3"
     if {"lumina2", "z_image"} <= tied:
-        width = _in_features(source, refs, r"(attention[._]qkv|attention[._]out|feed_forward[._]w[13])$")
-        by_width = {lumina2.WIDTH: "lumina2", z_image.WIDTH: "z_image"}
-        if width not in by_width:
+        chosen = _nextdit_family(source, refs)
+        if chosen is None:
             raise LoraFormatError(f"{where}: ambiguous between Lumina 2 and Z-Image; pass --arch lumina2 or z_image")
-        return by_width[width]
+        return chosen
     if any(tied <= group for group in INTERCHANGEABLE) or not all(hits[n] == hits[top[0]] for n in top):
         return top[0]
     raise LoraFormatError(f"{where}: ambiguous model family ({', '.join(top)}); pass --arch")

@@ -43,7 +43,7 @@ TE_FLUX = {"te1": ("lora_te1_", "text_encoder"), "te2": ("lora_te2_", "text_enco
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("flux", flux.RULES, text_encoders=TE_FLUX, slice_prefix="transformer.", block_limits=flux.BLOCK_LIMITS),
     Family("chroma", chroma.RULES, text_encoders=TE_FLUX, slice_prefix="transformer.", block_limits=chroma.BLOCK_LIMITS),
-    Family("sd3", sd3.RULES, text_encoders=TE_SD3, slice_prefix="transformer."),
+    Family("sd3", sd3.RULES, text_encoders=TE_SD3, slice_prefix="transformer.", block_limits=sd3.BLOCK_LIMITS),
     Family("sana", sana.RULES),
     Family("wan", wan.RULES),
     # kohya keeps diffusers block names for SD1/2, and ComfyUI maps them: the ComfyUI side is diffusers-named.
