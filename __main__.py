@@ -26,6 +26,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     convert_cli.add_convert_arguments(commands.add_parser("convert", help="convert a LoRA between formats"))
     convert_cli.add_inspect_arguments(commands.add_parser("inspect", help="describe a LoRA file"))
+    convert_cli.add_merge_arguments(commands.add_parser("merge", help="merge LoRAs into one (exact, or SVD to a rank)"))
+    convert_cli.add_resize_arguments(commands.add_parser("resize", help="re-rank a LoRA by SVD (fixed or dynamic)"))
     return parser
 
 

@@ -63,3 +63,53 @@ def run_inspect(args: argparse.Namespace) -> int:
     from .inspect_lora import inspect_lora
 
     return run_reporting(lambda: inspect_lora(args.file, arch=args.arch))
+
+
+def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("loras", nargs="+", metavar="LORA[:WEIGHT]", help="LoRA files (any supported format, one "
+                        "model family), each with an optional weight (default 1)")
+    parser.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    parser.add_argument("--rank", type=int, default=None,
+                        help="truncate the sum by SVD to this rank (default: exact, ranks add up)")
+    parser.add_argument("--to", default="comfyui", choices=("comfyui", "diffusers"), help="output format")
+    parser.add_argument("--arch", default=None, help=ARCH_HELP)
+    parser.add_argument("--dtype", default="keep", choices=DTYPE_CHOICES)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.set_defaults(run=run_merge)
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_loras, parse_weighted
+
+    return run_reporting(lambda: merge_loras([parse_weighted(s) for s in args.loras], args.output, rank=args.rank,
+                                             to=args.to, arch=args.arch, dtype=args.dtype, overwrite=args.overwrite))
+
+
+def add_resize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="LoRA file")
+    parser.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    parser.add_argument("--rank", type=int, default=None,
+                        help="the new rank; with a dynamic criterion, the highest rank allowed")
+    dynamic = parser.add_mutually_exclusive_group()
+    dynamic.add_argument("--sv-ratio", type=float, default=None,
+                         help="keep singular values >= the largest / RATIO (kohya sv_ratio)")
+    dynamic.add_argument("--sv-fro", type=float, default=None,
+                         help="keep the fewest singular values holding this fraction of the Frobenius norm")
+    dynamic.add_argument("--sv-cumulative", type=float, default=None,
+                         help="keep the fewest singular values summing to this fraction of their total")
+    parser.add_argument("--to", default=None, choices=("comfyui", "diffusers"),
+                        help="output format (default: the input's side)")
+    parser.add_argument("--arch", default=None, help=ARCH_HELP)
+    parser.add_argument("--dtype", default="keep", choices=DTYPE_CHOICES)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.set_defaults(run=run_resize)
+
+
+def run_resize(args: argparse.Namespace) -> int:
+    from .resize import resize_lora
+
+    method, value = next(((m, v) for m, v in (("sv_ratio", args.sv_ratio), ("sv_fro", args.sv_fro),
+                                               ("sv_cumulative", args.sv_cumulative)) if v is not None),
+                         ("rank", None))
+    return run_reporting(lambda: resize_lora(args.input, args.output, method=method, value=value, rank=args.rank,
+                                             to=args.to, arch=args.arch, dtype=args.dtype, overwrite=args.overwrite))

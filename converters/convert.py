@@ -21,8 +21,8 @@ from ..lora_core.errors import LoraFormatError
 from .analyse import Analysis, analyse
 from .comfyui_keys import comfyui_tensors
 from .conversion_error import ConversionError
-from .diffusers_keys import component_prefix, diffusers_tensors
-from .peft_metadata import LORA_ADAPTER_METADATA_KEY, build_config
+from .diffusers_keys import adapter_metadata, diffusers_tensors
+from .peft_metadata import LORA_ADAPTER_METADATA_KEY
 from .plan import Group, build_plan, run_group
 from .report import ConvertReport, UnmatchedKey
 from .safetensors_stream import write_streaming
@@ -108,14 +108,7 @@ class Conversion:
         meta["lora_lab.converted_from"] = a.format
         meta["lora_lab.family"] = a.variant
         if self.to == "diffusers" and self.config:
-            packed = {}
-            for component, entries in self.config.items():
-                config = build_config({n: e["rank"] for n, e in entries.items()},
-                                      {n: e["alpha"] for n, e in entries.items()},
-                                      any(e["dora"] for e in entries.values()), any(e["bias"] for e in entries.values()))
-                prefix = component_prefix(a.family, component)
-                packed.update({f"{prefix}.{k}": v for k, v in config.items()})
-            meta[LORA_ADAPTER_METADATA_KEY] = json.dumps(packed, sort_keys=True)
+            meta[LORA_ADAPTER_METADATA_KEY] = adapter_metadata(a.family, self.config)
         return meta
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from torch import Tensor
 
-from .families import Family
 from .conversion_error import ConversionError
+from .families import Family
 from .fuse_split import unfold_mid
 from .module_weights import ModuleWeights
+from .peft_metadata import build_config
 
 
 def component_prefix(family: Family, component: str) -> str:
@@ -68,3 +71,15 @@ def diffusers_tensors(family: Family, component: str, name: str, m: ModuleWeight
         out[f"{base}.lora_B.bias"] = (b.float() / scale).to(b.dtype)
     entry = {"rank": rank, "alpha": scale * rank, "dora": "magnitude" in lora.tensors, "bias": "diff_b" in lora.tensors}
     return out, entry
+
+
+def adapter_metadata(family: Family, config: dict[str, dict[str, dict]]) -> str:
+    """The `lora_adapter_metadata` header value: one LoraConfig per component, keys prefixed as diffusers saves them.
+    config: component -> module name -> {"rank", "alpha", "dora", "bias"} (from diffusers_tensors)."""
+    packed = {}
+    for component, entries in config.items():
+        lora_config = build_config({n: e["rank"] for n, e in entries.items()}, {n: e["alpha"] for n, e in entries.items()},
+                                   any(e["dora"] for e in entries.values()), any(e["bias"] for e in entries.values()))
+        prefix = component_prefix(family, component)
+        packed.update({f"{prefix}.{k}": v for k, v in lora_config.items()})
+    return json.dumps(packed, sort_keys=True)
