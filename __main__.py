@@ -28,6 +28,7 @@ def _build_parser() -> argparse.ArgumentParser:
     convert_cli.add_inspect_arguments(commands.add_parser("inspect", help="describe a LoRA file"))
     convert_cli.add_merge_arguments(commands.add_parser("merge", help="merge LoRAs into one (exact, or SVD to a rank)"))
     convert_cli.add_resize_arguments(commands.add_parser("resize", help="re-rank a LoRA by SVD (fixed or dynamic)"))
+    convert_cli.add_bake_arguments(commands.add_parser("bake", help="apply LoRAs to a model file at given strengths"))
     return parser
 
 

@@ -113,3 +113,21 @@ def run_resize(args: argparse.Namespace) -> int:
                          ("rank", None))
     return run_reporting(lambda: resize_lora(args.input, args.output, method=method, value=value, rank=args.rank,
                                              to=args.to, arch=args.arch, dtype=args.dtype, overwrite=args.overwrite))
+
+
+def add_bake_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="checkpoint or diffusion-model .safetensors")
+    parser.add_argument("loras", nargs="+", metavar="LORA[:STRENGTH[:CLIP_STRENGTH]]",
+                        help="LoRA files with their strength (default 1; a second number sets the text encoders' own)")
+    parser.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    parser.add_argument("--dtype", default="keep", choices=DTYPE_CHOICES, help="dtype of the output's float tensors")
+    parser.add_argument("--arch", default=None, help=ARCH_HELP)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.set_defaults(run=run_bake)
+
+
+def run_bake(args: argparse.Namespace) -> int:
+    from .bake import bake, parse_bake_spec
+
+    return run_reporting(lambda: bake(args.model, [parse_bake_spec(s) for s in args.loras], args.output,
+                                      dtype=args.dtype, arch=args.arch, overwrite=args.overwrite))

@@ -76,11 +76,11 @@ class _Writer(threading.Thread):
 
 
 def write_streaming(path: str | os.PathLike, entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
-                    metadata: dict[str, str] | None, tensors: Iterable[tuple[str, Tensor]]) -> None:
+                    metadata: dict[str, str] | None, tensors: Iterable[tuple[str, Tensor]], depth: int = 4) -> None:
     """`tensors` must yield exactly `entries`, in order. A temp file is os.replace'd onto `path` only on success.
 
     Space for the whole file is reserved first (a full disk fails before any work), tensors are written from
-    a second thread as they are produced, and the file is fsync'ed once at the end.
+    a second thread as they are produced (at most `depth` wait in memory), and the file is fsync'ed once at the end.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def write_streaming(path: str | os.PathLike, entries: list[tuple[str, torch.dtyp
                 raise
             # filesystems without fallocate support: plain writes
         _write_all(fd, torch.frombuffer(bytearray(header), dtype=torch.uint8))
-        writer = _Writer(fd)
+        writer = _Writer(fd, depth)
         writer.start()
         it: Iterator = iter(tensors)
         for key, dtype, shape in entries:
@@ -107,6 +107,7 @@ def write_streaming(path: str | os.PathLike, entries: list[tuple[str, torch.dtyp
             data = t.detach().to("cpu").contiguous()
             if data.numel():
                 writer.put(data)
+            t = data = None  # the writer holds it now; do not keep it alive while the next one is produced
         writer, pending = None, writer
         pending.finish()
         os.fsync(fd)
