@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..lora_core.errors import LoraFormatError
+from .conversion_error import NotALoraError
 from .detect import describe_format, detect_family, detect_variant
 from .families import Family
 from .lora_index import ModuleRef, check_shapes, group_keys, load_module, resolve
@@ -49,20 +50,20 @@ def analyse(source: TensorSource, arch: str | None = None) -> Analysis:
     where = source.path or "state dict"
     keys = source.keys()
     if not keys:
-        raise LoraFormatError(f"{where}: contains no tensors")
+        raise NotALoraError(f"{where}: contains no tensors")
     modules, orphans, foreign = group_keys(source)
     dropped = [UnmatchedKey(u.key, u.reason) for u in orphans]
     dropped += [UnmatchedKey(k, _not_lora_weight(k)) for k in foreign if _not_lora_weight(k)]
     foreign = [k for k in foreign if not _not_lora_weight(k)]
     if not modules:
         if _looks_like_checkpoint(foreign):
-            raise LoraFormatError(f"{where}: looks like a full model checkpoint ({len(foreign)} tensors such as "
-                                  f"{foreign[0]!r}), not a LoRA")
+            raise NotALoraError(f"{where}: looks like a full model checkpoint ({len(foreign)} tensors such as "
+                                f"{foreign[0]!r}), not a LoRA")
         example = foreign[0] if foreign else (orphans[0].key if orphans else dropped[0].key)
         raise LoraFormatError(f"{where}: no LoRA weights found (keys such as {example!r})")
     if len(foreign) > 4 * len(modules) and _looks_like_checkpoint(foreign):
-        raise LoraFormatError(f"{where}: looks like a full model checkpoint with {len(foreign)} plain weights "
-                              f"(e.g. {foreign[0]!r}), not a LoRA")
+        raise NotALoraError(f"{where}: looks like a full model checkpoint with {len(foreign)} plain weights "
+                            f"(e.g. {foreign[0]!r}), not a LoRA")
     for ref in modules.values():
         check_shapes(source, ref)
     family = detect_family(source, modules, arch)
