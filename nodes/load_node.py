@@ -10,7 +10,7 @@ import torch
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..converters import to_comfyui_state_dict
+from ..converters.convert import plan_conversion
 from ..converters.conversion_error import NotALoraError
 from ..converters.source import open_source
 from ..lora_core.errors import LoraFormatError
@@ -34,23 +34,26 @@ def comfy_state_dict_from_file(path: Path) -> tuple[dict[str, torch.Tensor], str
     cached = _cache.get(str(path))
     if cached and cached[0] == mtime:
         return cached[1]
+    family = None
     source = open_source(path)
     try:
-        state_dict = {key: source.get(key) for key in source.keys()}
-        metadata = dict(source.metadata)
+        try:
+            conversion = plan_conversion(source, "comfyui")
+        except NotALoraError:
+            raise
+        except LoraFormatError as error:  # a layout we do not parse: ComfyUI's own loader may know it
+            log.info("LoRA Lab: %s loaded as-is (%s)", path.name, error)
+            state_dict = {key: source.get(key) for key in source.keys()}
+        else:
+            report = conversion.report()
+            log.info("LoRA Lab: %s: %s", path.name, report)
+            state_dict = dict(conversion.tensors(source.get))
+            # keys no rule converts are left for ComfyUI's own loader (it reports any it cannot map either)
+            keys = set(source.keys())
+            state_dict.update({u.key: source.get(u.key) for u in report.unmatched if u.key in keys})
+            family = report.variant if report.family != "generic" else None
     finally:
         source.close()
-    family = None
-    try:
-        converted, _, report = to_comfyui_state_dict(state_dict, metadata)
-        log.info("LoRA Lab: %s: %s", path.name, report)
-        # keys no rule converts are left for ComfyUI's own loader (it reports any it cannot map either)
-        converted.update({u.key: state_dict[u.key] for u in report.unmatched if u.key in state_dict})
-        state_dict, family = converted, (report.variant if report.family != "generic" else None)
-    except NotALoraError:
-        raise
-    except LoraFormatError as error:
-        log.info("LoRA Lab: %s loaded as-is (%s)", path.name, error)
     _cache.clear()
     _cache[str(path)] = (mtime, (state_dict, family))
     return state_dict, family
