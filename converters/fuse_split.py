@@ -46,7 +46,8 @@ def to_diff(m: ModuleWeights) -> ModuleWeights:
     return ModuleWeights("diff", {"diff": diff.to(dtype), **extras})
 
 
-def _extras(parts, sizes, role, like_rows):
+def _extras(parts: list[ModuleWeights | None], sizes: list[int], role: str) -> Tensor | None:
+    """A per-output-row tensor (magnitude, bias delta) of the fused layer: the parts' rows, zeros for missing parts."""
     present = [p.get(role) if p is not None else None for p in parts]
     if all(t is None for t in present):
         return None
@@ -65,8 +66,8 @@ def fuse(parts: list[ModuleWeights | None], sizes: list[int], shared_down: bool)
     if any(m is not None for m in mags) and (len(present) < len(parts) or any(m is None for m in mags)):
         raise ConversionError("DoRA magnitudes of the missing parts of the fused layer are unknown (they depend "
                               "on the base weight), and this model has no per-part key in ComfyUI")
-    magnitude = _extras(parts, sizes, "magnitude", None)
-    diff_b = _extras(parts, sizes, "diff_b", None)
+    magnitude = _extras(parts, sizes, "magnitude")
+    diff_b = _extras(parts, sizes, "diff_b")
     if all(p.kind == "lora" and p.get("diff") is None for p in present):
         fused = _fuse_lora([unfold_mid(p) if p is not None else None for p in parts], sizes, shared_down)
     else:
