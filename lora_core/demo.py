@@ -113,7 +113,7 @@ def run_demo(out_dir: Path, steps: int = 150, seed: int = 0, dataset: Path = DAT
         f"targets {config.targets!r}, tiny SD-style UNet ({sum(p.numel() for p in unet.parameters()):,} params)")
     every = max(1, steps // 10)
     result = train(backend, samples, config,
-                   on_step=lambda s, total, loss: log(f"  step {s:4d}/{total}  loss {loss:.4f}") if s % every == 0 else None)
+                   on_step=lambda r: log(f"  step {r.step:4d}/{r.total}  loss {r.loss:.4f}") if r.step % every == 0 else None)
     train_s = time.perf_counter() - start
 
     lora_path = out_dir / "demo_lora.safetensors"

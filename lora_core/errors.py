@@ -27,3 +27,11 @@ class NonFiniteLossError(TrainingError):
     def __init__(self, message: str, result: Any = None):
         super().__init__(message)
         self.result = result
+
+
+class TrainingOutOfMemory(TrainingError):
+    """The device (or host) ran out of memory mid-step. `result` holds the last good TrainResult and its state."""
+
+    def __init__(self, message: str, result: Any = None):
+        super().__init__(message)
+        self.result = result

@@ -1,6 +1,8 @@
-"""Mixed precision: autocast for bf16/fp16, and loss scaling (GradScaler) for fp16 only.
+"""Mixed precision: which dtype the model's layers really compute in, and autocast for bf16/fp16.
 
-LoRA weights stay fp32 (master copy) in every mode; only the compute runs in the low precision.
+LoRA weights stay fp32 (master copy) in every mode. The compute dtype is the autocast dtype when one is
+asked for, else the model's own compute dtype (a model stored and run in fp16 computes in fp16 without
+any autocast); fp16 compute is what needs loss scaling (trainer.py).
 """
 
 from __future__ import annotations
@@ -11,18 +13,29 @@ import torch
 
 from .errors import TrainingError
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = tuple(DTYPES)
+
+
+def _check(precision: str) -> None:
+    if precision not in DTYPES:
+        raise TrainingError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """Autocast context for the forward pass (no-op for fp32)."""
-    if precision not in _DTYPES:
-        raise TrainingError(f"unknown precision {precision!r}: use fp32, bf16 or fp16")
+    _check(precision)
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
-def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
-    """fp16 gradients underflow without loss scaling; bf16/fp32 need none (a disabled scaler is a no-op)."""
-    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+def compute_dtype(precision: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype matmuls run in: the autocast dtype, or the model's own when no autocast is asked for."""
+    _check(precision)
+    return model_dtype if precision == "fp32" else DTYPES[precision]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    names = {v: k for k, v in DTYPES.items()}
+    return names.get(dtype, str(dtype).replace("torch.", ""))

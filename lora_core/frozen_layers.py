@@ -1,0 +1,198 @@
+"""Frozen base layers that back-propagate without keeping (or copying) their weights.
+
+To pass gradients back through a frozen layer, autograd normally saves its weight. With a model shared
+by the rest of a ComfyUI graph that goes wrong twice: the loaders' weights are inference tensors, which
+autograd refuses to save, and weights cast in forward (partial loading, manual_cast, fp8/bf16 storage)
+would be kept as full-size copies until backward. So, for the duration of training:
+
+  * Linear and Conv layers run their own forward unchanged (under no_grad), save nothing, and fetch the
+    weight again in backward:
+        Linear:  dx = g W                 ConvNd:  dx = conv_transpose(g, W)  (torch.nn.grad.convNd_input)
+    The fetch is the backend's (ComfyUI casts exactly as the layer's forward does, patches included).
+  * Every other module that owns parameters or buffers directly (norm scales, modulation tables, ...)
+    sees, during its own forward only, zero-copy non-inference aliases of those tensors, so autograd may
+    save them. No parameter of the model is ever replaced outside that call, so the model the rest of
+    the graph sees, its dtype bookkeeping and its pinned memory are untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .errors import TrainingError
+
+# (module, like) -> (weight, bias, release): the layer's effective weight and bias, cast to like's dtype and
+# device; release() is called once the backward no longer needs them.
+WeightFetch = Callable[[nn.Module, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None, Callable[[], None]]"]
+# module -> whether its forward is exactly the textbook linear/conv of its weight (safe for the formulas above)
+PlainTest = Callable[[nn.Module], bool]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
+
+
+def _release() -> None:
+    return None
+
+
+def plain_fetch(module: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, Callable[[], None]]:
+    """The module's own weight and bias in like's dtype/device (no copy when they already match)."""
+    weight = module.weight.to(device=like.device, dtype=like.dtype)
+    bias = module.bias.to(device=like.device, dtype=like.dtype) if getattr(module, "bias", None) is not None else None
+    return weight, bias, _release
+
+
+def torch_plain(module: nn.Module) -> bool:
+    """True for torch's own Linear/ConvNd forward (numeric zero padding): the formulas hold exactly."""
+    for base in (nn.Linear, *_CONVS):
+        if isinstance(module, base):
+            return type(module).forward is base.forward and plain_geometry(module)
+    return False
+
+
+def plain_geometry(module: nn.Module) -> bool:
+    """Linear, or a conv whose padding the input-gradient formula takes (zeros, numeric)."""
+    if isinstance(module, nn.Linear):
+        return True
+    return module.padding_mode == "zeros" and not isinstance(module.padding, str)
+
+
+def autograd_safe(t: torch.Tensor) -> torch.Tensor:
+    """A tensor autograd may save: inference tensors become zero-copy aliases of the same memory."""
+    if t is None or not t.is_inference() or type(t) not in (torch.Tensor, nn.Parameter):
+        return t
+    with torch.inference_mode(False):
+        alias = torch.empty(0, dtype=t.dtype, device=t.device).set_(
+            t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+    if isinstance(t, nn.Parameter):
+        alias = nn.Parameter(alias, requires_grad=False)
+        alias.__dict__.update(t.__dict__)  # attributes ComfyUI keeps on parameters (_model_dtype, ...)
+    return alias
+
+
+class _FrozenLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, run, module, fetch):
+        ctx.module, ctx.fetch, ctx.x_dtype = module, fetch, x.dtype
+        return run(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, _, release = ctx.fetch(ctx.module, grad)
+        try:
+            dx = grad @ weight
+        finally:
+            release()
+        return dx.to(ctx.x_dtype), None, None, None
+
+
+class _FrozenConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, run, module, fetch):
+        ctx.module, ctx.fetch, ctx.x_dtype, ctx.x_shape = module, fetch, x.dtype, x.shape
+        return run(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        m = ctx.module
+        weight, _, release = ctx.fetch(m, grad)
+        try:
+            dx = _CONV_INPUT_GRAD[grad.dim() - 2](ctx.x_shape, weight, grad, m.stride, m.padding, m.dilation, m.groups)
+        finally:
+            release()
+        return dx.to(ctx.x_dtype), None, None, None
+
+
+@dataclass
+class FrozenStats:
+    """What was wrapped: formula layers (no weight saved) and modules whose own tensors are aliased."""
+
+    formula_layers: int = 0
+    aliased_modules: int = 0
+
+
+def _formula_forward(module: nn.Module, original, fetch: WeightFetch):
+    function = _FrozenLinear if isinstance(module, nn.Linear) else _FrozenConv
+
+    dims = None if isinstance(module, nn.Linear) else len(module.kernel_size) + 2
+
+    def forward(*args, **kwargs):
+        if kwargs or len(args) != 1 or not torch.is_grad_enabled() or not args[0].requires_grad \
+                or (dims is not None and args[0].dim() != dims):
+            return _aliased_call(module, original, args, kwargs)  # nothing to save, or a call the formula does not cover
+        return function.apply(args[0], original, module, fetch)
+
+    return forward
+
+
+def _own_tensors(module: nn.Module) -> list[tuple[dict, str]]:
+    return [(module._parameters, n) for n, p in module._parameters.items() if p is not None and p.is_inference()] + \
+        [(module._buffers, n) for n, b in module._buffers.items() if b is not None and b.is_inference()]
+
+
+def _aliased_call(module: nn.Module, original, args: tuple, kwargs: dict):
+    """Run module's forward with its own inference tensors swapped for aliases, only for this call."""
+    slots = _own_tensors(module) if torch.is_grad_enabled() else []
+    saved = [(table, name, table[name]) for table, name in slots]
+    try:
+        for table, name, tensor in saved:
+            table[name] = autograd_safe(tensor)
+        return original(*args, **kwargs)
+    finally:
+        for table, name, tensor in saved:
+            table[name] = tensor
+
+
+def _aliasing_forward(module: nn.Module, original):
+    def forward(*args, **kwargs):
+        return _aliased_call(module, original, args, kwargs)
+
+    return forward
+
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def frozen_base(root: nn.Module, fetch: WeightFetch = plain_fetch, is_plain: PlainTest = torch_plain) -> Iterator[FrozenStats]:
+    """Wrap every module of root that owns tensors, for the duration.
+
+    Linear/Conv layers for which is_plain holds back-propagate by formula; other modules owning tensors
+    directly get per-call aliases. Original forwards are restored in finally.
+    """
+    stats = FrozenStats()
+    saved: list[tuple[nn.Module, object]] = []
+    try:
+        for module in root.modules():
+            original = module.forward
+            if isinstance(module, (nn.Linear, *_CONVS)) and is_plain(module):
+                wrapped = _formula_forward(module, original, fetch)
+                stats.formula_layers += 1
+            elif any(t is not None for t in (*module._parameters.values(), *module._buffers.values())):
+                wrapped = _aliasing_forward(module, original)
+                stats.aliased_modules += 1
+            else:
+                continue
+            saved.append((module, module.__dict__.get("forward", _MISSING)))
+            module.forward = wrapped
+        yield stats
+    finally:
+        for module, previous in reversed(saved):
+            if previous is _MISSING:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous
+
+
+def explain_inference_error(error: RuntimeError) -> TrainingError | None:
+    """A clear message for autograd's refusal to save an inference tensor that no wrapper covered."""
+    if "Inference tensors cannot be saved for backward" not in str(error):
+        return None
+    return TrainingError(
+        "a layer of this model uses a weight that it does not own in its forward (an inference tensor "
+        "from ComfyUI's loader), so it cannot be back-propagated through; please report the model type")

@@ -1,0 +1,120 @@
+"""Everything a run needs to continue exactly where it stopped, and its file form.
+
+The state is taken between optimizer steps: adapter parameters, optimizer / scheduler / grad-scaler state,
+every RNG the run draws from (the run's own generator, torch's global CPU RNG for adapter dropout, the
+device RNG), the sample order, the step and the loss history. It is written beside the LoRA as
+<name>.state.safetensors (tensors) with a JSON header in the safetensors metadata (everything else), atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import save_safetensors_atomic
+from .errors import TrainingError
+
+STATE_SUFFIX = ".state.safetensors"
+_FORMAT = "lora_lab.train_state/1"
+
+
+@dataclass
+class TrainState:
+    step: int
+    adapters: dict[str, torch.Tensor]  # "<module>::<param>" -> tensor
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any]
+    rng: dict[str, Any]  # generator / cpu / device states as byte lists
+    order: dict[str, Any]
+    losses: list[float] = field(default_factory=list)
+    fingerprint: dict[str, Any] = field(default_factory=dict)  # dataset and settings the run was made with
+
+
+def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    state = {"generator": generator.get_state().tolist(), "cpu": torch.get_rng_state().tolist()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device).tolist()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
+    generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+    torch.set_rng_state(torch.tensor(state["cpu"], dtype=torch.uint8))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8), device)
+
+
+def state_path(lora_path: str | os.PathLike) -> Path:
+    """The state file that belongs to a LoRA file (x.safetensors -> x.state.safetensors)."""
+    path = Path(lora_path)
+    name = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.name
+    return path.with_name(name + STATE_SUFFIX)
+
+
+def _split_tensors(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
+    """JSON-able copy of obj with every tensor moved into `tensors` under a path-like key."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_key(k), _split_tensors(v, tensors, f"{prefix}/{k}")] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__" if isinstance(obj, list) else "__tuple__":
+                [_split_tensors(v, tensors, f"{prefix}/{i}") for i, v in enumerate(obj)]}
+    return obj
+
+
+def _key(k: Any) -> Any:
+    return {"__int__": k} if isinstance(k, int) else k
+
+
+def _join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__dict__" in obj:
+            return {(k["__int__"] if isinstance(k, dict) else k): _join_tensors(v, tensors) for k, v in obj["__dict__"]}
+        if "__list__" in obj:
+            return [_join_tensors(v, tensors) for v in obj["__list__"]]
+        if "__tuple__" in obj:
+            return tuple(_join_tensors(v, tensors) for v in obj["__tuple__"])
+    return obj
+
+
+def save_train_state(path: str | os.PathLike, state: TrainState) -> Path:
+    tensors: dict[str, torch.Tensor] = {}
+    body = {name: _split_tensors(getattr(state, name), tensors, name)
+            for name in ("adapters", "optimizer", "scheduler", "scaler", "rng", "order")}
+    body.update(step=state.step, losses=state.losses, fingerprint=state.fingerprint)
+    if not tensors:
+        tensors["step"] = torch.tensor(state.step)  # safetensors refuses a file without tensors
+    path = Path(path)
+    save_safetensors_atomic(tensors, path, {"format": _FORMAT, "state": json.dumps(body, sort_keys=True)})
+    return path
+
+
+def load_train_state(path: str | os.PathLike) -> TrainState:
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise TrainingError(f"training state file not found: {path}") from None
+    except Exception as error:  # safetensors' own error types for corrupt files
+        raise TrainingError(f"{path} is not a readable training state ({type(error).__name__})") from None
+    if meta.get("format") != _FORMAT:
+        raise TrainingError(f"{path} is not a LoRA Lab training state (format {meta.get('format')!r})")
+    body = json.loads(meta["state"])
+    return TrainState(
+        step=int(body["step"]), losses=list(body["losses"]), fingerprint=dict(body["fingerprint"]),
+        **{name: _join_tensors(body[name], tensors) for name in ("adapters", "optimizer", "scheduler", "scaler", "rng", "order")},
+    )

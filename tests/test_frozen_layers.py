@@ -1,0 +1,149 @@
+"""Frozen base layers back-propagate exactly, with inference-tensor weights (ComfyUI's loaders) and with
+weights cast in forward (partial loading, bf16/fp8 storage), without keeping the casts or touching the model."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lora_lab.lora_core.frozen_layers import autograd_safe, frozen_base, plain_fetch
+
+
+class ScaleNorm(nn.Module):
+    """A custom norm whose scale the forward uses directly (Flux's RMSNorm does this)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(width))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.scale
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv2d(4, 8, 3, padding=1)
+        self.reflect = nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")
+        self.group = nn.GroupNorm(2, 8)
+        self.proj = nn.Linear(8, 16)
+        self.layer = nn.LayerNorm(16)
+        self.scale = ScaleNorm(16)
+        self.out = nn.Linear(16, 4)
+        self.register_buffer("shift", torch.randn(4, generator=g))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        self.requires_grad_(False)
+
+    def forward(self, x):
+        h = self.group(self.reflect(torch.tanh(self.conv(x))))
+        h = h.mean((2, 3))
+        h = self.scale(self.layer(torch.tanh(self.proj(h))))
+        return self.out(h) * self.shift
+
+
+def _as_inference(net: nn.Module) -> nn.Module:
+    """Weights as ComfyUI's loaders leave them: inference tensors."""
+    with torch.inference_mode():
+        state = {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(state, assign=True)
+    net.requires_grad_(False)
+    assert all(p.is_inference() for p in net.parameters())
+    return net
+
+
+def _plain_input_grad(net, x):
+    x = x.clone().requires_grad_(True)
+    net(x).pow(2).sum().backward()
+    return x.grad
+
+
+def test_inference_weights_cannot_be_trained_through_without_it():
+    net = _as_inference(Net())
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    with pytest.raises(RuntimeError, match="Inference tensors cannot be saved"):
+        net(x).sum().backward()
+
+
+def test_inference_weights_give_the_reference_gradient():
+    x = torch.randn(2, 4, 6, 6)
+    reference = Net()
+    expected = _plain_input_grad(reference, x)
+    net = _as_inference(Net())
+    params = {n: p for n, p in net.named_parameters()}
+    with frozen_base(net) as stats:
+        xg = x.clone().requires_grad_(True)
+        net(xg).pow(2).sum().backward()
+    torch.testing.assert_close(xg.grad, expected, rtol=1e-5, atol=1e-6)
+    assert stats.formula_layers == 3  # conv, proj, out; the reflect-padded conv is aliased instead
+    assert stats.aliased_modules == 5  # reflect, group, layer, scale, and the root's buffer
+    # nothing of the model was replaced, and every wrapper is gone
+    assert all(p is params[n] for n, p in net.named_parameters())
+    assert all("forward" not in m.__dict__ for m in net.modules())
+
+
+class CastLinear(nn.Linear):
+    """Stored in bf16, computed in fp32, cast in forward: what ComfyUI's manual_cast / partial loading do."""
+
+    def forward(self, x):
+        return F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+
+class CastNet(nn.Module):
+    def __init__(self, width=256, depth=4):
+        super().__init__()
+        self.layers = nn.ModuleList([CastLinear(width, width) for _ in range(depth)])
+        self.to(torch.bfloat16).requires_grad_(False)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return x
+
+
+def _cast_fetch(calls):
+    def fetch(module, like):
+        calls.append(module)
+        return plain_fetch(module, like)
+    return fetch
+
+
+def _saved(net, x, **wrap):
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x = x.clone().requires_grad_(True)
+    with frozen_base(net, **wrap) if wrap else torch.enable_grad():
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = net(x)
+        out.sum().backward()
+    return sum(storages.values()), x.grad
+
+
+def test_cast_in_forward_weights_are_not_kept_but_fetched_again():
+    net = CastNet()
+    x = torch.randn(8, 256)
+    kept, reference = _saved(net, x)
+    calls = []
+    frozen, grad = _saved(net, x, fetch=_cast_fetch(calls), is_plain=lambda m: isinstance(m, CastLinear))
+    weight_copies = 4 * 256 * 256 * 4  # the fp32 casts autograd keeps without the wrapper
+    assert kept >= weight_copies
+    assert frozen <= kept - weight_copies
+    assert calls == list(reversed(list(net.layers)))  # each layer's weight fetched once, in backward
+    torch.testing.assert_close(grad, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_autograd_safe_alias_shares_memory_and_keeps_attributes():
+    with torch.inference_mode():
+        p = nn.Parameter(torch.randn(3, 3), requires_grad=False)
+    p._model_dtype = torch.bfloat16
+    alias = autograd_safe(p)
+    assert not alias.is_inference() and alias.data_ptr() == p.data_ptr()
+    assert alias._model_dtype is torch.bfloat16
+    normal = torch.randn(2)
+    assert autograd_safe(normal) is normal
