@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,9 +59,11 @@ class VramPeak:
         self._thread.join()
 
 
-def _timed_server_run(work: Path, model_dirs: dict, workflow: dict, extra_args: list[str]) -> dict:
-    server = start_server(work, model_dirs, {"lora_lab": REPO}, extra_args=extra_args, cpu=False)
+def _timed_server_run(work: Path, model_dirs: dict, workflow, extra_args: list[str]) -> dict:
+    """workflow: an API dict, or a function of the started server returning one (native inputs vary by version)."""
+    server = start_server(work, model_dirs, {"lora_lab": REPO}, extra_args=extra_args, cpu=False, timeout=900)
     try:
+        workflow = workflow(server) if callable(workflow) else workflow
         with VramPeak() as vram:
             history = server.run(workflow, timeout=7200)
         return {"exec_s": server.execution_seconds(history), "peak_vram_mib": vram.peak}
@@ -75,7 +78,7 @@ def _slope(lo: dict, hi: dict, steps: tuple[int, int]) -> float:
 def bench_sdxl(steps: tuple[int, int]) -> dict:
     work = Path(tempfile.mkdtemp(prefix="lora_lab_gpu_sdxl_"))
     ckpt = ensure_model("sdxl")
-    images = make_image_folder(work / "input" / "set", count=4, size=1024)
+    images = make_image_folder(work / "images", count=4, size=1024)
     dirs = {"checkpoints": [ckpt.parent], "loras": [work / "loras"]}
     ours = {"rank": 16, "alpha": 16.0, "precision": "bf16", "gradient_checkpointing": True, "learning_rate": 1e-4}
     native = {"rank": 16, "training_dtype": "bf16", "lora_dtype": "bf16", "gradient_checkpointing": True,
@@ -84,13 +87,25 @@ def bench_sdxl(steps: tuple[int, int]) -> dict:
     for n in steps:
         runs[f"lora_lab_{n}"] = _timed_server_run(work / f"ours{n}", dirs, train_only_workflow(
             ckpt.name, str(images), dict(ours, steps=n), dataset_inputs={"resolution": 1024}), [])
-        runs[f"native_{n}"] = _timed_server_run(work / f"native{n}", dirs, native_train_workflow(
-            ckpt.name, "set", dict(native, steps=n)), [])
+        shutil.copytree(images, work / f"native{n}" / "input" / "set")  # the native loader reads input/<folder>
+        runs[f"native_{n}"] = _timed_server_run(work / f"native{n}", dirs, lambda server, n=n: native_train_workflow(
+            ckpt.name, "set", dict(native, steps=n), node_info=server.object_info("TrainLoraNode")), [])
         runs[f"peft_{n}"] = _peft_loop(n)
     result = {name: {"s_per_it": _slope(runs[f"{name}_{steps[0]}"], runs[f"{name}_{steps[1]}"], steps),
                      "peak_vram_mib": max(runs[f"{name}_{s}"]["peak_vram_mib"] for s in steps)}
               for name in ("lora_lab", "native", "peft")}
     return {"runs": runs, "summary": result}
+
+
+# diffusers' SDXL base UNet configuration (random weights: nothing is downloaded)
+SDXL_DIFFUSERS_CONFIG = {
+    "sample_size": 128, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": [320, 640, 1280], "cross_attention_dim": 2048, "transformer_layers_per_block": [1, 2, 10],
+    "attention_head_dim": [5, 10, 20], "use_linear_projection": True, "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+}
 
 
 def _peft_loop(steps: int) -> dict:
@@ -99,8 +114,7 @@ def _peft_loop(steps: int) -> dict:
 import json, time, torch
 from diffusers import UNet2DConditionModel
 from peft import LoraConfig
-cfg = UNet2DConditionModel.load_config("{REPO}/bench/sdxl_unet_config.json")
-unet = UNet2DConditionModel.from_config(cfg).to("cuda", torch.bfloat16).requires_grad_(False)
+unet = UNet2DConditionModel(**{SDXL_DIFFUSERS_CONFIG!r}).to("cuda", torch.bfloat16).requires_grad_(False)
 unet.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
 unet.enable_gradient_checkpointing()
 params = [p for p in unet.parameters() if p.requires_grad]
@@ -123,7 +137,7 @@ print(json.dumps({{"exec_s": time.time() - start, "peak_vram_mib": torch.cuda.ma
 
 def bench_flux_fp8(steps: tuple[int, int], vram_gb: float) -> dict:
     work = Path(tempfile.mkdtemp(prefix="lora_lab_gpu_flux_"))
-    unet, clip, vae = ensure_model("flux_dev"), ensure_model("clip_l"), ensure_model("flux_vae")
+    unet, clip, vae = ensure_model("flux_dev_fp8", timeout=7200), ensure_model("clip_l"), ensure_model("flux_vae")
     images = make_image_folder(work / "input" / "set", count=4, size=1024)
     dirs = {"diffusion_models": [unet.parent], "text_encoders": [clip.parent], "vae": [vae.parent], "loras": [work / "loras"]}
     import torch

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .cache_node import EncodingCacheNode
 from .convert_nodes import ConvertLora, InspectLora
 from .dataset_node import LoadTrainingImages
+from .dataset_options import Augmentation, BucketOptions, CaptionOptions
 from .load_node import LoadLora
 from .loss_plot_node import PlotTrainingLoss
 from .merge_node import MergeLoras
 from .resize_node import ResizeLora
 from .save_node import SaveLora
 from .train_node import TrainLora
+from .video_dataset_node import LoadTrainingVideos
 
 
 class LoraLabExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LoadTrainingImages, TrainLora, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora, InspectLora,
-                MergeLoras, ResizeLora]
+        return [LoadTrainingImages, LoadTrainingVideos, BucketOptions, CaptionOptions, Augmentation, EncodingCacheNode,
+                TrainLora, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora, InspectLora, MergeLoras, ResizeLora]

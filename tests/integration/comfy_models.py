@@ -124,14 +124,18 @@ MODEL_KINDS = {
     "sd_vae": "sd_vae.safetensors",
     "wan21_t2v_small": "wan21_t2v_small.safetensors",
     "wan_vae": "wan_vae.safetensors",
+    "flux_dev_fp8": "flux_dev_fp8.safetensors",
 }
 # Which ComfyUI model folder each kind belongs in (see comfy_server.write_extra_model_paths).
 MODEL_FOLDER = {
     "sd15": "checkpoints", "sdxl_small": "checkpoints", "sdxl": "checkpoints",
     "flux_small": "diffusion_models", "sd3_small": "diffusion_models",
     "clip_l": "text_encoders", "flux_vae": "vae", "sd_vae": "vae",
-    "wan21_t2v_small": "diffusion_models", "wan_vae": "vae",
+    "wan21_t2v_small": "diffusion_models", "wan_vae": "vae", "flux_dev_fp8": "diffusion_models",
 }
+# Full-size Flux-dev transformer (19 double + 38 single blocks, 12B parameters) for the GPU benchmark only,
+# stored in fp8; its text input is CLIP-L wide (768) like flux_small, since no T5-XXL is built here.
+FLUX_DEV_PARAMS = dict(FLUX_SMALL_PARAMS, depth=19, depth_single_blocks=38)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,6 +306,23 @@ def build_flux_small(path: Path, seed: int = SEED) -> None:
     _save(_cast(sd, torch.bfloat16), path, {"lora_lab_test_model": "flux_small", "seed": str(seed)})
 
 
+def build_flux_dev_fp8(path: Path, seed: int = SEED) -> None:
+    """Filled block by block in bf16 (24 GB, not 48 in fp32), written in fp8_e4m3fn (12 GB). GPU bench only."""
+    import torch
+    import comfy.ldm.flux.model
+    import comfy.ops
+
+    params = dict(FLUX_DEV_PARAMS)
+    params.pop("image_model")
+    model = comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, device="cpu",
+                                      dtype=torch.bfloat16, **params)
+    fill_random_(model, seed)
+    sd = {(k[: -len(".weight")] + ".scale" if k.endswith("_norm.weight") else k): v
+          for k, v in model.state_dict().items()}
+    _save({k: (v.to(torch.float8_e4m3fn) if v.dim() >= 2 else v.to(torch.bfloat16)).contiguous() for k, v in sd.items()},
+          path, {"lora_lab_test_model": "flux_dev_fp8", "seed": str(seed)})
+
+
 def build_sd3_small(path: Path, seed: int = SEED) -> None:
     import torch
     import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
@@ -383,6 +404,8 @@ def build(kind: str, path: Path, seed: int = SEED) -> None:
         build_wan21_t2v_small(path, seed)
     elif kind == "wan_vae":
         build_wan_vae(path, seed)
+    elif kind == "flux_dev_fp8":
+        build_flux_dev_fp8(path, seed)
     else:
         raise ValueError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
 

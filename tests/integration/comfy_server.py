@@ -284,8 +284,9 @@ def _execution_error(entry: dict) -> str:
 
 def start_server(root: Path, model_dirs: dict[str, list[Path]] | None = None,
                  custom_node_dirs: dict[str, Path] | None = None, extra_args: list[str] | None = None,
-                 timeout: float = 240, env: dict | None = None) -> ComfyServer:
-    """Start ``main.py --cpu`` on a free port with its own input/output/user dirs under root; wait until ready.
+                 timeout: float = 240, env: dict | None = None, cpu: bool = True) -> ComfyServer:
+    """Start ``main.py --cpu`` (cpu=False: on the GPU) on a free port with its own input/output/user dirs under
+    root; wait until ready.
 
     model_dirs: ComfyUI folder type -> dirs (e.g. {"checkpoints": [...], "loras": [...]}).
     custom_node_dirs: name -> path of a custom node package (symlinked as root/custom_nodes/<name>).
@@ -305,7 +306,7 @@ def start_server(root: Path, model_dirs: dict[str, list[Path]] | None = None,
     yaml_path = write_extra_model_paths(root / "extra_model_paths.yaml", model_dirs or {}, nodes_dir)
     port = free_port()
     log_path = root / "server.log"
-    cmd = [comfy_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+    cmd = [comfy_python(), "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--extra-model-paths-config", str(yaml_path),
            "--input-directory", str(input_dir), "--output-directory", str(output_dir),
            "--user-directory", str(user_dir), "--database-url", "sqlite:///:memory:",

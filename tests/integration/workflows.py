@@ -43,7 +43,8 @@ LORA_LAB_NODES = {
 # LoraLabTrain outputs, in order
 TRAIN_OUTPUTS = {"MODEL": 0, "LORA": 1, "LOSS": 2}
 
-DEFAULT_DATASET_INPUTS = {"resolution": 64, "trigger_word": "", "default_caption": ""}
+DEFAULT_DATASET_INPUTS = {"resolution": 64, "aspect_buckets": True, "trigger_word": "", "caption_template": "",
+                          "default_caption": "", "validation": 0.0, "cache_folder": ""}  # memory-only cache
 DEFAULT_TRAIN_INPUTS = {
     "steps": 4, "learning_rate": 1e-4, "rank": 4, "alpha": 4.0, "target_preset": "attention",
     "batch_size": 1, "grad_accumulation": 1, "lr_schedule": "constant", "warmup_steps": 0,
