@@ -31,6 +31,11 @@ class CombineReport:
     def complete(self) -> bool:
         return not self.unmatched
 
+    def leave_out(self, label: str, reason: str) -> None:
+        """A module the output form cannot hold (a rule's verdict at write time): listed, not counted as done."""
+        self.modules = [m for m in self.modules if m.name != label]
+        self.unmatched.append(UnmatchedKey(label, reason))
+
     @property
     def errors(self) -> dict[str, float]:
         return {m.name: m.error for m in self.modules}

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..lora_core.atomic import save_safetensors_atomic
+from ..lora_core.errors import LoraFormatError
 from .analyse import analyse
 from .comfyui_keys import comfyui_tensors
 from .conversion_error import ConversionError
@@ -61,29 +62,40 @@ def read_lora_modules(source: TensorSource | str | os.PathLike, arch: str | None
         source.close()
 
 
-def encode_modules(family: Family, modules: list[OutModule], to: str) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors (and extra metadata) of a LoRA file holding `modules`, in `to` form ("comfyui" | "diffusers")."""
+def encode_modules(family: Family, modules: list[OutModule], to: str
+                   ) -> tuple[dict[str, Tensor], dict[str, str], list[tuple[OutModule, str]]]:
+    """Tensors (and extra metadata) of a LoRA file holding `modules`, in `to` form ("comfyui" | "diffusers"), and
+    the modules a rule cannot write in that form, each with the rule's reason (left out, never a failure)."""
     tensors: dict[str, Tensor] = {}
     config: dict[str, dict[str, dict]] = {}
+    rejected: list[tuple[OutModule, str]] = []
     for m in modules:
-        if to == "comfyui":
-            produced = comfyui_tensors(family, m)
-        else:
-            if m.component == "model" and not family.diffusers_supported:
-                raise ConversionError(f"no diffusers name map for {family.name} models")
-            produced, entry = diffusers_tensors(family, m.component, m.name, m.weights)
-            config.setdefault(m.component, {})[m.name] = entry
+        try:
+            if to == "comfyui":
+                produced = comfyui_tensors(family, m)
+            else:
+                if m.component == "model" and not family.diffusers_supported:
+                    raise ConversionError(f"no diffusers name map for {family.name} models")
+                produced, entry = diffusers_tensors(family, m.component, m.name, m.weights)
+                config.setdefault(m.component, {})[m.name] = entry
+        except ConversionError as e:
+            rejected.append((m, str(e)))
+            continue
         tensors.update(produced)
     meta = {LORA_ADAPTER_METADATA_KEY: adapter_metadata(family, config)} if config else {}
-    return tensors, meta
+    return tensors, meta, rejected
 
 
 def write_lora(path: str | os.PathLike, family: Family, modules: list[OutModule], to: str,
-               metadata: dict[str, str], dtype: torch.dtype | None = None) -> int:
-    """Atomic write; returns the number of tensors."""
-    tensors, extra = encode_modules(family, modules, to)
+               metadata: dict[str, str], dtype: torch.dtype | None = None) -> list[tuple[OutModule, str]]:
+    """Atomic write of the modules `to` form can hold; returns the others with the rule's reason. Nothing is
+    written (LoraFormatError) when no module can be written."""
+    tensors, extra, rejected = encode_modules(family, modules, to)
+    if not tensors:
+        reasons = "; ".join(sorted({why for _, why in rejected}))
+        raise LoraFormatError(f"{path}: nothing to write: no module can be written in {to} form ({reasons})")
     if dtype is not None:
         tensors = {k: t.to(dtype) if t.is_floating_point() and not k.endswith(".alpha") else t
                    for k, t in tensors.items()}
     save_safetensors_atomic(tensors, path, {**metadata, **extra, "format": "pt"})
-    return len(tensors)
+    return rejected

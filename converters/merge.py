@@ -119,6 +119,7 @@ def merge_loras(inputs: list[tuple[str | os.PathLike, float]], output: str | os.
         raise LoraFormatError(f"merge: nothing to write ({len(report.unmatched)} modules cannot be merged)")
     metadata = {"lora_lab.merged_from": ", ".join(report.inputs), "lora_lab.family": loras[0][1].variant,
                 "lora_lab.merge_rank": "exact" if rank is None else str(rank)}
-    write_lora(output, family, merged, to, metadata)
+    for module, reason in write_lora(output, family, merged, to, metadata):
+        report.leave_out(module_label(module), reason)
     report.output = str(output)
     return report

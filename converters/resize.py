@@ -106,6 +106,7 @@ def resize_lora(src: str | os.PathLike, dst: str | os.PathLike, method: str = "r
     metadata.update({"lora_lab.resized": f"{method}" + (f" {value:g}" if value is not None else "")
                      + (f" max rank {rank}" if rank and method != "rank" else f" {rank}" if rank else ""),
                      "lora_lab.family": lora.variant})
-    write_lora(dst, lora.family, resized, to, metadata)
+    for module, reason in write_lora(dst, lora.family, resized, to, metadata):
+        report.leave_out(module_label(module), reason)
     report.output = str(dst)
     return report

@@ -176,3 +176,32 @@ def test_cli_merge_and_resize_exit_status(tmp_path, capsys):
     assert "error" in text and "rank" in text
     assert main(["resize", str(out), "-o", str(tmp_path / "r.safetensors"), "--rank", "2"]) == 1  # exists
     assert main(["merge", str(tmp_path / "nope.safetensors"), "-o", str(tmp_path / "x.safetensors")]) == 1
+
+
+def test_modules_the_output_form_cannot_hold_are_listed_not_a_crash(tmp_path, capsys):
+    """Input-axis DoRA has no PEFT layout and a model without a diffusers map has no diffusers names: merge and
+    resize list such modules with the rule's reason (exit 2, the rest written) or, when nothing is left, exit 1
+    with nothing written - never a traceback."""
+    g = torch.Generator().manual_seed(3)
+    sd = {}
+    for n, dora in (("attn_to_q", True), ("attn_to_out_0", False)):
+        b = f"lora_transformer_transformer_blocks_0_{n}"
+        sd[b + ".lora_down.weight"], sd[b + ".lora_up.weight"] = torch.randn(4, H, generator=g), torch.randn(H, 4)
+        if dora:
+            sd[b + ".dora_scale"] = torch.rand(1, H, generator=g) + 0.5
+    save_file(sd, tmp_path / "dora.safetensors")
+    out = tmp_path / "m.safetensors"
+    assert main(["merge", str(tmp_path / "dora.safetensors"), "-o", str(out), "--to", "diffusers", "--arch", "flux"]) == 2
+    text = capsys.readouterr().out
+    assert "transformer_blocks.0.attn.to_q: DoRA with an input-axis scale" in text and "Traceback" not in text
+    assert set(load_file(out)) == {"transformer.transformer_blocks.0.attn.to_out.0.lora_A.weight",
+                                   "transformer.transformer_blocks.0.attn.to_out.0.lora_B.weight"}
+    save_file({"diffusion_model.blocks.0.mixer.lora_A.weight": torch.randn(2, 16, generator=g),
+               "diffusion_model.blocks.0.mixer.lora_B.weight": torch.randn(16, 2, generator=g)},
+              tmp_path / "generic.safetensors")
+    for argv in (["resize", str(tmp_path / "generic.safetensors"), "-o", str(tmp_path / "r.safetensors"), "--rank", "1"],
+                 ["merge", str(tmp_path / "generic.safetensors"), "-o", str(tmp_path / "r.safetensors")]):
+        assert main(argv + ["--to", "diffusers"]) == 1
+        err = capsys.readouterr().err
+        assert "r.safetensors: nothing to write" in err and "no diffusers name map" in err, err
+        assert not (tmp_path / "r.safetensors").exists()
