@@ -71,6 +71,10 @@ def test_baked_checkpoint_samples_like_loraloader(comfy_server, sd15_checkpoint,
         for path in baked.values():
             path.unlink(missing_ok=True)
     stock = latents["stock"]
+    scale = stock.abs().max().item()
+    for name in ("fp32", "keep", "base"):
+        print(f"bake: max |latent({name}) - latent(LoraLoader 0.85)| = "
+              f"{(latents[name] - stock).abs().max().item() / scale:.2e} x max |latent|")
     assert (stock - latents["base"]).abs().max().item() > 1e-2, "the LoRA had no visible effect"
     # fp32: W + 0.85 dW exactly as ComfyUI computes it on the CPU; keep (fp16): the same, rounded to fp16
     assert_latents_close(stock, latents["fp32"], "baked (fp32) vs CheckpointLoaderSimple + LoraLoader at 0.85")
