@@ -6,8 +6,16 @@ import argparse
 import sys
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 1 (argparse's default 2 means "written, some keys unconverted" here)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lora-lab", description="Train, convert and inspect LoRAs.")
+    parser = _Parser(prog="lora-lab", description="Train, convert, inspect, merge, resize and bake LoRAs.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     from .lora_core import demo
@@ -27,6 +35,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     convert_cli.add_convert_arguments(commands.add_parser("convert", help="convert a LoRA between formats"))
     convert_cli.add_inspect_arguments(commands.add_parser("inspect", help="describe a LoRA file"))
+    convert_cli.add_merge_arguments(commands.add_parser("merge", help="merge LoRAs into one (exact, or SVD to a rank)"))
+    convert_cli.add_resize_arguments(commands.add_parser("resize", help="re-rank a LoRA by SVD (fixed or dynamic)"))
+    convert_cli.add_bake_arguments(commands.add_parser("bake", help="apply LoRAs to a model file at given strengths"))
     return parser
 
 

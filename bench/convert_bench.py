@@ -94,9 +94,11 @@ def main() -> int:
     peak[0], peak_total[0] = base, base_total
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     report = convert_file(src, dst, "comfyui", overwrite=True)
     elapsed = time.perf_counter() - t0
+    load_after = os.getloadavg()
     stop.set()
     watcher.join()
     growth = peak[0] - base
@@ -106,6 +108,8 @@ def main() -> int:
     print(f"time {elapsed:.2f}s  throughput {mb / elapsed:.0f} MB/s (input)  "
           f"peak anon RSS growth {growth:.0f} MB = {100 * growth / mb:.1f}% of file; VmRSS growth incl. mmap'd "
           f"page cache {peak_total[0] - base_total:.0f} MB  (cpus: {os.cpu_count()})")
+    print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}: other work on the machine "
+          f"slows the copy (the goal is for an idle machine)")
     if not args.keep:
         src.unlink()
         dst.unlink()

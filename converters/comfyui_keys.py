@@ -8,6 +8,7 @@ from torch import Tensor
 from .families import Family
 from .families.rule import flatten
 from .module_weights import ModuleWeights
+from .plan import OutModule
 
 _SUFFIX = {"down": "lora_down.weight", "up": "lora_up.weight", "mid": "lora_mid.weight", "diff": "diff",
            "diff_b": "diff_b", "dora_scale": "dora_scale"}
@@ -25,8 +26,13 @@ def module_key(family: Family, component: str, name: str) -> str:
     return prefix + flatten(name)
 
 
-def comfyui_tensors(family: Family, component: str, name: str, m: ModuleWeights) -> dict[str, Tensor]:
-    base = module_key(family, component, name)
+def comfyui_tensors(family: Family, out: OutModule) -> dict[str, Tensor]:
+    """A slice (one part of a fused layer) goes under the part's own name, which ComfyUI maps onto its rows."""
+    base = family.slice_prefix + out.part if out.part is not None else module_key(family, out.component, out.name)
+    return kohya_tensors(base, out.weights)
+
+
+def kohya_tensors(base: str, m: ModuleWeights) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for role, t in m.tensors.items():
         if role == "magnitude":  # PEFT (out,) -> ComfyUI dora_scale on the output axis (out, 1[, 1, 1])

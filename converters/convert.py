@@ -1,4 +1,10 @@
-"""convert_file / to_comfyui_state_dict: stream a LoRA from any supported format to ComfyUI or diffusers form."""
+"""convert_file / convert_state_dict: a LoRA from any supported format to ComfyUI or diffusers form.
+
+Both paths go through one `Conversion`: the plan takes every data-dependent decision, then a dry run on
+shape-only tensors finds, before any data is produced, which modules a conversion rule cannot convert (their
+keys are reported with the rule's reason) and the exact list of output tensors. Producing the tensors runs the
+same code on the real data; anything that fails there is a bug and propagates.
+"""
 
 from __future__ import annotations
 
@@ -14,95 +20,111 @@ from torch import Tensor
 from ..lora_core.errors import LoraFormatError
 from .analyse import Analysis, analyse
 from .comfyui_keys import comfyui_tensors
-from .diffusers_keys import component_prefix, diffusers_tensors
-from .fuse_split import ConversionError
-from .peft_metadata import LORA_ADAPTER_METADATA_KEY, build_config
+from .conversion_error import ConversionError
+from .diffusers_keys import adapter_metadata, diffusers_tensors
+from .peft_metadata import LORA_ADAPTER_METADATA_KEY
 from .plan import Group, build_plan, run_group
 from .report import ConvertReport, UnmatchedKey
 from .safetensors_stream import write_streaming
-from .source import DictSource, open_source
+from .source import DictSource, TensorSource, open_source
 from .torch_threads import torch_threads
 
 DTYPES = {None: None, "keep": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 TARGETS = ("comfyui", "diffusers")
 
+Entry = tuple[str, torch.dtype, tuple[int, ...]]
+
 
 @dataclass
-class _Run:
-    """State of one conversion pass: failed groups and per-module PEFT config entries."""
+class Conversion:
+    analysis: Analysis
+    to: str
+    groups: list[Group]
+    dtype: torch.dtype | None
+    reasons: dict[int, str] = field(default_factory=dict)  # group index -> why a rule cannot convert it
+    entries: list[Entry] = field(default_factory=list)  # every output tensor, in order
+    config: dict[str, dict[str, dict]] = field(default_factory=dict)  # component -> module -> PEFT entry
 
-    failed: dict[int, str] = field(default_factory=dict)
-    config: dict[str, dict[str, dict]] = field(default_factory=dict)
-    emitted: set[str] = field(default_factory=set)
+    def _encode(self, group: Group, load) -> list[tuple[str, Tensor]]:
+        family = self.analysis.family
+        if self.to == "diffusers" and group.component == "model" and not family.diffusers_supported:
+            raise ConversionError(f"no diffusers name map for {family.name} models")
+        out: list[tuple[str, Tensor]] = []
+        for module in run_group(group, load):
+            if self.to == "comfyui":
+                out += comfyui_tensors(family, module).items()
+            else:
+                tensors, entry = diffusers_tensors(family, module.component, module.name, module.weights)
+                self.config.setdefault(module.component, {})[module.name] = entry
+                out += tensors.items()
+        return [(k, t if k.endswith(".alpha") or self.dtype is None or not t.is_floating_point() else t.to(self.dtype))
+                for k, t in out]
+
+    def dry_run(self) -> None:
+        """On shape-only tensors: the rules' verdicts and the output header, before any data is read."""
+        load = self.analysis.loader(self.analysis.source.meta)
+        seen: set[str] = set()
+        for gi, group in enumerate(self.groups):
+            try:
+                produced = self._encode(group, load)
+            except ConversionError as e:
+                self.reasons[gi] = str(e)
+                continue
+            for key, t in produced:
+                if key in seen:
+                    raise LoraFormatError(f"{self.analysis.source.path or 'state dict'}: two input modules both give "
+                                          f"{key!r} (the same module stored twice, e.g. in two formats)")
+                seen.add(key)
+                self.entries.append((key, t.dtype, tuple(t.shape)))
+
+    def tensors(self, fetch) -> Iterator[tuple[str, Tensor]]:
+        """The output tensors, read through `fetch`, exactly as `entries` announced them."""
+        load = self.analysis.loader(fetch)
+        expected = iter(self.entries)
+        for gi, group in enumerate(self.groups):
+            if gi in self.reasons:
+                continue
+            for key, t in self._encode(group, load):
+                if next(expected, None) != (key, t.dtype, tuple(t.shape)):
+                    raise RuntimeError(f"internal error: {key!r} {t.dtype} {tuple(t.shape)} differs from the plan")
+                yield key, t
+
+    def report(self) -> ConvertReport:
+        a = self.analysis
+        failed = [UnmatchedKey(k, reason) for gi, reason in self.reasons.items()
+                  for ref in self.groups[gi].sources if ref is not None for k in ref.keys.values()]
+        done = [g for gi, g in enumerate(self.groups) if gi not in self.reasons]
+        return ConvertReport(
+            source=str(a.source.path or "state dict"), target=self.to, format=a.format, family=a.family.name,
+            variant=a.variant, modules_in=len(a.refs), modules_out=_modules_out(k for k, _, _ in self.entries),
+            tensors_out=len(self.entries), fused=sum(g.op == "fuse" for g in done),
+            split=sum(g.op == "split" for g in done), sliced=sum(g.op == "slices" for g in done),
+            unmatched=a.unmatched + failed, dropped=a.dropped)
+
+    def metadata(self) -> dict[str, str]:
+        a = self.analysis
+        meta = {k: v for k, v in a.source.metadata.items() if k != LORA_ADAPTER_METADATA_KEY}
+        meta["format"] = "pt"
+        meta["lora_lab.converted_from"] = a.format
+        meta["lora_lab.family"] = a.variant
+        if self.to == "diffusers" and self.config:
+            meta[LORA_ADAPTER_METADATA_KEY] = adapter_metadata(a.family, self.config)
+        return meta
 
 
-def _target_side(analysis: Analysis, to: str) -> str:
-    return analysis.family.comfy_side if to == "comfyui" else "diffusers"
-
-
-def _cast(t: Tensor, dtype: torch.dtype | None) -> Tensor:
-    return t if dtype is None or not t.is_floating_point() else t.to(dtype)
-
-
-def _produce(analysis: Analysis, groups: list[Group], to: str, fetch, dtype, run: _Run) -> Iterator[tuple[str, Tensor]]:
-    load = analysis.loader(fetch)
+def plan_conversion(source: TensorSource, to: str, arch: str | None = None, dtype: str | None = None) -> Conversion:
+    if to not in TARGETS:
+        raise LoraFormatError(f"unknown target format {to!r}; choose one of {TARGETS}")
+    if dtype not in DTYPES:
+        raise LoraFormatError(f"unknown dtype {dtype!r}; choose keep, fp16, bf16 or fp32")
+    analysis = analyse(source, arch)
     family = analysis.family
-    for gi, group in enumerate(groups):
-        if gi in run.failed:
-            continue
-        try:
-            if to == "diffusers" and group.component == "model" and not family.diffusers_supported:
-                raise ConversionError(f"no diffusers name map for {family.name}")
-            produced: list[tuple[str, Tensor]] = []
-            for component, name, m in run_group(group, load):
-                if to == "comfyui":
-                    produced += comfyui_tensors(family, component, name, m).items()
-                else:
-                    tensors, entry = diffusers_tensors(family, component, name, m)
-                    run.config.setdefault(component, {})[name] = entry
-                    produced += tensors.items()
-        except (ConversionError, NotImplementedError) as e:
-            run.failed[gi] = str(e)
-            continue
-        for key, t in produced:
-            if key in run.emitted:
-                raise LoraFormatError(f"{analysis.source.path or 'state dict'}: two input modules both give {key!r} "
-                                      f"(the same module stored twice, e.g. in two formats)")
-            run.emitted.add(key)
-            yield key, (t if key.endswith(".alpha") else _cast(t, dtype))
-
-
-def _unmatched_from_failures(groups: list[Group], run: _Run) -> list[UnmatchedKey]:
-    out = []
-    for gi, reason in run.failed.items():
-        for ref in groups[gi].sources:
-            if ref is not None:
-                out += [UnmatchedKey(k, reason) for k in ref.keys.values()]
-    return out
-
-
-def _metadata(analysis: Analysis, to: str, run: _Run) -> dict[str, str]:
-    meta = {k: v for k, v in analysis.source.metadata.items() if k != LORA_ADAPTER_METADATA_KEY}
-    meta["format"] = "pt"
-    meta["lora_lab.converted_from"] = analysis.format
-    meta["lora_lab.family"] = analysis.variant
-    if to == "diffusers" and run.config:
-        packed = {}
-        for component, entries in run.config.items():
-            config = build_config({n: e["rank"] for n, e in entries.items()}, {n: e["alpha"] for n, e in entries.items()},
-                                  any(e["dora"] for e in entries.values()), any(e["bias"] for e in entries.values()))
-            prefix = component_prefix(analysis.family, component)
-            packed.update({f"{prefix}.{k}": v for k, v in config.items()})
-        meta[LORA_ADAPTER_METADATA_KEY] = json.dumps(packed, sort_keys=True)
-    return meta
-
-
-def _report(analysis: Analysis, groups: list[Group], to: str, run: _Run, n_out: int, n_modules: int) -> ConvertReport:
-    return ConvertReport(
-        source=str(analysis.source.path or "state dict"), target=to, format=analysis.format,
-        family=analysis.family.name, variant=analysis.variant, modules_in=len(analysis.refs), modules_out=n_modules,
-        tensors_out=n_out, fused=sum(g.op == "fuse" for g in groups), split=sum(g.op == "split" for g in groups),
-        unmatched=analysis.unmatched + _unmatched_from_failures(groups, run))
+    target = family.comfy_side if to == "comfyui" else "diffusers"
+    slices = to == "comfyui" and family.slice_prefix is not None
+    groups = build_plan(source, analysis.refs, family, target, analysis.loader(source.meta), slices)
+    conversion = Conversion(analysis, to, groups, DTYPES[dtype])
+    conversion.dry_run()
+    return conversion
 
 
 def _check_strict(report: ConvertReport, strict: bool) -> None:
@@ -118,15 +140,10 @@ def _modules_out(keys) -> int:
 def convert_state_dict(state_dict: dict[str, Tensor], metadata: dict[str, str] | None, to: str,
                        arch: str | None = None, dtype: str | None = None, strict: bool = False
                        ) -> tuple[dict[str, Tensor], dict[str, str], ConvertReport]:
-    if to not in TARGETS:
-        raise LoraFormatError(f"unknown target format {to!r}; choose one of {TARGETS}")
-    analysis = analyse(DictSource(state_dict, metadata), arch)
-    groups = build_plan(analysis.source, analysis.refs, analysis.family, _target_side(analysis, to))
-    run = _Run()
-    out = dict(_produce(analysis, groups, to, analysis.source.get, DTYPES[dtype], run))
-    report = _report(analysis, groups, to, run, len(out), _modules_out(out))
+    conversion = plan_conversion(DictSource(state_dict, metadata), to, arch, dtype)
+    report = conversion.report()
     _check_strict(report, strict)
-    return out, _metadata(analysis, to, run), report
+    return dict(conversion.tensors(state_dict.__getitem__)), conversion.metadata(), report
 
 
 def to_comfyui_state_dict(state_dict: dict[str, Tensor], metadata: dict[str, str] | None = None,
@@ -135,35 +152,32 @@ def to_comfyui_state_dict(state_dict: dict[str, Tensor], metadata: dict[str, str
     return convert_state_dict(state_dict, metadata, "comfyui", arch)
 
 
+def check_output_path(src: Path, dst: Path, overwrite: bool) -> None:
+    if dst.exists() and not overwrite:
+        raise LoraFormatError(f"{dst}: output exists; pass overwrite=True / --overwrite to replace it")
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise LoraFormatError(f"{dst}: output is the input file")
+
+
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str, arch: str | None = None,
                  dtype: str | None = None, strict: bool = False, overwrite: bool = False,
                  adapter_config: bool = False) -> ConvertReport:
     """Stream `src` to `dst` (safetensors) in `to` format ("comfyui" | "diffusers"); atomic, module by module."""
     src, dst = Path(src), Path(dst)
-    if to not in TARGETS:
-        raise LoraFormatError(f"unknown target format {to!r}; choose one of {TARGETS}")
-    if dtype not in DTYPES:
-        raise LoraFormatError(f"unknown dtype {dtype!r}; choose keep, fp16, bf16 or fp32")
-    if dst.exists() and not overwrite:
-        raise LoraFormatError(f"{dst}: output exists; pass overwrite=True / --overwrite to replace it")
-    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-        raise LoraFormatError(f"{dst}: output is the input file")
+    check_output_path(src, dst, overwrite)
     source = open_source(src)
     with torch_threads(1):
         try:
-            analysis = analyse(source, arch)
-            groups = build_plan(source, analysis.refs, analysis.family, _target_side(analysis, to))
-            run = _Run()
-            # pass 1 on shape-only tensors: the header (and the PEFT config) before any data is written
-            entries = [(k, t.dtype, tuple(t.shape)) for k, t in _produce(analysis, groups, to, source.meta,
-                                                                          DTYPES[dtype], run)]
-            report = _report(analysis, groups, to, run, len(entries), _modules_out(k for k, _, _ in entries))
+            conversion = plan_conversion(source, to, arch, dtype)
+            report = conversion.report()
             _check_strict(report, strict)
-            if not entries:
-                raise LoraFormatError(f"{src}: nothing to write ({report.unmatched_count} keys unmatched)")
-            metadata = _metadata(analysis, to, run)
-            run.emitted.clear()
-            write_streaming(dst, entries, metadata, _produce(analysis, groups, to, source.get, DTYPES[dtype], run))
+            if not conversion.entries:
+                raise LoraFormatError(f"{src}: nothing to write: none of its keys can be converted to {to} form "
+                                      f"({report.unmatched_count} unconverted, e.g. "
+                                      f"{report.unmatched[0].key}: {report.unmatched[0].reason})"
+                                      if report.unmatched else f"{src}: nothing to write")
+            metadata = conversion.metadata()
+            write_streaming(dst, conversion.entries, metadata, conversion.tensors(source.get))
             if adapter_config and to == "diffusers":
                 _write_adapter_config(dst, metadata)
         finally:

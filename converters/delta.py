@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .conversion_error import ConversionError
 from .module_weights import ModuleWeights, as_matrix, fold_mid
 
 
@@ -20,11 +21,11 @@ def factor_delta(m: ModuleWeights) -> Tensor | None:
         return m.scale * (as_matrix(t["up"]) @ as_matrix(down))
     if m.kind == "loha":
         if "hada_t1" in t:
-            raise NotImplementedError("LoHa with Tucker tensors (hada_t1/hada_t2)")
+            raise ConversionError("LoHa with Tucker tensors (hada_t1/hada_t2) is not supported")
         return m.scale * ((t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]))
     if m.kind == "lokr":
         if "lokr_t2" in t:
-            raise NotImplementedError("LoKr with a Tucker tensor (lokr_t2)")
+            raise ConversionError("LoKr with a Tucker tensor (lokr_t2) is not supported")
         w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
         w2 = t["lokr_w2"] if "lokr_w2" in t else t["lokr_w2_a"] @ t["lokr_w2_b"]
         if w2.dim() == 4:
@@ -33,25 +34,34 @@ def factor_delta(m: ModuleWeights) -> Tensor | None:
     return None
 
 
-def weight_delta(m: ModuleWeights, base: Tensor | None = None) -> Tensor:
-    """Delta W at strength 1, shaped like `as_matrix(base)` (or (out, in*k*k) when base is None).
+def dora_weight(merged: Tensor, magnitude: Tensor | None, input_scale: Tensor | None) -> Tensor:
+    """DoRA's W' = m * (W + dW) / ||W + dW|| on the (out, in*k*k) matrix `merged` = W + dW.
 
-    DoRA (PEFT semantics): W' = magnitude * (W + dW) / ||W + dW||_row; needs `base`.
-    """
+    magnitude (out,): norms per output row (PEFT, LyCORIS wd_on_out). input_scale (1, in, ...): norms per input
+    channel over all rows and kernel taps (OneTrainer and LyCORIS input-axis decomposition)."""
+    if magnitude is not None:
+        return magnitude.reshape(-1, 1) * merged / merged.norm(dim=1, keepdim=True)
+    n_in = input_scale.shape[1]
+    cols = merged.reshape(merged.shape[0], n_in, -1)
+    norm = cols.transpose(0, 1).reshape(n_in, -1).norm(dim=1)
+    return (cols * (input_scale.reshape(-1) / norm)[None, :, None]).reshape(merged.shape)
+
+
+def weight_delta(m: ModuleWeights, base: Tensor | None = None) -> Tensor:
+    """Delta W at strength 1 as an (out, in*k*k) matrix. DoRA needs the base weight (any layout of it)."""
     d = factor_delta(m)
     diff = _f(m.get("diff"))
     if diff is not None:
         d = as_matrix(diff) if d is None else d + as_matrix(diff)
-    magnitude = _f(m.get("magnitude"))
-    if magnitude is not None:
-        if base is None:
-            raise ValueError("a DoRA delta needs the base weight")
-        w = as_matrix(_f(base))
-        merged = w + d
-        return magnitude.reshape(-1, 1) * merged / merged.norm(dim=1, keepdim=True) - w
-    if d is None:
-        raise ValueError("module has no weight delta")
-    return d
+    magnitude, input_scale = _f(m.get("magnitude")), _f(m.get("dora_scale"))
+    if magnitude is None and input_scale is None:
+        if d is None:
+            raise ValueError("module has no weight delta")
+        return d
+    if base is None:
+        raise ValueError("a DoRA delta needs the base weight")
+    w = as_matrix(_f(base))
+    return dora_weight(w + (d if d is not None else 0), magnitude, input_scale) - w
 
 
 def bias_delta(m: ModuleWeights) -> Tensor | None:

@@ -3,50 +3,80 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from ..lora_core.errors import LoraFormatError
-from .families import FAMILIES, Family, get_family, sana, wan
+from .families import FAMILIES, GENERIC, Family, get_family, hunyuan_video, lumina2, sana, wan, z_image
 from .lora_index import ModuleRef
 from .source import TensorSource
 
 # Families whose name maps overlap, tried in this order when they match equally well.
-PRIORITY = ("flux", "sd3", "sana", "wan", "sd15", "sdxl", "hunyuan_video")
-_FLUX_LIMITS = ((re.compile(r"double_blocks[._](\d+)"), 19), (re.compile(r"single_blocks[._](\d+)"), 38))
+PRIORITY = ("flux", "sd3", "sana", "wan", "sd15", "sdxl", "hunyuan_video", "chroma", "qwen_image", "z_image",
+            "lumina2")
+# Maps that agree on every module they share: a tie between them converts identically, so the first one wins.
+INTERCHANGEABLE = ({"flux", "hunyuan_video", "chroma"},)
+_BLOCK = re.compile(r"(?:^|[._])(single_transformer_blocks|transformer_blocks|double_blocks|single_blocks|joint_blocks)[._](\d+)")
 
 
-@dataclass
-class Detection:
-    family: Family
-    variant: str
-    format: str
-
-
-def _plausible(family: str, refs: list[ModuleRef]) -> bool:
-    if family != "flux":
+def _within_limits(family: Family, refs: list[ModuleRef]) -> bool:
+    """Block indices beyond the model's depth (e.g. double_blocks.19 for Flux) mean another model."""
+    if not family.block_limits:
         return True
-    for ref in refs:  # HunyuanVideo shares Flux's names but has 20 double / 40 single blocks
-        for pattern, limit in _FLUX_LIMITS:
-            m = pattern.search(ref.raw_name)
-            if m and int(m.group(1)) >= limit:
-                return False
+    for ref in refs:
+        m = _BLOCK.search(ref.raw_name)
+        if m and m.group(1) in family.block_limits and int(m.group(2)) >= family.block_limits[m.group(1)]:
+            return False
     return True
 
 
-def _cross_dim(source: TensorSource, refs: list[ModuleRef]) -> int | None:
+def _in_features(source: TensorSource, refs: list[ModuleRef], pattern: str) -> int | None:
+    """Input width of the first module whose name matches `pattern` (from its down / A matrix)."""
     for ref in refs:
-        if re.search(r"attn2[._]to_k$", ref.raw_name) and "down" in ref.keys:
+        if re.search(pattern, ref.raw_name) and "down" in ref.keys:
             return source.shape(ref.keys["down"])[1]
     return None
 
 
 def _sd_family(source: TensorSource, refs: list[ModuleRef], components: set[str]) -> str | None:
-    dim = _cross_dim(source, refs)
+    dim = _in_features(source, refs, r"attn2[._]to_k$")
     if dim == 768:
         return "sd15"
     if dim == 2048 or "te2" in components:
         return "sdxl"
     return None
+
+
+def _nextdit_family(source: TensorSource, refs: list[ModuleRef]) -> str | None:
+    """Lumina 2 and Z-Image share ComfyUI's names. Z-Image's qkv has 3 x width rows, Lumina 2's (grouped-query
+    attention) 5/3 x width; failing a qkv module, the width itself tells."""
+    for ref in refs:
+        if re.search(r"attention[._]qkv$", ref.raw_name) and "down" in ref.keys and "up" in ref.keys:
+            rows, cols = source.shape(ref.keys["up"])[0], source.shape(ref.keys["down"])[1]
+            return "z_image" if rows == 3 * cols else "lumina2" if 3 * rows == 5 * cols else None
+    width = _in_features(source, refs, r"(attention[._]out|feed_forward[._]w[13])$")
+    return {lumina2.WIDTH: "lumina2", z_image.WIDTH: "z_image"}.get(width)
+
+
+def _break_tie(top: list[str], hits: dict, source: TensorSource, refs: list[ModuleRef], components: set[str],
+               where: str) -> str:
+    tied = set(top)
+    if len(top) == 1:
+        return top[0]
+    if {"sd15", "sdxl"} <= tied:
+        chosen = _sd_family(source, refs, components)
+        if chosen is None:
+            raise LoraFormatError(f"{where}: ambiguous between SD1.5 and SDXL; pass --arch sd15 or --arch sdxl")
+        return chosen
+    if {"flux", "sd3"} <= tied:
+        width = _in_features(source, refs, r"(attn[._]to_[qkv]|attn[._]add_[qkv]_proj|attn[._]to_out)")
+        return "flux" if width in (3072, None) else "sd3"
+    if {"lumina2", "z_image"} <= tied:
+        chosen = _nextdit_family(source, refs)
+        if chosen is None:
+            raise LoraFormatError(f"{where}: ambiguous between Lumina 2 and Z-Image; pass --arch lumina2 or z_image")
+        return chosen
+    if any(tied <= group for group in INTERCHANGEABLE) or not all(hits[n] == hits[top[0]] for n in top):
+        return top[0]
+    raise LoraFormatError(f"{where}: ambiguous model family ({', '.join(top)}); pass --arch")
 
 
 def detect_family(source: TensorSource, modules: dict[tuple, ModuleRef], arch: str | None) -> Family:
@@ -60,25 +90,12 @@ def detect_family(source: TensorSource, modules: dict[tuple, ModuleRef], arch: s
             return FAMILIES["sdxl" if "te2" in components else "sd15"]
         raise LoraFormatError(f"{where}: no LoRA module found")
     hits = {name: {id(r) for r in refs if fam.match(r.raw_name, r.flat)} for name, fam in FAMILIES.items()
-            if _plausible(name, refs)}
+            if _within_limits(fam, refs)}
     best = max(len(h) for h in hits.values())
     if best == 0:
-        sample = ", ".join(sorted(r.raw_name for r in refs)[:3])
-        raise LoraFormatError(f"{where}: cannot tell the model family (no known module names, e.g. {sample}); "
-                              f"pass --arch")
+        return GENERIC  # a model without a name map here: its own module names pass through to ComfyUI form
     top = [n for n in PRIORITY if n in hits and len(hits[n]) == best]
-    if {"sd15", "sdxl"} <= set(top):
-        chosen = _sd_family(source, refs, components)
-        if chosen is None:
-            raise LoraFormatError(f"{where}: ambiguous between SD1.5 and SDXL; pass --arch sd15 or --arch sdxl")
-        top = [chosen]
-    elif {"flux", "sd3"} <= set(top):
-        width = _width(source, refs, r"(attn[._]to_[qkv]|attn[._]add_[qkv]_proj|attn[._]to_out)")
-        top = ["flux" if width in (3072, None) else "sd3"]
-    elif (len(top) > 1 and not ({"flux", "hunyuan_video"} >= set(top))
-          and all(hits[n] == hits[top[0]] for n in top)):
-        raise LoraFormatError(f"{where}: ambiguous model family ({', '.join(top)}); pass --arch")
-    chosen = top[0]
+    chosen = _break_tie(top, hits, source, refs, components, where)
     others = {n: h - hits[chosen] for n, h in hits.items() if n != chosen and h - hits[chosen]}
     if others:
         other, extra = max(others.items(), key=lambda kv: len(kv[1]))
@@ -88,23 +105,22 @@ def detect_family(source: TensorSource, modules: dict[tuple, ModuleRef], arch: s
     return FAMILIES[chosen]
 
 
-def _width(source: TensorSource, refs: list[ModuleRef], pattern: str) -> int | None:
-    for ref in refs:
-        if re.search(pattern, ref.raw_name) and "down" in ref.keys:
-            return source.shape(ref.keys["down"])[1]
-    return None
-
-
 def detect_variant(family: Family, source: TensorSource, modules: dict[tuple, ModuleRef]) -> str:
     refs = [r for r in modules.values() if r.component == "model"]
     if family.name == "sana":
-        width = _width(source, refs, r"(attn1[._]to_[qkv]|attn[._]qkv|attn[._]proj|attn1[._]to_out)")
+        width = _in_features(source, refs, r"(attn1[._]to_[qkv]|attn[._]qkv|attn[._]proj|attn1[._]to_out)")
         return sana.VARIANTS.get(width, f"sana (width {width})" if width else "sana")
     if family.name == "wan":
         i2v = any(m in r.raw_name for r in refs for m in wan.I2V_MARKERS)
-        width = _width(source, refs, r"(self_attn[._][qkvo]|attn1[._]to_)")
+        width = _in_features(source, refs, r"(self_attn[._][qkvo]|attn1[._]to_)")
         size = wan.VARIANTS.get(width, f"width {width}" if width else "")
         return f"wan {'i2v' if i2v else 't2v'}" + (f" ({size})" if size else "")
+    if family.name == "hunyuan_video":
+        channels = _in_features(source, refs, r"(img_in[._]proj|x_embedder[._]proj)$")
+        i2v = channels == hunyuan_video.I2V_IN_CHANNELS or any("I2V" in r.style for r in refs)
+        return "hunyuan_video i2v" if i2v else "hunyuan_video"
+    if family.passthrough:
+        return "generic (no name map: module names kept)"
     return family.name
 
 

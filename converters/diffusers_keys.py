@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from torch import Tensor
 
+from .conversion_error import ConversionError
 from .families import Family
-from .fuse_split import ConversionError, unfold_mid
+from .fuse_split import unfold_mid
 from .module_weights import ModuleWeights
+from .peft_metadata import build_config
 
 
 def component_prefix(family: Family, component: str) -> str:
@@ -20,10 +24,11 @@ def component_prefix(family: Family, component: str) -> str:
 def as_lora(m: ModuleWeights) -> ModuleWeights:
     """Exact LoRA form of any adapter PEFT can load as LoRA; ConversionError otherwise."""
     if m.get("dora_scale") is not None:
-        raise ConversionError("DoRA scale on the input axis has no PEFT layout")
+        raise ConversionError("DoRA with an input-axis scale (OneTrainer/LyCORIS default) has no PEFT layout "
+                              "(PEFT's magnitude is per output row)")
     if m.kind == "lora":
         if m.get("diff") is not None:
-            raise ConversionError("full weight delta (.diff) has no diffusers/PEFT form")
+            raise ConversionError("a full weight or bias delta (.diff / .diff_b) has no diffusers/PEFT form")
         return unfold_mid(m)
     if m.kind == "loha" and "hada_t1" not in m.tensors:
         # (w1a w1b) * (w2a w2b) = sum_ij (w1a_i * w2a_j)(w1b_i * w2b_j)^T : an exact LoRA of rank r1*r2
@@ -40,6 +45,8 @@ def as_lora(m: ModuleWeights) -> ModuleWeights:
         up = torch.kron(w1, t["lokr_w2_a"])
         down = torch.kron(torch.eye(w1.shape[1], dtype=w1.dtype, device=w1.device), t["lokr_w2_b"])
         return _rebuild(m, down, up)
+    if m.kind == "diff":
+        raise ConversionError("a full weight or bias delta (.diff / .diff_b) has no diffusers/PEFT form")
     raise ConversionError(f"{m.kind} adapter has no exact diffusers/PEFT LoRA form")
 
 
@@ -64,3 +71,15 @@ def diffusers_tensors(family: Family, component: str, name: str, m: ModuleWeight
         out[f"{base}.lora_B.bias"] = (b.float() / scale).to(b.dtype)
     entry = {"rank": rank, "alpha": scale * rank, "dora": "magnitude" in lora.tensors, "bias": "diff_b" in lora.tensors}
     return out, entry
+
+
+def adapter_metadata(family: Family, config: dict[str, dict[str, dict]]) -> str:
+    """The `lora_adapter_metadata` header value: one LoraConfig per component, keys prefixed as diffusers saves them.
+    config: component -> module name -> {"rank", "alpha", "dora", "bias"} (from diffusers_tensors)."""
+    packed = {}
+    for component, entries in config.items():
+        lora_config = build_config({n: e["rank"] for n, e in entries.items()}, {n: e["alpha"] for n, e in entries.items()},
+                                   any(e["dora"] for e in entries.values()), any(e["bias"] for e in entries.values()))
+        prefix = component_prefix(family, component)
+        packed.update({f"{prefix}.{k}": v for k, v in lora_config.items()})
+    return json.dumps(packed, sort_keys=True)

@@ -10,12 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .conversion_error import ConversionError
 from .delta import factor_delta
 from .module_weights import ModuleWeights, fold_mid
-
-
-class ConversionError(ValueError):
-    """A module cannot be converted exactly (reported by name, never silently dropped)."""
 
 
 def cat0(tensors: list[Tensor]) -> Tensor:
@@ -49,7 +46,8 @@ def to_diff(m: ModuleWeights) -> ModuleWeights:
     return ModuleWeights("diff", {"diff": diff.to(dtype), **extras})
 
 
-def _extras(parts, sizes, role, like_rows):
+def _extras(parts: list[ModuleWeights | None], sizes: list[int], role: str) -> Tensor | None:
+    """A per-output-row tensor (magnitude, bias delta) of the fused layer: the parts' rows, zeros for missing parts."""
     present = [p.get(role) if p is not None else None for p in parts]
     if all(t is None for t in present):
         return None
@@ -57,15 +55,19 @@ def _extras(parts, sizes, role, like_rows):
     return _cat_rows(present, sizes, like)
 
 
-def fuse(parts: list[ModuleWeights | None], sizes: list[int], shared_down: bool | None = None) -> ModuleWeights:
+def fuse(parts: list[ModuleWeights | None], sizes: list[int], shared_down: bool) -> ModuleWeights:
+    """One module for the fused layer. shared_down (decided from the data by the plan): the parts are all
+    present and were split from one fused module, so they share one A and B is their stack."""
     present = [p for p in parts if p is not None]
     if any(p.get("dora_scale") is not None for p in present):
-        raise ConversionError("input-axis dora_scale cannot be fused")
+        raise ConversionError("DoRA with an input-axis scale (OneTrainer/LyCORIS default) normalises each part's "
+                              "own columns: it cannot be fused, and this model has no per-part key in ComfyUI")
     mags = [p.get("magnitude") for p in present]
     if any(m is not None for m in mags) and (len(present) < len(parts) or any(m is None for m in mags)):
-        raise ConversionError("DoRA magnitudes of missing parts are unknown (they depend on the base weight)")
-    magnitude = _extras(parts, sizes, "magnitude", None)
-    diff_b = _extras(parts, sizes, "diff_b", None)
+        raise ConversionError("DoRA magnitudes of the missing parts of the fused layer are unknown (they depend "
+                              "on the base weight), and this model has no per-part key in ComfyUI")
+    magnitude = _extras(parts, sizes, "magnitude")
+    diff_b = _extras(parts, sizes, "diff_b")
     if all(p.kind == "lora" and p.get("diff") is None for p in present):
         fused = _fuse_lora([unfold_mid(p) if p is not None else None for p in parts], sizes, shared_down)
     else:
@@ -75,17 +77,15 @@ def fuse(parts: list[ModuleWeights | None], sizes: list[int], shared_down: bool 
     return fused.with_tensors(magnitude=magnitude, diff_b=diff_b)
 
 
-def _fuse_lora(parts: list[ModuleWeights | None], sizes: list[int], shared_down: bool | None) -> ModuleWeights:
+def _fuse_lora(parts: list[ModuleWeights | None], sizes: list[int], shared_down: bool) -> ModuleWeights:
+    """Exact: A stacked, B block-diagonal (a missing part is a zero block); or, for parts split from one fused
+    module, the shared A and the stacked B. Each part keeps its scale (a ratio is baked into its B block)."""
     present = [p for p in parts if p is not None]
     scale = present[0].scale
     downs = [p.tensors["down"] for p in present]
     ups = [p.tensors["up"] for p in present]
     dtype = ups[0].dtype
-    same_scale = all(abs(p.scale - scale) <= 1e-12 * max(1.0, abs(scale)) for p in present)
-    if shared_down is None:
-        shared_down = downs_equal(downs) and len(present) == len(parts)
-    shared_down = shared_down and same_scale and len(present) == len(parts)
-    if shared_down:  # parts that were split from one fused module: no rank growth
+    if shared_down:
         up = cat0([u.to(dtype) for u in ups])
         return ModuleWeights("lora", {"down": downs[0], "up": up}, alpha=scale * downs[0].shape[0])
     rank = sum(d.shape[0] for d in downs)
@@ -113,7 +113,8 @@ def downs_equal(downs: list[Tensor]) -> bool:
 
 def split(m: ModuleWeights, sizes: list[int]) -> list[ModuleWeights]:
     if m.get("dora_scale") is not None:
-        raise ConversionError("input-axis dora_scale cannot be split")
+        raise ConversionError("DoRA with an input-axis scale normalises columns across the whole fused layer: "
+                              "it cannot be split into parts")
     if m.kind not in ("lora", "diff"):
         m = to_diff(m)
     m = unfold_mid(m)

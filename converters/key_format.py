@@ -10,6 +10,7 @@ PREFIXES = (
     ("lora_unet__", "kohya", "model", True),  # Wan-Fun reward LoRAs
     ("lora_unet_", "kohya", "model", True),
     ("lora_transformer_", "onetrainer", "model", True),
+    ("Hunyuan_video_I2V_lora_", "tencent I2V", "model", True),  # Tencent's HunyuanVideo-I2V trainer
     ("lycoris_", "simpletuner_lycoris", "model", True),
     ("lora_te1_", "kohya", "te1", True),
     ("lora_te2_", "kohya", "te2", True),

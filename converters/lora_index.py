@@ -50,7 +50,8 @@ class Unmatched:
 
 
 def group_keys(source: TensorSource) -> tuple[dict[tuple, ModuleRef], list[Unmatched], list[str]]:
-    """Modules keyed by (component, raw module name); keys that are not adapter tensors are returned apart."""
+    """Modules keyed by (component, raw module name); alpha/DoRA tensors of modules without adapter weights
+    (nothing to apply, so dropped by nature) and keys that are not adapter tensors are returned apart."""
     modules: dict[tuple, ModuleRef] = {}
     foreign: list[str] = []
     for key in source.keys():
@@ -67,7 +68,8 @@ def group_keys(source: TensorSource) -> tuple[dict[tuple, ModuleRef], list[Unmat
     for (comp, name), ref in list(modules.items()):
         if set(ref.keys) <= {"alpha", "dora_scale", "magnitude"}:
             for k in ref.keys.values():
-                unmatched.append(Unmatched(k, "alpha/DoRA tensor without adapter weights for its module"))
+                unmatched.append(Unmatched(k, "alpha/DoRA tensor without adapter weights for its module "
+                                              "(nothing to apply)"))
             del modules[(comp, name)]
         elif "down" in ref.keys and "up" not in ref.keys or "up" in ref.keys and "down" not in ref.keys:
             missing = "up" if "down" in ref.keys else "down"

@@ -13,6 +13,9 @@ class UnmatchedKey:
 
 @dataclass
 class ConvertReport:
+    """`unmatched`: keys left unconverted (information lost), each with the rule that says why.
+    `dropped`: keys that carry nothing to convert (e.g. an alpha without weights), with the reason stated."""
+
     source: str
     target: str
     format: str = ""
@@ -23,18 +26,29 @@ class ConvertReport:
     tensors_out: int = 0
     fused: int = 0
     split: int = 0
+    sliced: int = 0
     unmatched: list[UnmatchedKey] = field(default_factory=list)
+    dropped: list[UnmatchedKey] = field(default_factory=list)
     output: str | None = None
 
     @property
     def unmatched_count(self) -> int:
         return len(self.unmatched)
 
+    @property
+    def complete(self) -> bool:
+        """Every key was converted or dropped by its nature."""
+        return not self.unmatched
+
     def __str__(self) -> str:
         lines = [f"source:   {self.source}", f"format:   {self.format}", f"family:   {self.variant or self.family}",
                  f"target:   {self.target}" + (f" -> {self.output}" if self.output else ""),
-                 f"modules:  {self.modules_in} in, {self.modules_out} out ({self.fused} fused, {self.split} split); "
-                 f"{self.tensors_out} tensors written",
-                 f"unmatched keys: {self.unmatched_count}"]
+                 f"modules:  {self.modules_in} in, {self.modules_out} out ({self.fused} fused, {self.split} split"
+                 + (f", {self.sliced} DoRA layers kept per part" if self.sliced else "")
+                 + f"); {self.tensors_out} tensors written",
+                 f"unconverted keys: {self.unmatched_count}"]
         lines += [f"  {u.key}: {u.reason}" for u in self.unmatched]
+        if self.dropped:
+            lines.append(f"dropped keys (nothing to convert): {len(self.dropped)}")
+            lines += [f"  {u.key}: {u.reason}" for u in self.dropped]
         return "\n".join(lines)

@@ -76,11 +76,11 @@ class _Writer(threading.Thread):
 
 
 def write_streaming(path: str | os.PathLike, entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
-                    metadata: dict[str, str] | None, tensors: Iterable[tuple[str, Tensor]]) -> None:
+                    metadata: dict[str, str] | None, tensors: Iterable[tuple[str, Tensor]], depth: int = 4) -> None:
     """`tensors` must yield exactly `entries`, in order. A temp file is os.replace'd onto `path` only on success.
 
     Space for the whole file is reserved first (a full disk fails before any work), tensors are written from
-    a second thread as they are produced, and the file is fsync'ed once at the end.
+    a second thread as they are produced (at most `depth` wait in memory), and the file is fsync'ed once at the end.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,17 +96,18 @@ def write_streaming(path: str | os.PathLike, entries: list[tuple[str, torch.dtyp
                 raise
             # filesystems without fallocate support: plain writes
         _write_all(fd, torch.frombuffer(bytearray(header), dtype=torch.uint8))
-        writer = _Writer(fd)
+        writer = _Writer(fd, depth)
         writer.start()
         it: Iterator = iter(tensors)
         for key, dtype, shape in entries:
             got_key, t = next(it)
             if got_key != key or t.dtype != dtype or tuple(t.shape) != tuple(shape):
-                raise LoraFormatError(f"internal: streamed tensor {got_key!r} {t.dtype} {tuple(t.shape)} "
+                raise RuntimeError(f"internal error: streamed tensor {got_key!r} {t.dtype} {tuple(t.shape)} "
                                       f"does not match header entry {key!r} {dtype} {shape}")
             data = t.detach().to("cpu").contiguous()
             if data.numel():
                 writer.put(data)
+            t = data = None  # the writer holds it now; do not keep it alive while the next one is produced
         writer, pending = None, writer
         pending.finish()
         os.fsync(fd)

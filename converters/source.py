@@ -79,8 +79,9 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
         raw = f.read(n)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LoraFormatError(f"{path}: corrupt safetensors header ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise LoraFormatError(f"{path}: corrupt safetensors header (not valid JSON): the file is damaged or is "
+                              f"not a safetensors file") from None
     if not isinstance(header, dict):
         raise LoraFormatError(f"{path}: corrupt safetensors header (not a JSON object)")
     data_len = size - 8 - n
@@ -115,8 +116,9 @@ class SafetensorsSource(TensorSource):
         try:  # safetensors' own checks (overlapping offsets, ...) on top of ours
             with safe_open(str(path), framework="pt", device="cpu"):
                 pass
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-            raise LoraFormatError(f"{path}: cannot open as safetensors ({e})") from None
+        except Exception:  # noqa: BLE001 - safetensors raises its own error types; its text is not for users
+            raise LoraFormatError(f"{path}: corrupt safetensors file (its header's tensor offsets are "
+                                  f"inconsistent)") from None
         self._fd: int | None = os.open(path, os.O_RDONLY)
 
     def keys(self):
@@ -165,9 +167,10 @@ def _pickle_source(path: Path) -> TensorSource:
     """Legacy .ckpt/.pt/.bin: only what torch.load(weights_only=True) accepts (plain tensors, no code)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
-    except Exception as e:  # noqa: BLE001
-        raise LoraFormatError(f"{path}: refused: pickle file that is not loadable with weights_only=True "
-                              f"({type(e).__name__}); convert it to .safetensors with a trusted tool") from None
+    except Exception:  # noqa: BLE001 - torch's message advises the unsafe way out; never show it
+        raise LoraFormatError(f"{path}: refused: this pickle file contains code or objects other than tensors "
+                              f"(or is damaged), and LoRA Lab never runs code from a model file. Use a "
+                              f".safetensors version of this LoRA.") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):

@@ -8,9 +8,10 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..converters import convert_file, inspect_lora
+from ..converters.families import ARCH_CHOICES
 from .comfy_paths import unused_lora_path
 
-ARCHS = ["auto", "sd15", "sdxl", "sd3", "flux", "sana", "wan", "hunyuan_video"]
+ARCHS = ["auto"] + ARCH_CHOICES
 DTYPES = ["keep", "fp16", "bf16", "fp32"]
 
 

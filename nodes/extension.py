@@ -10,6 +10,8 @@ from .dataset_node import LoadTrainingImages
 from .dataset_options import Augmentation, BucketOptions, CaptionOptions
 from .load_node import LoadLora
 from .loss_plot_node import PlotTrainingLoss
+from .merge_node import MergeLoras
+from .resize_node import ResizeLora
 from .save_node import SaveLora
 from .train_node import TrainLora
 from .train_options import OPTION_NODES
@@ -19,4 +21,5 @@ from .video_dataset_node import LoadTrainingVideos
 class LoraLabExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [LoadTrainingImages, LoadTrainingVideos, BucketOptions, CaptionOptions, Augmentation, EncodingCacheNode,
-                TrainLora, *OPTION_NODES, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora, InspectLora]
+                TrainLora, *OPTION_NODES, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora, InspectLora, MergeLoras,
+                ResizeLora]

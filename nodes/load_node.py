@@ -7,10 +7,12 @@ from pathlib import Path
 
 import torch
 
-import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ..converters.convert import plan_conversion
+from ..converters.conversion_error import NotALoraError
+from ..converters.source import open_source
 from ..lora_core.errors import LoraFormatError
 from .lora_apply import apply_lora
 from .types import LORA
@@ -18,39 +20,43 @@ from .types import LORA
 log = logging.getLogger("lora_lab")
 
 NONE = "[none]"
-_cache: dict[str, tuple[float, dict[str, torch.Tensor]]] = {}
+_cache: dict[str, tuple[float, tuple[dict[str, torch.Tensor], str | None]]] = {}
 
 
-def _read_metadata(path: Path) -> dict[str, str]:
-    if path.suffix != ".safetensors":
-        return {}
-    from safetensors import safe_open
+def comfy_state_dict_from_file(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The LoRA's tensors in the form ComfyUI maps (diffusers/PEFT and others converted in memory), and its family.
 
-    with safe_open(str(path), framework="pt") as handle:
-        return handle.metadata() or {}
-
-
-def comfy_state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a LoRA file and bring its keys into the form ComfyUI maps (converting diffusers/PEFT in memory)."""
+    Damaged, empty or unsafe files (a pickle holding code is never unpickled) and files that are not LoRAs raise
+    a LoraFormatError naming the file. A key layout we do not parse goes to ComfyUI as it is: its own loader may
+    know it, and the match report below says what it mapped.
+    """
     mtime = path.stat().st_mtime
     cached = _cache.get(str(path))
     if cached and cached[0] == mtime:
         return cached[1]
-    state_dict = comfy.utils.load_torch_file(str(path), safe_load=True)
+    family = None
+    source = open_source(path)
     try:
-        from ..converters import to_comfyui_state_dict
-    except ImportError:  # converters not installed: ComfyUI's own key mapping still applies
-        to_comfyui_state_dict = None
-    if to_comfyui_state_dict is not None:
         try:
-            state_dict, _, report = to_comfyui_state_dict(state_dict, _read_metadata(path))
-            log.info("LoRA Lab: %s: %s", path.name, report)
-        except LoraFormatError as error:
-            # Not a format we convert (e.g. a family we do not map): ComfyUI may still know it.
+            conversion = plan_conversion(source, "comfyui")
+        except NotALoraError:
+            raise
+        except LoraFormatError as error:  # a layout we do not parse: ComfyUI's own loader may know it
             log.info("LoRA Lab: %s loaded as-is (%s)", path.name, error)
+            state_dict = {key: source.get(key) for key in source.keys()}
+        else:
+            report = conversion.report()
+            log.info("LoRA Lab: %s: %s", path.name, report)
+            state_dict = dict(conversion.tensors(source.get))
+            # keys no rule converts are left for ComfyUI's own loader (it reports any it cannot map either)
+            keys = set(source.keys())
+            state_dict.update({u.key: source.get(u.key) for u in report.unmatched if u.key in keys})
+            family = report.variant if report.family != "generic" else None
+    finally:
+        source.close()
     _cache.clear()
-    _cache[str(path)] = (mtime, state_dict)
-    return state_dict
+    _cache[str(path)] = (mtime, (state_dict, family))
+    return state_dict, family
 
 
 class LoadLora(io.ComfyNode):
@@ -79,15 +85,16 @@ class LoadLora(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name, strength_model, strength_clip, clip=None, lora=None) -> io.NodeOutput:
+        family = None
         if lora is not None:
             state_dict, source = lora.state_dict(), "from Train LoRA"
         elif lora_name != NONE:
             path = Path(folder_paths.get_full_path_or_raise("loras", lora_name))
-            state_dict, source = comfy_state_dict_from_file(path), lora_name
+            (state_dict, family), source = comfy_state_dict_from_file(path), lora_name
         else:
             raise LoraFormatError("Load LoRA: choose a lora_name or connect a LORA.")
         if strength_model == 0 and strength_clip == 0:
             return io.NodeOutput(model, clip, "strengths are 0: nothing applied")
-        model, clip, report = apply_lora(model, clip, state_dict, strength_model, strength_clip, source)
+        model, clip, report = apply_lora(model, clip, state_dict, strength_model, strength_clip, source, family)
         text = f"{source}: {report}"
         return io.NodeOutput(model, clip, text, ui=ui.PreviewText(text))

@@ -74,13 +74,15 @@ def match_report(model, clip, state_dict: dict[str, torch.Tensor]) -> ApplyRepor
 
 
 def apply_lora(model, clip, state_dict: dict[str, torch.Tensor], strength_model: float, strength_clip: float,
-               source: str) -> tuple[object, object, ApplyReport]:
-    """Return (model, clip) clones carrying the LoRA as ordinary patches, or raise if nothing matched."""
+               source: str, family: str | None = None) -> tuple[object, object, ApplyReport]:
+    """Return (model, clip) clones carrying the LoRA as ordinary patches, or raise if nothing matched.
+    family: what the file was detected as (named in the error when it does not fit the model)."""
     report = match_report(model, clip if strength_clip != 0 else None, state_dict)
     if report.modules_matched == 0:
+        what = f"a {family} LoRA" if family else "a LoRA"
         raise LoraFormatError(
-            f"LoRA {source}: none of its {report.modules_in_file} modules match this model "
-            f"(first keys: {', '.join(report.unmatched[:3])}). It was probably trained for another architecture."
+            f"LoRA {source}: {what} for another model: none of its {report.modules_in_file} modules match this "
+            f"model (first: {', '.join(report.unmatched[:3])})."
         )
     if report.unmatched:
         log.warning("LoRA Lab: %s: %s", source, report)

@@ -47,7 +47,7 @@ def module_deltas(sd, metadata=None, arch=None) -> dict[tuple[str, str], torch.T
             sizes = [unit * r for r in rule.ratios]
             swap = bool(rule.swap and rule.swap(total, cols))
         base = None
-        if "magnitude" in m.tensors:  # base in diffusers space, mapped to this module's layout
+        if "magnitude" in m.tensors or "dora_scale" in m.tensors:  # base in diffusers space, in this layout
             parts = [base_weight(n, s, cols) for n, s in zip(names, sizes)]
             base = torch.cat(parts, 0)[: rows]
             base = _swap(base) if swap else base

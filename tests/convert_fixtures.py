@@ -9,11 +9,8 @@ from pathlib import Path
 
 import torch
 
-# shared/ sits beside the checkout (CI clones the repo next to it); $LORA_KEY_FIXTURES overrides.
-FIXTURES = Path(os.environ.get("LORA_KEY_FIXTURES",
-                               Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lora_keys"))
-if not FIXTURES.is_dir():  # repo-local copy, when present
-    FIXTURES = Path(__file__).parent / "fixtures" / "lora_keys"
+# The repository's own copy is the reference (it grows with the families); $LORA_KEY_FIXTURES overrides.
+FIXTURES = Path(os.environ.get("LORA_KEY_FIXTURES", Path(__file__).parent / "fixtures" / "lora_keys"))
 
 _SHAPE = re.compile(r"\[([\d, ]*)\]|torch\.Size\(\[([\d, ]*)\]\)")
 

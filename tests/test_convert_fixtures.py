@@ -5,11 +5,15 @@ from __future__ import annotations
 import pytest
 
 from convert_deltas import assert_same_deltas, module_deltas
-from convert_fixtures import fixture_sections, fixture_state_dict
+from convert_fixtures import complete_modules, fixture_lines, fixture_sections, fixture_state_dict, guess_shape
+import torch
+
 from lora_lab.converters import convert_state_dict
+from lora_lab.converters.analyse import analyse
+from lora_lab.converters.source import DictSource
 
 # (fixture, section, arch or None, divisor, {target: set of reasons allowed for unmatched keys})
-NO_DIFFUSERS_FORM = "no exact diffusers/PEFT LoRA form"
+NO_DIFFUSERS_FORM = "diffusers/PEFT"  # "... has no (exact) diffusers/PEFT (LoRA) form"
 CASES = [
     ("flux_kohya_sdscripts.txt", None, None, 128, {}),
     ("flux_kohya_with_clip_te1.txt", None, None, 128, {}),
@@ -34,8 +38,38 @@ CASES = [
     ("wan_comfy_native_lightx2v_style.txt", 0, None, 1, {"diffusers": {NO_DIFFUSERS_FORM}}),
     ("wan_comfy_native_lightx2v_style.txt", 1, None, 1, {"diffusers": {NO_DIFFUSERS_FORM}}),
     ("wan_musubi_kohya_dora.txt", None, None, 1, {}),
-    ("hunyuanvideo_various.txt", 0, "hunyuan_video", 1, {"diffusers": {"no diffusers name map for hunyuan_video"}}),
+    ("hunyuanvideo_various.txt", 0, "hunyuan_video", 1, {"diffusers": {NO_DIFFUSERS_FORM}}),
+    ("hunyuanvideo_various.txt", 1, None, 1, {}),
+    ("hunyuanvideo_diffusers_and_diffusion_pipe.txt", 0, None, 64, {}),
+    ("hunyuanvideo_diffusers_and_diffusion_pipe.txt", 1, None, 64, {}),
+    ("qwen_image_formats.txt", 0, None, 64, {}),
+    ("qwen_image_formats.txt", 1, None, 64, {}),
+    ("qwen_image_formats.txt", 2, None, 64, {}),
+    ("qwen_image_formats.txt", 3, None, 64, {}),
+    ("qwen_image_formats.txt", 4, None, 64, {}),
+    ("chroma_formats.txt", 0, None, 64, {"diffusers": {"DoRA"}}),
+    ("chroma_formats.txt", 1, "chroma", 64, {}),
+    ("chroma_formats.txt", 2, "chroma", 64, {}),
+    ("lumina2_formats.txt", 0, None, 64, {}),
+    ("lumina2_formats.txt", 1, None, 64, {}),
+    ("z_image_formats.txt", 0, None, 64, {}),
+    ("z_image_formats.txt", 1, None, 64, {}),
+    ("z_image_formats.txt", 2, None, 64, {}),
+    ("wan22_ti2v_5b.txt", 0, None, 64, {}),
+    ("wan22_ti2v_5b.txt", 1, None, 64, {}),
+    ("wan22_ti2v_5b.txt", 2, None, 64, {}),
+    ("flux_onetrainer_dora_split_qkv.txt", None, None, 64, {"diffusers": {"DoRA"}}),
+    ("flux_diffusers_attention_only.txt", None, None, 64, {}),
 ]
+
+# (fixture, section) -> the family (and variant) detection must give without --arch
+DETECTED = {("hunyuanvideo_various.txt", 1): "hunyuan_video i2v", ("hunyuanvideo_diffusers_and_diffusion_pipe.txt", 0): "hunyuan_video",
+            ("hunyuanvideo_diffusers_and_diffusion_pipe.txt", 1): "hunyuan_video", ("qwen_image_formats.txt", 0): "qwen_image",
+            ("qwen_image_formats.txt", 4): "qwen_image", ("chroma_formats.txt", 0): "chroma",
+            ("lumina2_formats.txt", 0): "lumina2", ("lumina2_formats.txt", 1): "lumina2",
+            ("z_image_formats.txt", 0): "z_image", ("z_image_formats.txt", 1): "z_image", ("z_image_formats.txt", 2): "z_image",
+            ("wan22_ti2v_5b.txt", 0): "wan t2v (wan2.2_5b)", ("wan22_ti2v_5b.txt", 2): "wan t2v (wan2.2_5b)",
+            ("flux_onetrainer_dora_split_qkv.txt", None): "flux", ("flux_diffusers_attention_only.txt", None): "flux"}
 
 
 def _ids(case):
@@ -48,17 +82,28 @@ def test_fixture_converts_exactly(case, to):
     name, section, arch, divisor, allowed = case
     sd = fixture_state_dict(name, divisor, section)
     out, meta, report = convert_state_dict(sd, {}, to, arch=arch)
-    reasons = {u.reason for u in report.unmatched if not u.reason.startswith("alpha/DoRA tensor without")}
+    reasons = {u.reason for u in report.unmatched}
     unexpected = {r for r in reasons if not any(a in r for a in allowed.get(to, ()))}
     assert not unexpected, report
     if not out:
         assert reasons, "nothing converted and nothing reported"
         return
     before = module_deltas(sd, arch=arch)
-    after = module_deltas(out, meta, arch=arch)
+    after = module_deltas(out, meta, arch=arch or report.family)
     dropped = {u.key for u in report.unmatched}
     lost = set(module_deltas({k: sd[k] for k in dropped if k in sd}, arch=arch or report.family)) if dropped else set()
     assert_same_deltas(before, after, only_in=set(before) - lost)
+
+
+@pytest.mark.parametrize("case", sorted(DETECTED, key=str), ids=[f"{n}[{s}]" for n, s in sorted(DETECTED, key=str)])
+def test_family_and_variant_detected_from_keys_and_shapes(case):
+    """At full size: shapes are part of the evidence (e.g. Wan 2.2 TI2V-5B is the width-3072 Wan)."""
+    name, section = case
+    lines = fixture_lines(name) if section is None else fixture_sections(name)[section]
+    shapes = dict(lines)
+    sd = {k: torch.tensor(1.0) if k.endswith(".alpha") else torch.empty(shapes.get(k) or guess_shape(k), device="meta")
+          for k in complete_modules([k for k, _ in lines])}
+    assert analyse(DictSource(sd)).variant == DETECTED[case]
 
 
 def test_every_fixture_section_is_covered():
@@ -69,5 +114,5 @@ def test_every_fixture_section_is_covered():
     covered = {c[0] for c in CASES}
     for f in os.listdir(FIXTURES):
         if f.endswith(".txt"):
-            assert f in covered or f == "hunyuanvideo_various.txt", f
+            assert f in covered, f
     assert len(fixture_sections("sd15_sdxl_diffusers_unet_prefix_not_loaded_by_comfy.txt")) == 4

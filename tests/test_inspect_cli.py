@@ -36,7 +36,7 @@ def test_cli_convert_streams_same_tensors_as_in_memory(tmp_path, capsys):
     src, meta = _write_fixture(tmp_path)
     out = tmp_path / "out.safetensors"
     assert main(["convert", str(src), str(out), "--to", "comfyui"]) == 0
-    assert "unmatched keys: 0" in capsys.readouterr().out
+    assert "unconverted keys: 0" in capsys.readouterr().out
     expected, _, _ = convert_state_dict(load_file(src), meta, "comfyui")
     got = load_file(out)
     assert set(got) == set(expected)
@@ -46,7 +46,7 @@ def test_cli_convert_streams_same_tensors_as_in_memory(tmp_path, capsys):
         m = f.metadata()
     assert m["ss_output_name"] == "hands" and m["modelspec.trigger_phrase"] == "hndz, good hands"
     assert "lora_adapter_metadata" not in m
-    assert main(["convert", str(src), str(out), "--to", "comfyui"]) == 2  # exists, no --overwrite
+    assert main(["convert", str(src), str(out), "--to", "comfyui"]) == 1  # exists, no --overwrite: error
 
 
 def test_cli_dtype_and_diffusers_metadata(tmp_path):

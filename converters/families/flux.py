@@ -5,7 +5,7 @@ from __future__ import annotations
 from .rule import Rule
 
 
-def _always(out_rows: int, in_features: int) -> bool:
+def always(out_rows: int, in_features: int) -> bool:
     return True
 
 
@@ -14,21 +14,29 @@ T = "transformer_blocks.{i}."
 S = "single_blocks.{i}."
 ST = "single_transformer_blocks.{i}."
 
-RULES = [
+# Attention and MLP of both block kinds: shared by Flux-derived models (Chroma, HunyuanVideo).
+DOUBLE_BLOCK = [
     Rule(D + "img_attn.qkv", (T + "attn.to_q", T + "attn.to_k", T + "attn.to_v"), (1, 1, 1)),
     Rule(D + "txt_attn.qkv", (T + "attn.add_q_proj", T + "attn.add_k_proj", T + "attn.add_v_proj"), (1, 1, 1)),
     Rule(D + "img_attn.proj", (T + "attn.to_out.0",)),
     Rule(D + "txt_attn.proj", (T + "attn.to_add_out",)),
-    Rule(D + "img_mod.lin", (T + "norm1.linear",)),
-    Rule(D + "txt_mod.lin", (T + "norm1_context.linear",)),
     Rule(D + "img_mlp.0", (T + "ff.net.0.proj",)),
     Rule(D + "img_mlp.2", (T + "ff.net.2",)),
     Rule(D + "txt_mlp.0", (T + "ff_context.net.0.proj",)),
     Rule(D + "txt_mlp.2", (T + "ff_context.net.2",)),
-    # single block: linear1 = [q | k | v | mlp_in (4 * hidden)]
+]
+# single block: linear1 = [q | k | v | mlp_in (4 * hidden)]
+SINGLE_BLOCK = [
     Rule(S + "linear1", (ST + "attn.to_q", ST + "attn.to_k", ST + "attn.to_v", ST + "proj_mlp"), (1, 1, 1, 4)),
     Rule(S + "linear2", (ST + "proj_out",)),
+]
+MODULATION = [
+    Rule(D + "img_mod.lin", (T + "norm1.linear",)),
+    Rule(D + "txt_mod.lin", (T + "norm1_context.linear",)),
     Rule(S + "modulation.lin", (ST + "norm.linear",)),
+]
+
+RULES = DOUBLE_BLOCK + SINGLE_BLOCK + MODULATION + [
     Rule("img_in", ("x_embedder",)),
     Rule("txt_in", ("context_embedder",)),
     Rule("time_in.in_layer", ("time_text_embed.timestep_embedder.linear_1",)),
@@ -39,5 +47,8 @@ RULES = [
     Rule("guidance_in.out_layer", ("time_text_embed.guidance_embedder.linear_2",)),
     Rule("final_layer.linear", ("proj_out",)),
     # AdaLayerNormContinuous: original rows are (shift, scale), diffusers rows are (scale, shift)
-    Rule("final_layer.adaLN_modulation.1", ("norm_out.linear",), swap=_always),
+    Rule("final_layer.adaLN_modulation.1", ("norm_out.linear",), swap=always),
 ]
+
+# Flux-dev / schnell have 19 double and 38 single blocks: a higher index is another model (HunyuanVideo, Qwen).
+BLOCK_LIMITS = {"double_blocks": 19, "single_blocks": 38, "transformer_blocks": 19, "single_transformer_blocks": 38}

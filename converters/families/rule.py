@@ -31,12 +31,14 @@ class Rule:
 
     swap(out_rows, in_features) says whether the B rows are stored as (shift, scale) on one side and
     (scale, shift) on the other (AdaLayerNormContinuous), in which case the two row halves are exchanged.
+    `also`: other spellings of `original` that trainers write (read only; output always uses `original`).
     """
 
     original: str
     parts: tuple[str, ...]
     ratios: tuple[int, ...] = (1,)
     swap: Callable[[int, int], bool] | None = None
+    also: tuple[str, ...] = ()
     compiled: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self):
@@ -60,6 +62,14 @@ class Rule:
 def same_name(*names: str) -> list[Rule]:
     """Modules whose name is identical on both sides (still listed so they are recognised)."""
     return [Rule(n, (n,)) for n in names]
+
+
+def prefixed(prefix: str, rules: list[Rule], diffusers_prefix: str | None = None) -> list[Rule]:
+    """The same rules one level down (e.g. per block): `prefix` on the original side, `diffusers_prefix`
+    (default: the same) on the diffusers side."""
+    dp = prefix if diffusers_prefix is None else diffusers_prefix
+    return [Rule(prefix + r.original, tuple(dp + p for p in r.parts), r.ratios, r.swap,
+                 tuple(prefix + a for a in r.also)) for r in rules]
 
 
 @dataclass
@@ -88,7 +98,8 @@ class RuleIndex:
         self.rules = rules
         self._index: dict[tuple[str, bool], list[tuple[Rule, str, int, str]]] = {}
         for rule in rules:
-            entries = [("original", -1, rule.original)] + [("diffusers", k, p) for k, p in enumerate(rule.parts)]
+            entries = [("original", -1, t) for t in (rule.original, *rule.also)]
+            entries += [("diffusers", k, p) for k, p in enumerate(rule.parts)]
             for side, part, template in entries:
                 for flat in (False, True):
                     text = flatten(template) if flat else template
@@ -102,3 +113,14 @@ class RuleIndex:
             if m:
                 return Match(rule, side, part, m.groupdict())
         return None
+
+
+class PassThroughIndex(RuleIndex):
+    """A model with no name map: every module name is its own rule, kept as is (ComfyUI's loader maps a
+    model's own module names for every model it loads)."""
+
+    def __init__(self):
+        super().__init__([])
+
+    def match(self, name: str, flat: bool, sides: tuple[str, ...] = ("original", "diffusers")) -> Match | None:
+        return Match(Rule(name, (name,)), "original", -1, {}) if "original" in sides else None

@@ -39,3 +39,6 @@ RULES = [
     Rule("final_layer.linear", ("proj_out",)),
     Rule("final_layer.adaLN_modulation.1", ("norm_out.linear",), swap=_always),
 ]
+
+# SD3 medium has 24 joint blocks, SD3.5 large 38: a higher index is another model (e.g. Qwen-Image's 60).
+BLOCK_LIMITS = {"joint_blocks": 38, "transformer_blocks": 38}
