@@ -8,10 +8,17 @@ from .convert_nodes import ConvertLora, InspectLora
 from .dataset_node import LoadTrainingImages
 from .load_node import LoadLora
 from .loss_plot_node import PlotTrainingLoss
+from .progress_events import prompt_server
+from .progress_log import register_routes
 from .save_node import SaveLora
 from .train_node import TrainLora
 
 
 class LoraLabExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # GET /lora_lab/progress (a page reloaded mid-run restores its chart). Here, not in on_load: the January
+        # 2026 ComfyUI never calls on_load. Both add the server's routes only after loading the custom nodes.
+        server = prompt_server()
+        if server is not None:
+            register_routes(server.routes)
         return [LoadTrainingImages, TrainLora, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora, InspectLora]
