@@ -71,10 +71,11 @@ def _prompt_server():
 
 
 class _Progress:
-    """Progress bar, loss text and the live chart's events, all throttled so a fast run does not flood the
-    browser's socket. Never lets ComfyUI's hook raise on cancel mid-step (the partial LoRA is saved first)."""
+    """Progress bar and the live chart's events (web/: step, loss, lr, steps/s, ETA), both throttled so a fast
+    run does not flood the browser's socket. Never lets ComfyUI's hook raise on cancel mid-step (the partial
+    LoRA is saved first)."""
 
-    BAR_INTERVAL = 0.25  # seconds between progress-bar / text updates (the last step is always shown)
+    BAR_INTERVAL = 0.25  # seconds between progress-bar updates (the last step is always shown)
 
     def __init__(self, total: int, node_id: str | None):
         self.bar = comfy.utils.ProgressBar(total)
@@ -102,8 +103,6 @@ class _Progress:
             return
         self._bar_time = now
         self.bar.update_absolute(step, total)
-        if self.node_id and self.server is not None:
-            self.server.send_progress_text(text, self.node_id)
 
 
 def _save_partial(lora: TrainedLora, name: str, step: int, reason: str) -> Path:

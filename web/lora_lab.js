@@ -8,7 +8,8 @@ import { PROPERTY, TrainChart } from "./train_chart.js";
 const NODE_TYPE = "LoraLabTrain";
 let runningPrompt = null; // from execution_start: the prompt whose nodes are executing now
 
-const rootGraph = () => app.rootGraph ?? app.graph;
+// app.rootGraph (1.35 and 1.49); 1.49 logs an error when it is read before the graph exists.
+const rootGraph = () => ("isGraphReady" in app && !app.isGraphReady ? null : app.rootGraph);
 
 // A node from the execution id ComfyUI sends ("11", or "5:11" inside a subgraph).
 function trainNode(executionId) {
@@ -50,12 +51,17 @@ async function finalStatus(promptId) {
   return entry.status.status_str === "error" ? "error" : "done";
 }
 
-// A page (re)loaded during a run: take the points it missed from the server's run log, then settle the status.
-async function resume(chart, promptId = chart.series.promptId) {
-  if (!promptId) return;
+// The points of a run that this page missed, from the server's run log.
+async function fetchRun(chart, promptId) {
   const query = new URLSearchParams({ prompt_id: promptId, node_id: String(chart.node.id) });
   const { runs } = await getJson(`/lora_lab/progress?${query}`);
   if (runs.length) chart.backfill(runs[runs.length - 1]);
+}
+
+// A page (re)loaded during a run: take the points it missed, then settle the status.
+async function resume(chart, promptId = chart.series.promptId) {
+  if (!promptId) return;
+  await fetchRun(chart, promptId);
   const status = await finalStatus(promptId);
   if (status) chart.finish(status);
   else if (!(await runningPromptIds()).includes(promptId)) chart.finish("stopped", "the server has no record of the end of this run");
@@ -117,7 +123,7 @@ app.registerExtension({
     const { onNodeCreated, onConfigure, onSerialize } = proto;
     proto.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);
-      this.loraLabChart = new TrainChart(this, viewUrl);
+      this.loraLabChart = new TrainChart(this, { viewUrl, fetchRun, canvasScale: () => app.canvas?.ds?.scale ?? 1 });
       const [w, h] = this.computeSize();
       this.setSize([Math.max(this.size[0], w, 420), Math.max(this.size[1], h)]);
       return result;
@@ -140,6 +146,10 @@ app.registerExtension({
     };
   },
   async setup() {
+    await resumeAll();
+  },
+  // A workflow was opened (also the one restored after a page reload): catch up with a run in progress.
+  async afterConfigureGraph() {
     await resumeAll();
   },
 });

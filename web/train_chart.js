@@ -9,9 +9,11 @@ const MAX_SAMPLES = 8;
 const ACTIVE = new Set(["starting", "running"]);
 
 export class TrainChart {
-  constructor(node, viewUrl) {
+  constructor(node, { viewUrl, canvasScale, fetchRun }) {
     this.node = node;
     this.viewUrl = viewUrl; // (imageRef) -> URL of a /view image
+    this.canvasScale = canvasScale; // () -> the graph canvas' zoom, to draw sharp when zoomed in
+    this.fetchRun = fetchRun; // (chart, promptId) -> Promise: backfill from the server's run log
     this.series = new RunSeries();
     this.status = "idle"; // idle | starting | running | done | cancelled | error | stopped
     this.message = "";
@@ -78,9 +80,17 @@ export class TrainChart {
     if (this._isNewRun(d.prompt_id, points[0][0])) this.start(d.prompt_id, d.total);
     this.series.promptId ??= d.prompt_id ?? null;
     this.series.total = d.total ?? this.series.total;
+    // Steps missing before these (the page was reloaded or joined mid-run): fetch them from the server.
+    const gap = points[0][0] > this.series.lastStep + 1;
     this.received += this.series.add(points);
     this.events += 1;
-    if (this.status === "starting") this.status = "running";
+    if (this.status === "starting") [this.status, this.message] = ["running", ""];
+    if (gap && d.prompt_id && !this._fetching) {
+      this._fetching = true;
+      Promise.resolve(this.fetchRun?.(this, d.prompt_id))
+        .catch((e) => console.warn("LoRA Lab: could not fetch the missed steps", e))
+        .finally(() => (this._fetching = false));
+    }
     this.schedule();
   }
 
@@ -97,7 +107,7 @@ export class TrainChart {
     if (this.status === "idle" || run.prompt_id !== this.series.promptId) this.start(run.prompt_id, run.total);
     this.series.total = run.total;
     this.received += this.series.add(run.points);
-    if (this.status === "starting" && this.series.length) this.status = "running";
+    if (this.status === "starting" && this.series.length) [this.status, this.message] = ["running", ""];
     this.schedule();
   }
 
@@ -114,7 +124,7 @@ export class TrainChart {
 
   draw() {
     this._frame = 0;
-    const zoom = this.node.graph?.list_of_graphcanvas?.[0]?.ds?.scale ?? 1;
+    const zoom = this.canvasScale?.() ?? 1;
     const scale = Math.min(3, (window.devicePixelRatio || 1) * Math.max(1, zoom));
     this.drawnPoints = drawChart(this.canvas, this.series, scale);
     this.draws += 1;
