@@ -16,7 +16,7 @@ input in place (ComfyUI's Flux: `x += ...`) cannot corrupt the copy kept for rec
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -76,11 +76,16 @@ def _split(args: tuple, kwargs: dict) -> tuple[list[torch.Tensor], Callable[[lis
     return [leaves[i] for i in where], rebuild
 
 
-def _checkpointed(forward: Callable[..., Any], clone_inputs: bool) -> Callable[..., Any]:
+def _checkpointed(forward: Callable[..., Any], clone_inputs: bool, learns: bool) -> Callable[..., Any]:
+    """learns: the unit holds trainable parameters (or adapted layers), so it must join the graph even when
+    no input needs grad; a unit that does not learn and gets no grad-needing input keeps nothing at all."""
     def wrapped(*args, **kwargs):
         if not torch.is_grad_enabled():
             return forward(*args, **kwargs)
         tensors, rebuild = _split(args, kwargs)
+        if not learns and not any(t.requires_grad for t in tensors):
+            with torch.no_grad():
+                return forward(*args, **kwargs)
         output: dict[str, Any] = {}
 
         def body(_anchor, *values):
@@ -93,9 +98,9 @@ def _checkpointed(forward: Callable[..., Any], clone_inputs: bool) -> Callable[.
             output["leaves"] = leaves
             return tuple(leaf for leaf in leaves if isinstance(leaf, torch.Tensor))
 
-        # The anchor needs grad so that backward reaches this unit even when no input does (the first
+        # The anchor needs grad so that backward reaches a learning unit even when no input does (the first
         # block before any LoRA): its adapters' parameters still need their gradients.
-        anchor = torch.zeros((), device=tensors[0].device if tensors else None, requires_grad=True)
+        anchor = torch.zeros((), device=tensors[0].device if tensors else None, requires_grad=learns)
         flat = iter(checkpoint(body, anchor, *tensors, use_reentrant=True, preserve_rng_state=True))
         leaves = [next(flat) if isinstance(leaf, torch.Tensor) else leaf for leaf in output["leaves"]]
         return tree_unflatten(leaves, output["spec"])
@@ -104,9 +109,12 @@ def _checkpointed(forward: Callable[..., Any], clone_inputs: bool) -> Callable[.
 
 
 @contextmanager
-def gradient_checkpointing(root: nn.Module, enabled: bool = True, guard_inplace: bool = False) -> Iterator[int]:
+def gradient_checkpointing(root: nn.Module, enabled: bool = True, guard_inplace: bool = False,
+                           adapted: Iterable[nn.Module] = ()) -> Iterator[int]:
     """Wrap the units' forwards for the duration (checkpointing and/or the in-place input guard); yields the
-    number of units wrapped. Original forwards are restored in finally."""
+    number of units wrapped. adapted: layers carrying trainable side paths (hooks, not submodules).
+    Original forwards are restored in finally."""
+    adapted_ids = {id(m) for m in adapted}
     if not (enabled or guard_inplace):
         yield 0
         return
@@ -115,7 +123,8 @@ def gradient_checkpointing(root: nn.Module, enabled: bool = True, guard_inplace:
         for unit in checkpoint_units(root):
             saved.append((unit, unit.__dict__.get("forward", _MISSING)))
             forward = guard_inplace_inputs(unit.forward) if guard_inplace else unit.forward
-            unit.forward = _checkpointed(forward, clone_inputs=guard_inplace) if enabled else forward
+            learns = any(p.requires_grad for p in unit.parameters()) or any(id(m) in adapted_ids for m in unit.modules())
+            unit.forward = _checkpointed(forward, guard_inplace, learns) if enabled else forward
         yield len(saved)
     finally:
         for unit, original in reversed(saved):

@@ -73,8 +73,15 @@ def training_metadata(
     resolution: tuple[int, int] | None = None,
     started_at: float | None = None,
     finished_at: float | None = None,
+    compute_dtype: str | None = None,
+    base_loras: list[dict] | None = None,
 ) -> dict[str, str]:
-    """Header metadata (all values str) for a LoRA trained by LoRA Lab."""
+    """Header metadata (all values str) for a LoRA trained by LoRA Lab.
+
+    precision is the autocast asked for; compute_dtype the dtype the layers really computed in (what
+    ss_mixed_precision reports); base_loras the LoRAs the trained model already carried.
+    """
+    ran = compute_dtype or precision
     # Any model ComfyUI loads can be trained: unknown families get their own name in the metadata.
     fam = FAMILIES.get(family, {"ss": family, "arch": f"{family}/lora", "impl": ""})
     triggers = [trigger_words] if isinstance(trigger_words, str) else list(trigger_words)
@@ -93,7 +100,7 @@ def training_metadata(
         "ss_gradient_accumulation_steps": str(int(grad_accum)),
         "ss_lr_scheduler": lr_schedule,
         "ss_lr_warmup_steps": str(int(warmup_steps)),
-        "ss_mixed_precision": {"fp32": "no"}.get(precision, precision),
+        "ss_mixed_precision": {"fp32": "no"}.get(ran, ran),
         "ss_seed": str(int(seed)),
         "ss_training_comment": comment,
         "ss_tag_frequency": json.dumps(tag_frequency(captions), sort_keys=True),
@@ -113,7 +120,11 @@ def training_metadata(
         "lora_lab_learning_rate": _num(learning_rate),
         "lora_lab_dataset_size": str(int(num_images)),
         "lora_lab_trigger_words": json.dumps(triggers),
+        "lora_lab_autocast": precision,
+        "lora_lab_compute_dtype": ran,
     }
+    if base_loras:
+        meta["lora_lab_base_loras"] = json.dumps(base_loras, sort_keys=True)
     if resolution is not None:
         meta["modelspec.resolution"] = f"{int(resolution[0])}x{int(resolution[1])}"
     if started_at is not None:

@@ -293,7 +293,9 @@ def _loop(run: _Run, on_step, should_stop, interrupt_on, validate) -> TrainResul
         stack.enter_context(frozen_base(backend.root, getattr(backend, "fetch_weight", plain_fetch),
                                         getattr(backend, "is_plain", torch_plain)))
         stack.enter_context(attached(backend.root, run.adapters))
-        stack.enter_context(gradient_checkpointing(backend.root, config.gradient_checkpointing, config.guard_inplace))
+        modules = dict(backend.root.named_modules())
+        stack.enter_context(gradient_checkpointing(backend.root, config.gradient_checkpointing, config.guard_inplace,
+                                                   adapted=[modules[name] for name in run.adapters]))
         while len(run.losses) < config.steps:
             if should_stop is not None and should_stop():
                 return run.result(interrupted=True)

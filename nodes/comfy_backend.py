@@ -1,8 +1,10 @@
-"""The training loop's Backend for a ComfyUI ModelPatcher.
+"""The training loop's Backend for a ComfyUI ModelPatcher: it trains the function the sampler runs.
 
-Everything architecture-specific (input scaling, timestep mapping, extra conditioning such as SDXL's
-size vector or Flux's guidance) is left to ComfyUI's own ``BaseModel.apply_model``, which returns the
-denoised x0 estimate D. The loop turns D into the model's native loss with ``c_out`` (DESIGN.md §2).
+Everything architecture-specific (input scaling, timestep mapping, extra conditioning such as SDXL's size
+vector or Flux's guidance) is left to ComfyUI's own ``BaseModel.apply_model``, which returns the denoised
+x0 estimate D; the loop turns D into the model's native loss with ``c_out`` (DESIGN.md §2). As the sampler
+does, the model sampling comes from the patcher (so ModelSamplingFlux/SD3/Discrete nodes upstream apply),
+and the patcher's model_options (transformer_options patches, wrappers, model_function_wrapper) are honoured.
 """
 
 from __future__ import annotations
@@ -11,13 +13,32 @@ from typing import Any
 
 import torch
 
-import comfy.model_management
-import comfy.samplers
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.ops
 import comfy.sampler_helpers
+import comfy.samplers
+
+from ..lora_core.frozen_layers import plain_fetch, plain_geometry, torch_plain
 
 # Keep u away from the ends: sigma(0) = 0 would make c_out zero, and sigma(1) is infinite for
 # some discrete schedules (ComfyUI's percent_to_sigma(0) returns 1e9).
 _U_EPS = 1e-4
+
+# ComfyUI's sampling kinds, most specific first (EDM subclasses V_PREDICTION, which subclasses EPS).
+_PREDICTIONS = (
+    ("EDM", "edm"), ("V_PREDICTION_DDPM", "v"), ("V_PREDICTION", "v"), ("IMG_TO_IMG_FLOW", "flow"),
+    ("CONST", "flow"), ("COSMOS_RFLOW", "flow"), ("X0", "x0"), ("EPS", "eps"),
+)
+
+
+def prediction_kind(sampling) -> str:
+    """eps, v, flow, edm or x0, by isinstance on ComfyUI's sampling classes (the class name is always ModelSampling)."""
+    for name, kind in _PREDICTIONS:
+        cls = getattr(comfy.model_sampling, name, None)
+        if cls is not None and isinstance(sampling, cls):
+            return kind
+    return "unknown"
 
 
 class SampleCond:
@@ -29,12 +50,18 @@ class SampleCond:
     def inputs(self) -> dict[str, Any]:
         return {k: c.process_cond(batch_size=1, area=None) for k, c in self.model_conds.items()}
 
+    def can_concat(self, other: "SampleCond") -> bool:
+        """The sampler's rule for batching two conds (CLIP lengths repeat to a common multiple, T5 ones do not)."""
+        if self.model_conds.keys() != other.model_conds.keys():
+            return False
+        return all(c.can_concat(other.model_conds[k]) for k, c in self.model_conds.items())
+
 
 def encode_sample_cond(patcher, conditioning: list, latent: torch.Tensor, seed: int) -> SampleCond:
     """Run the model's ``extra_conds`` for one latent, exactly as the sampler would for one cond.
 
     conditioning: ComfyUI CONDITIONING ([[cross_attn, {"pooled_output": ...}], ...]); only its first entry
-    is used (a caption encodes to one). latent: (C, H, W), already process_latent_in-ed.
+    is used (a caption encodes to one). latent: (C, H, W) or (C, T, H, W), already process_latent_in-ed.
     """
     device = patcher.load_device
     converted = comfy.sampler_helpers.convert_cond(conditioning[:1])
@@ -45,22 +72,67 @@ def encode_sample_cond(patcher, conditioning: list, latent: torch.Tensor, seed: 
     return SampleCond(encoded[0]["model_conds"])
 
 
+def concat_groups(conds: list[SampleCond]) -> list[list[int]]:
+    """Indices grouped so that each group can be one model call (the sampler's can_concat rule)."""
+    groups: list[list[int]] = []
+    for i, cond in enumerate(conds):
+        for group in groups:
+            if conds[group[0]].can_concat(cond):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+def _casts_in_forward(module: torch.nn.Module, like: torch.Tensor) -> bool:
+    return bool(getattr(module, "comfy_cast_weights", False) or getattr(module, "weight_function", None)
+                or getattr(module, "bias_function", None) or module.weight.device != like.device)
+
+
+def comfy_fetch(module: torch.nn.Module, like: torch.Tensor):
+    """A layer's effective weight, exactly as its own forward gets it: ComfyUI's cast (lowvram/partial loading,
+    manual_cast, fp8 dequantisation, LoRA patches applied per forward) when the layer casts, else the weight."""
+    if not _casts_in_forward(module, like):
+        return plain_fetch(module, like)
+    weight, bias, stream = comfy.ops.cast_bias_weight(module, like, offloadable=True)
+    return weight, bias, lambda: comfy.ops.uncast_bias_weight(module, weight, bias, stream)
+
+
+def comfy_plain(module: torch.nn.Module) -> bool:
+    """comfy.ops Linear/Conv (any cast mode) or torch's own: forward is the textbook linear/conv of its weight.
+    Quantized mixed-precision layers scale their input first, so they keep autograd's own path."""
+    if torch_plain(module):
+        return True
+    forward = type(module).forward
+    return (getattr(forward, "__module__", "") == "comfy.ops" and plain_geometry(module)
+            and getattr(module, "pre_quant_scale", None) is None and getattr(module, "layout_type", None) is None)
+
+
 class ComfyBackend:
     """lora_core Backend over ComfyUI's BaseModel: D(x_t) = apply_model(x_t, sigma, **conds)."""
+
+    fetch_weight = staticmethod(comfy_fetch)
+    is_plain = staticmethod(comfy_plain)
 
     def __init__(self, patcher):
         self.patcher = patcher
         self.model = patcher.model
         self.root = self.model.diffusion_model
-        self.sampling = self.model.model_sampling
+        self.sampling = patcher.get_model_object("model_sampling")
         self.device = patcher.load_device
-        self.prediction = type(self.sampling).__name__
+        self.prediction = prediction_kind(self.sampling)
+        self.compute_dtype = self.model.manual_cast_dtype or self.model.get_dtype()
+        # what the sampler adds before calling the model: the patcher's wrappers and callbacks
+        self.model_options = comfy.model_patcher.create_model_options_clone(patcher.model_options)
+        self.model_options.setdefault("transformer_options", {})
+        comfy.sampler_helpers.prepare_model_patcher(patcher, {}, self.model_options)
 
     def sigma_from_u(self, u: torch.Tensor) -> torch.Tensor:
         # percent_to_sigma(p) maps sampling progress p (0 = start = most noise) to sigma with the model's
         # own schedule and shift, so u (0 = clean) is 1 - p.
         u = u.clamp(_U_EPS, 1.0 - _U_EPS)
-        sigmas = [self.sampling.percent_to_sigma(1.0 - float(x)) for x in u]
+        sigmas = [float(self.sampling.percent_to_sigma(1.0 - float(x))) for x in u]
         return torch.tensor(sigmas, dtype=torch.float32, device=self.device)
 
     def noisy(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -71,42 +143,23 @@ class ComfyBackend:
         return self.sampling.calculate_denoised(sigma, ones, torch.zeros_like(ones)).flatten()
 
     def denoise(self, x_t: torch.Tensor, sigma: torch.Tensor, conds: list[SampleCond]) -> torch.Tensor:
-        # Each sample keeps its own caption: the conds are concatenated along the batch in the same
-        # order as x_t, never crossed with every latent as the sampler's cond batching would.
+        # Each sample keeps its own caption: conds are concatenated along the batch in x_t's order, never
+        # crossed with every latent as the sampler's cond batching would; conds that cannot share a call
+        # (T5 captions of different lengths) are split into calls the way the sampler splits them.
+        out: list[torch.Tensor | None] = [None] * len(conds)
+        for group in concat_groups(conds):
+            index = torch.tensor(group, device=x_t.device)
+            denoised = self._apply(x_t.index_select(0, index), sigma.index_select(0, index), [conds[i] for i in group])
+            for row, i in enumerate(group):
+                out[i] = denoised[row]
+        return torch.stack(out)
+
+    def _apply(self, x: torch.Tensor, sigma: torch.Tensor, conds: list[SampleCond]) -> torch.Tensor:
         c = comfy.samplers.cond_cat([cond.inputs() for cond in conds])
-        c["transformer_options"] = {"sigmas": sigma, "cond_or_uncond": [0], "uuids": []}
-        return self.model.apply_model(x_t, sigma, **c)
-
-
-def make_weights_autograd_safe(root: torch.nn.Module) -> int:
-    """Swap inference-mode weights for ordinary copies of the same values; returns how many were swapped.
-
-    Loaders run under inference_mode, so the model's weights are inference tensors, and autograd refuses to
-    save them for backward (every frozen layer after the first LoRA needs its weight to pass gradients
-    back). ComfyUI's native trainer avoids this only because it rebuilds every weight through a wrapper.
-    The swap is invisible to the rest of the graph: same values, same dtype and device, no grad.
-    Call under ``torch.inference_mode(False)``.
-    """
-    swapped = 0
-    for module in root.modules():
-        for name, param in list(module.named_parameters(recurse=False)):
-            if param.is_inference():
-                setattr(module, name, torch.nn.Parameter(param.clone(), requires_grad=False))
-                swapped += 1
-        for name, buffer in list(module.named_buffers(recurse=False)):
-            if buffer is not None and buffer.is_inference():
-                module._buffers[name] = buffer.clone()
-                swapped += 1
-    return swapped
-
-
-def load_for_training(patcher, sample_shape: tuple[int, ...], batch_size: int) -> None:
-    """Load the model through ComfyUI's memory manager, leaving room for training activations.
-
-    No forced full load: with the LoRA as a bypass side path, lowvram/partial loading keeps working.
-    """
-    shape = (batch_size,) + tuple(sample_shape)
-    # Backward keeps every activation of the forward pass; ComfyUI's inference estimate times a
-    # conservative factor leaves that room.
-    memory = patcher.memory_required(shape) * 3
-    comfy.model_management.load_models_gpu([patcher], memory_required=memory)
+        options = dict(self.model_options["transformer_options"])
+        options.update(cond_or_uncond=[0] * len(conds), uuids=[], sigmas=sigma)
+        c["transformer_options"] = options
+        wrapper = self.model_options.get("model_function_wrapper")
+        if wrapper is not None:
+            return wrapper(self.model.apply_model, {"input": x, "timestep": sigma, "c": c, "cond_or_uncond": [0] * len(conds)})
+        return self.model.apply_model(x, sigma, **c)

@@ -33,7 +33,8 @@ class TrainedLora:
         return self.weights.kohya_state_dict(names.__getitem__)
 
 
-def trained_lora(result, config, dataset, family: str, name: str, prediction: str = "") -> TrainedLora:
+def trained_lora(result, config, dataset, family: str, name: str, prediction: str = "",
+                 base_loras: list[dict] | None = None) -> TrainedLora:
     """Attach ss_*/modelspec metadata (lora_core.lora_file.training_metadata) to a TrainResult's weights."""
     metadata = training_metadata(
         family=family, rank=config.rank, alpha=config.alpha, learning_rate=config.learning_rate,
@@ -42,7 +43,7 @@ def trained_lora(result, config, dataset, family: str, name: str, prediction: st
         warmup_steps=config.warmup_steps, seed=config.seed, precision=config.precision, dropout=config.dropout,
         targets=config.targets, prediction=prediction, output_name=name,
         trigger_words=dataset.trigger_word, captions=[image.caption for image in dataset.images],
-        resolution=dataset.resolution,
+        resolution=dataset.resolution, compute_dtype=result.compute_dtype, base_loras=base_loras,
     )
     weights = LoraWeights(modules=result.lora.modules, metadata={**result.lora.metadata, **metadata})
     return TrainedLora(weights=weights, family=family)

@@ -12,10 +12,14 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
-from ..lora_core.errors import NonFiniteLossError
+from ..lora_core.errors import NonFiniteLossError, TrainingOutOfMemory
 from ..lora_core.lora_file import save_lora_file
-from ..lora_core.trainer import TrainConfig, TrainSample, train, usable_in_autograd
-from .comfy_backend import ComfyBackend, encode_sample_cond, load_for_training, make_weights_autograd_safe
+from ..lora_core.memory_estimate import training_memory
+from ..lora_core.targets import select_targets
+from ..lora_core.train_state import save_train_state, state_path
+from ..lora_core.trainer import StepReport, TrainConfig, train
+from .base_loras import base_loras
+from .comfy_backend import ComfyBackend
 from .comfy_paths import lora_output_name, unused_lora_path
 from .family import model_family
 from .lora_apply import apply_lora
@@ -23,6 +27,7 @@ from .lora_state import TrainedLora, trained_lora
 from .progress_events import ProgressStream, running_prompt_id, server_sender
 from .progress_log import RUN_LOG
 from .rope_autograd import ensure_rope_autograd
+from .training_data import build_samples, encode_captions, encode_latents
 from .types import DATASET, LORA, LOSS
 
 log = logging.getLogger("lora_lab")
@@ -33,21 +38,8 @@ TIMESTEP_SAMPLING = ["auto", "uniform", "logit_normal"]
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 
 
-def _encode_latents(vae, patcher, dataset) -> list[torch.Tensor]:
-    """VAE-encode every image once; ``process_latent_in`` puts them in the space the model trains in."""
-    latents = []
-    for image in dataset.images:
-        raw = vae.encode(image.pixels.unsqueeze(0)[..., :3])
-        latents.append(patcher.model.process_latent_in(raw)[0].float())
-    return latents
-
-
-def _encode_captions(clip, captions: list[str]) -> dict[str, list]:
-    """Each distinct caption is encoded once, to the CONDITIONING ComfyUI's CLIPTextEncode would give."""
-    return {text: clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in dict.fromkeys(captions)}
-
-
-def _resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 autocast on GPUs that support it; elsewhere no autocast (the model's own dtype computes)."""
     if precision != "auto":
         return precision
     if device.type == "cuda" and comfy.model_management.should_use_bf16(device):
@@ -55,11 +47,11 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-def _resolve_timestep_sampling(sampling: str, backend: ComfyBackend) -> str:
+def resolve_timestep_sampling(sampling: str, prediction: str) -> str:
+    """auto: logit-normal for flow models (SD3, Flux, Wan: as their authors train), else uniform."""
     if sampling != "auto":
         return sampling
-    # Flow models (SD3, Flux, Wan) are trained with logit-normal timesteps by their authors.
-    return "logit_normal" if "Flow" in backend.prediction or "Flux" in backend.prediction else "uniform"
+    return "logit_normal" if prediction == "flow" else "uniform"
 
 
 def _prompt_server():
@@ -88,10 +80,9 @@ class _Progress:
             self.stream = ProgressStream(self.node_id, prompt_id, server_sender(self.server),
                                          on_point=RUN_LOG.start(prompt_id, self.node_id, total))
 
-    def __call__(self, report) -> None:
-        """on_step: ``report`` is a lora_core.trainer.StepReport."""
+    def __call__(self, report: StepReport) -> None:
         step, total = report.step, report.total
-        text = f"step {step}/{total}  loss {report.loss:.5f}"
+        text = f"step {step}/{total}  loss {report.loss:.5f}  lr {report.lr:.3g}"
         if step == 1 or step == total or step % max(1, total // 20) == 0:
             log.info("LoRA Lab: %s", text)
         if self.stream is not None:
@@ -105,11 +96,38 @@ class _Progress:
         self.bar.update_absolute(step, total)
 
 
-def _save_partial(lora: TrainedLora, name: str, step: int, reason: str) -> Path:
-    path = unused_lora_path(f"{name}_step{step:05d}")
+def _save_partial(lora: TrainedLora, name: str, result, reason: str) -> Path:
+    """The LoRA after the last completed step and, beside it, the state to continue from."""
+    path = unused_lora_path(f"{name}_step{result.steps_done:05d}")
     save_lora_file(path, lora.state_dict(), lora.metadata)
-    log.warning("LoRA Lab: %s; partial LoRA (%d steps) saved to %s", reason, step, path)
+    if result.state is not None:
+        save_train_state(state_path(path), result.state)
+    log.warning("LoRA Lab: %s; partial LoRA (%d steps) saved to %s", reason, result.steps_done, path)
     return path
+
+
+def _lora_parameter_count(backend: ComfyBackend, config: TrainConfig) -> int:
+    modules = dict(backend.root.named_modules())
+    total = 0
+    for name in select_targets(backend.root, config.targets):
+        m = modules[name]
+        fan_in = getattr(m, "in_features", None) or m.in_channels * int(torch.tensor(m.kernel_size).prod())
+        fan_out = getattr(m, "out_features", None) or m.out_channels
+        total += config.rank * (fan_in + fan_out)
+    return total
+
+
+def load_for_training(patcher, backend: ComfyBackend, config: TrainConfig, latent_shape: tuple[int, ...]) -> int:
+    """Load the model through ComfyUI's memory manager, asking for the room one training step needs.
+
+    No forced full load: the LoRA is a bypass side path and frozen layers fetch their weights again in
+    backward, so lowvram/partial loading keeps working while training. Returns the bytes asked for.
+    """
+    shape = (config.batch_size,) + tuple(latent_shape)
+    needed = training_memory(patcher.memory_required(shape), config.gradient_checkpointing,
+                             _lora_parameter_count(backend, config))
+    comfy.model_management.load_models_gpu([patcher], memory_required=needed)
+    return needed
 
 
 class TrainLora(io.ComfyNode):
@@ -168,13 +186,12 @@ class TrainLora(io.ComfyNode):
                 grad_accumulation, lr_schedule, warmup_steps, timestep_sampling, precision,
                 gradient_checkpointing, seed, output_name, custom_targets="") -> io.NodeOutput:
         name = lora_output_name(output_name)
-        images = dataset.expanded()
-        captions = [image.caption for image in images]
         patcher = model.clone()
         family = model_family(patcher)
+        underneath = base_loras(patcher)
 
-        latents = _encode_latents(vae, patcher, dataset)
-        cond_by_caption = _encode_captions(clip, captions)
+        latents = encode_latents(vae, patcher, dataset)
+        cond_by_caption = encode_captions(clip, [image.caption for image in dataset.images])
         # The VAE and text encoder are done: let ComfyUI evict them before the model is loaded to train.
         comfy.model_management.free_memory(1e30, patcher.load_device)
 
@@ -183,37 +200,39 @@ class TrainLora(io.ComfyNode):
             steps=steps, learning_rate=learning_rate, rank=rank, alpha=alpha,
             targets=[t.strip() for t in custom_targets.split(",") if t.strip()] or target_preset,
             batch_size=batch_size, grad_accum=grad_accumulation, lr_schedule=lr_schedule,
-            warmup_steps=warmup_steps, timestep_sampling=_resolve_timestep_sampling(timestep_sampling, backend),
-            precision=_resolve_precision(precision, patcher.load_device),
+            warmup_steps=warmup_steps, timestep_sampling=resolve_timestep_sampling(timestep_sampling, backend.prediction),
+            precision=resolve_precision(precision, patcher.load_device),
             gradient_checkpointing=gradient_checkpointing, seed=seed,
         )
-        load_for_training(patcher, latents[0].shape, batch_size)
+        load_for_training(patcher, backend, config, latents[0].shape)
+
+        def finished(result) -> TrainedLora:
+            return trained_lora(result, config, dataset, family, name, backend.prediction, underneath)
+
         with torch.inference_mode(False), torch.enable_grad():
-            make_weights_autograd_safe(backend.root)
             ensure_rope_autograd()
-            # Encoded once per image; kohya repeats only repeat the reference. Tensors made under ComfyUI's
-            # inference_mode are copied, since autograd may not save them (the opaque cond objects included).
-            unique = {}
-            for image, latent in zip(dataset.images, latents):
-                latent = usable_in_autograd(latent.to(backend.device))
-                cond = encode_sample_cond(patcher, usable_in_autograd(cond_by_caption[image.caption]), latent, seed)
-                unique[id(image)] = TrainSample(latent=latent, cond=cond, caption=image.caption)
-            samples = [unique[id(image)] for image in images]
+            samples = build_samples(patcher, backend.device, dataset, latents, cond_by_caption, seed)
+            patcher.pre_run()  # as the sampler does: the model knows its patcher, pre-run callbacks fire
             try:
                 # Cancel arrives either as the flag (seen between steps) or as ComfyUI's ops raising
                 # InterruptProcessingException mid-forward (which also clears the flag): both end the run.
                 result = train(backend, samples, config, on_step=_Progress(steps, cls.hidden.unique_id),
                                should_stop=comfy.model_management.processing_interrupted,
                                interrupt_on=(comfy.model_management.InterruptProcessingException,))
-            except NonFiniteLossError as error:
-                lora = trained_lora(error.result, config, dataset, family, name, backend.prediction)
-                path = _save_partial(lora, name, error.result.steps_done, "loss became non-finite")
-                raise NonFiniteLossError(f"{error} The last good LoRA was saved to {path}.") from error
+            except (NonFiniteLossError, TrainingOutOfMemory) as error:
+                kind = "loss became non-finite" if isinstance(error, NonFiniteLossError) else "out of memory"
+                path = _save_partial(finished(error.result), name, error.result, kind)
+                del error.result  # its tensors pin nothing on the device, but the traceback should not keep them
+                comfy.model_management.soft_empty_cache()
+                raise type(error)(f"{error} Saved the LoRA to {path} and the state to continue from to "
+                                  f"{state_path(path)}.") from error
+            finally:
+                patcher.cleanup()
 
-        lora = trained_lora(result, config, dataset, family, name, backend.prediction)
+        lora = finished(result)
         if result.interrupted:
             if result.steps_done > 0:
-                _save_partial(lora, name, result.steps_done, "training cancelled")
+                _save_partial(lora, name, result, "training cancelled")
             comfy.model_management.interrupt_current_processing(False)
             raise comfy.model_management.InterruptProcessingException()
         trained_model, _, _ = apply_lora(patcher, None, lora.state_dict(), 1.0, 0.0, f"trained '{name}'")

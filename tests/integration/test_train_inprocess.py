@@ -12,7 +12,7 @@ from .comfy_inprocess import call_node, load_checkpoint, register_lora_lab_nodes
 BASE = {
     "steps": 2, "learning_rate": 1e-3, "rank": 4, "alpha": 4.0, "target_preset": "attention", "batch_size": 1,
     "grad_accumulation": 1, "lr_schedule": "constant", "warmup_steps": 0, "timestep_sampling": "uniform",
-    "precision": "fp32", "gradient_checkpointing": False, "seed": 0, "output_name": "inprocess",
+    "precision": "auto", "gradient_checkpointing": True, "seed": 0, "output_name": "inprocess",
 }
 
 
@@ -39,12 +39,12 @@ def _eval_loss(patcher, dataset, vae, clip) -> float:
 
     from lora_lab.lora_core.objective import diffusion_loss
     from lora_lab.nodes.comfy_backend import ComfyBackend, encode_sample_cond
-    from lora_lab.nodes.train_node import _encode_captions, _encode_latents
+    from lora_lab.nodes.training_data import encode_captions, encode_latents
 
     comfy.model_management.load_models_gpu([patcher])
     backend = ComfyBackend(patcher)
-    latents = _encode_latents(vae, patcher, dataset)
-    conds = _encode_captions(clip, [image.caption for image in dataset.images])
+    latents = encode_latents(vae, patcher, dataset)
+    conds = encode_captions(clip, [image.caption for image in dataset.images])
     generator = torch.Generator().manual_seed(1234)
     total, count = 0.0, 0
     with torch.no_grad():

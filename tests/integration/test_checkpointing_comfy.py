@@ -1,0 +1,168 @@
+"""Gradient checkpointing on ComfyUI's own model classes (UNet SD1.5/SDXL, Flux, SD3 MMDiT, Wan), with the
+wrappers Train LoRA uses (frozen base layers, in-place guard, LoRA side paths) and inference-tensor weights as
+ComfyUI's loaders leave them. The properties themselves are checked: every layer inside a checkpointed unit
+runs exactly once more in backward, and the activation bytes kept for backward shrink."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+B = 2
+
+
+def _ops():
+    import comfy.ops
+
+    return comfy.ops.disable_weight_init
+
+
+def _unet(adm=None):
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    kw = dict(image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1, 1], channel_mult=[1, 2],
+              transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1,
+              context_dim=32, num_heads=2, use_linear_in_transformer=adm is not None, use_spatial_transformer=True,
+              dtype=torch.float32, device="cpu", operations=_ops())
+    if adm:
+        kw.update(num_classes="sequential", adm_in_channels=adm)
+    model = UNetModel(**kw)
+    inputs = dict(x=torch.randn(B, 4, 16, 16), timesteps=torch.tensor([500.0, 200.0]), context=torch.randn(B, 8, 32))
+    if adm:
+        inputs["y"] = torch.randn(B, adm)
+    return model, inputs
+
+
+def _flux():
+    from comfy.ldm.flux.model import Flux
+
+    model = Flux(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32, hidden_size=64,
+                 mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12], theta=10000,
+                 patch_size=2, qkv_bias=True, guidance_embed=False, txt_ids_dims=[], dtype=torch.float32, device="cpu",
+                 operations=_ops())
+    return model, dict(x=torch.randn(B, 16, 16, 16), timestep=torch.tensor([0.5, 0.2]), context=torch.randn(B, 8, 32),
+                       y=torch.randn(B, 32))
+
+
+def _sd3():
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+    model = MMDiT(input_size=None, patch_size=2, in_channels=16, depth=2, num_patches=64 * 64, pos_embed_max_size=64,
+                  adm_in_channels=32, dtype=torch.float32, device="cpu", operations=_ops(),
+                  context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}})
+    return model, dict(x=torch.randn(B, 16, 16, 16), t=torch.tensor([500.0, 200.0]), context=torch.randn(B, 8, 32),
+                       y=torch.randn(B, 32))
+
+
+def _wan():
+    from comfy.ldm.wan.model import WanModel
+
+    model = WanModel(model_type="t2v", patch_size=(1, 2, 2), text_len=8, in_dim=16, dim=64, ffn_dim=128, freq_dim=32,
+                     text_dim=32, out_dim=16, num_heads=2, num_layers=2, dtype=torch.float32, device="cpu", operations=_ops())
+    return model, dict(x=torch.randn(B, 16, 1, 16, 16), timestep=torch.tensor([500.0, 200.0]), context=torch.randn(B, 8, 32))
+
+
+FAMILIES = {"sd15": _unet, "sdxl": lambda: _unet(48), "flux": _flux, "sd3": _sd3, "wan": _wan}
+
+
+def _loaded_like_comfy(model):
+    """Random weights, then inference tensors, as ComfyUI's loaders (which run under inference_mode) leave them."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, t in sorted({**dict(model.named_parameters()), **dict(model.named_buffers())}.items()):
+            if t.is_floating_point():
+                t.copy_(torch.zeros_like(t) if name.endswith("bias") else
+                        torch.randn(t.shape, generator=g) / math.sqrt(max(1, math.prod(t.shape[1:]))) if t.dim() > 1
+                        else torch.ones_like(t))
+    model.requires_grad_(False)
+    with torch.inference_mode():
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state, assign=True)
+    assert all(p.is_inference() for p in model.parameters())
+    return model
+
+
+def _forward_backward(model, inputs, checkpointing: bool, guard: bool, measure_bytes: bool = False):
+    from lora_lab.lora_core.adapters import new_adapter
+    from lora_lab.lora_core.checkpointing import gradient_checkpointing
+    from lora_lab.lora_core.frozen_layers import frozen_base
+    from lora_lab.lora_core.injection import attached
+    from lora_lab.lora_core.targets import select_targets
+    from lora_lab.nodes.comfy_backend import comfy_fetch, comfy_plain
+    from lora_lab.nodes.rope_autograd import ensure_rope_autograd
+
+    ensure_rope_autograd()  # as Train LoRA does: Flux and Wan back-propagate through comfy_kitchen's RoPE
+    modules = dict(model.named_modules())
+    names = select_targets(model, "attention")
+    gen = torch.Generator().manual_seed(0)
+    adapters = {n: new_adapter(modules[n], 4, 4.0, 0.0, gen) for n in names}
+    with torch.no_grad():
+        for a in adapters.values():  # a non-zero B, so gradients reach A and the layers below as well
+            a.up.copy_(torch.randn(a.up.shape, generator=gen) * 0.01)
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.inference_mode(False), torch.enable_grad():
+        with frozen_base(model, comfy_fetch, comfy_plain), attached(model, adapters), \
+                gradient_checkpointing(model, checkpointing, guard, adapted=[modules[n] for n in names]):
+            if measure_bytes:
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    out = model(**{k: v.clone() for k, v in inputs.items()})
+            else:
+                out = model(**{k: v.clone() for k, v in inputs.items()})
+            out.float().pow(2).mean().backward()
+    return {n: a.down.grad.clone() for n, a in adapters.items()}, sum(storages.values())
+
+
+@pytest.fixture(scope="module")
+def comfy_ready(comfy):
+    return comfy
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_layer_inside_a_unit_is_recomputed_once(comfy_ready, family):
+    """A unit on the gradient path (its output needs grad) runs again in backward, so every Linear inside it runs
+    exactly twice; units off the path (before any LoRA) and layers outside units run once."""
+    from lora_lab.lora_core.checkpointing import checkpoint_units
+
+    model, inputs = FAMILIES[family]()
+    model = _loaded_like_comfy(model)
+    units = checkpoint_units(model)
+    on_path: dict[int, bool] = {}
+    calls: dict[str, int] = {}
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    handles = [m.register_forward_hook(lambda *_, n=n: calls.__setitem__(n, calls.get(n, 0) + 1)) for n, m in linears.items()]
+    handles += [u.register_forward_hook(lambda u, a, k, out: on_path.__setitem__(
+        id(u), any(t.requires_grad for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor))),
+        with_kwargs=True) for u in units]
+    try:
+        plain_grads, _ = _forward_backward(model, inputs, checkpointing=False, guard=True)
+        plain, path = dict(calls), dict(on_path)
+        calls.clear()
+        ckpt_grads, _ = _forward_backward(model, inputs, checkpointing=True, guard=True)
+    finally:
+        for h in handles:
+            h.remove()
+    recomputed = {id(m) for u in units if path.get(id(u)) for m in u.modules() if m is not u}
+    assert len(units) >= 2 and any(id(m) in recomputed for m in linears.values()), f"{family}: units {len(units)}"
+    for n, m in linears.items():
+        expected = plain.get(n, 0) * (2 if id(m) in recomputed else 1)
+        assert calls.get(n, 0) == expected, f"{family}: {n} ran {calls.get(n, 0)}x, expected {expected}x"
+    for n in plain_grads:
+        torch.testing.assert_close(ckpt_grads[n], plain_grads[n], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "sd3", "wan"])
+def test_checkpointing_keeps_fewer_activation_bytes(comfy_ready, family):
+    """Bytes of everything autograd keeps for backward in one forward. Without checkpointing the guard is
+    off (these models write no block input in place), since its inner hook would hide the saves."""
+    model, inputs = FAMILIES[family]()
+    model = _loaded_like_comfy(model)
+    _, without = _forward_backward(model, inputs, checkpointing=False, guard=False, measure_bytes=True)
+    _, with_ckpt = _forward_backward(model, inputs, checkpointing=True, guard=True, measure_bytes=True)
+    assert with_ckpt <= 0.5 * without, f"{family}: {with_ckpt} vs {without} bytes"
