@@ -49,6 +49,15 @@ def _is_widget(spec) -> bool:
     return isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 
+def _default(spec):
+    """A widget's initial value: the declared default, else a combo's first option (as the frontend picks)."""
+    options = spec[1] if len(spec) > 1 else {}
+    if "default" in options:
+        return options["default"]
+    choices = spec[0] if isinstance(spec[0], list) else options.get("options") or [None]
+    return choices[0] if choices else None
+
+
 def _depths(api: dict) -> dict[str, int]:
     depth: dict[str, int] = {}
 
@@ -91,7 +100,7 @@ def _node(node_id: str, node: dict, info: dict, links: list, out_links: dict) ->
             inputs.append({"name": name, "type": kind, "link": link_id})
         elif _is_widget(spec):
             options = spec[1] if len(spec) > 1 else {}
-            widgets.append(value if value is not None else options.get("default"))
+            widgets.append(value if value is not None else _default(spec))
             if options.get("control_after_generate"):
                 widgets.append("fixed")  # the frontend's extra "control after generate" widget
             if spec[0] == "STRING" and options.get("multiline"):
