@@ -27,8 +27,8 @@ HERE = Path(__file__).resolve().parent
 SOURCES = HERE / "api"
 TARGET = HERE.parent / "example_workflows"
 TITLES = {
-    "sd15_train_lora": "Train a LoRA on SD1.5, then sample with it",
-    "flux_train_lora": "Train a LoRA on Flux.1, then sample with it",
+    "sd15_train_lora": "SD1.5 LoRA training",
+    "flux_train_lora": "Flux.1 LoRA training",
 }
 GROUPS = ("1. Train the LoRA", "2. Sample with the trained LoRA")
 

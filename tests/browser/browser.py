@@ -94,6 +94,7 @@ class ComfyPage:
                 has_errors: !!n.has_errors,
                 widgets: (n.widgets ?? []).map(w => ({name: w.name, type: w.type, value: w.serialize === false ? null : w.value,
                     serialize: w.serialize !== false, y: w.y ?? w.last_y ?? 0,
+                    visible: n.isWidgetVisible ? n.isWidgetVisible(w) : !w.hidden,  // 1.49 folds 'advanced' ones
                     height: w.computedHeight ?? (w.computeSize ? w.computeSize(n.size[0])[1] : LG.NODE_WIDGET_HEIGHT)})),
             }));
             return {nodes, title_height: LG.NODE_TITLE_HEIGHT};
