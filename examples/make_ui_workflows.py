@@ -37,6 +37,21 @@ GAP_X, GAP_Y, GROUP_PAD = 60, 50, 30
 WIDTH = {"LoraLabTrain": 460, "CLIPTextEncode": 400}
 EXTRA_HEIGHT = {"LoraLabTrain": 220}  # the live chart (web/train_chart.js: 190 px minimum) and its margins
 TEXTBOX_H = 90  # a multiline STRING widget
+# Where the model files the examples name come from (the URLs ComfyUI's own default graph and Flux templates
+# give): the August 2026 frontend offers to download a missing one instead of only flagging the loader.
+MODELS = {
+    "v1-5-pruned-emaonly-fp16.safetensors": (
+        "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors",
+        "checkpoints"),
+    "flux1-dev.safetensors": ("https://huggingface.co/Comfy-Org/flux1-dev/resolve/main/flux1-dev.safetensors",
+                              "diffusion_models"),
+    "clip_l.safetensors": ("https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
+                           "text_encoders"),
+    "t5xxl_fp16.safetensors": (
+        "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors", "text_encoders"),
+    "ae.safetensors": (
+        "https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors", "vae"),
+}
 
 
 def _input_specs(info: dict) -> list[tuple[str, object]]:
@@ -56,6 +71,12 @@ def _default(spec):
         return options["default"]
     choices = spec[0] if isinstance(spec[0], list) else options.get("options") or [None]
     return choices[0] if choices else None
+
+
+def model_refs(widget_values: list) -> list[dict]:
+    """The ``properties.models`` entries (name, url, directory) for the model files a node's widgets name."""
+    return [{"name": v, "url": MODELS[v][0], "directory": MODELS[v][1]} for v in widget_values
+            if isinstance(v, str) and v in MODELS]
 
 
 def _depths(api: dict) -> dict[str, int]:
@@ -113,7 +134,8 @@ def _node(node_id: str, node: dict, info: dict, links: list, out_links: dict) ->
     return {
         "id": int(node_id), "type": kind, "pos": [0, 0], "size": [WIDTH.get(kind, 320), int(height * 1.1)],
         "flags": {}, "order": 0, "mode": 0, "inputs": inputs, "outputs": outputs,
-        "properties": {"Node name for S&R": kind}, "widgets_values": widgets,
+        "properties": {"Node name for S&R": kind, **({"models": model_refs(widgets)} if model_refs(widgets) else {})},
+        "widgets_values": widgets,
     }
 
 

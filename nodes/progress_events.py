@@ -19,7 +19,8 @@ Two JSON messages, pushed with ``PromptServer.instance.send_sync`` to the client
     {"node_id": "11", "prompt_id": "…", "step": 200,
      "image": {"filename": "…png", "subfolder": "lora_lab", "type": "temp"}}
 
-    The image is a file in ComfyUI's temp folder, fetched like any preview: ``GET /view?filename=…&subfolder=…&type=temp``.
+    The image is a file in ComfyUI's temp folder, fetched like any preview:
+    ``GET /view?filename=…&subfolder=…&type=temp``.
 
 Nothing here imports ComfyUI at module level: the payloads and the throttle are tested without it.
 """

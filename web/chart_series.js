@@ -118,4 +118,5 @@ function isIncreasing(points) {
 
 const nan2null = (x) => (Number.isFinite(x) ? x : null);
 const round = (x) => (x === null ? null : Number(x.toPrecision(6)));
-const compactPoint = ([s, loss, lr, val, t]) => [s, round(loss), round(lr), round(val), t === null ? null : Math.round(t * 1000) / 1000];
+const compactPoint = ([s, loss, lr, val, t]) =>
+  [s, round(loss), round(lr), round(val), t === null ? null : Math.round(t * 1000) / 1000];

@@ -64,7 +64,9 @@ async function resume(chart, promptId = chart.series.promptId) {
   await fetchRun(chart, promptId);
   const status = await finalStatus(promptId);
   if (status) chart.finish(status);
-  else if (!(await runningPromptIds()).includes(promptId)) chart.finish("stopped", "the server has no record of the end of this run");
+  else if (!(await runningPromptIds()).includes(promptId)) {
+    chart.finish("stopped", "the server has no record of the end of this run");
+  }
 }
 
 async function runningPromptIds() {

@@ -33,13 +33,13 @@ def _chart(page, node_id: int) -> dict:
                          node_id)
 
 
-def _prepare(comfy_page, sd15_checkpoint: Path, dataset_dir: Path, steps: int, name: str) -> dict[str, int]:
-    """Open the SD1.5 example and set it up as a user would for a small CPU run."""
+def _prepare(comfy_page, dataset_dir: Path, steps: int, name: str) -> dict[str, int]:
+    """Open the SD1.5 example (its checkpoint name is the random test SD1.5 here) and set it up as a user would
+    for a small CPU run."""
     workflow = json.loads(EXAMPLE.read_text())
     comfy_page.load_workflow(workflow)
     ids = _ids(workflow)
     values = {
-        ids["CheckpointLoaderSimple"]: {"ckpt_name": sd15_checkpoint.name},
         ids["LoraLabDataset"]: {"folder": dataset_dir.name, "resolution": 64},
         ids["LoraLabTrain"]: {"steps": steps, "rank": 4, "alpha": 4.0, "lr_schedule": "cosine", "warmup_steps": 5,
                               "precision": "fp32", "gradient_checkpointing": False, "output_name": name,
@@ -107,10 +107,9 @@ def _wait_queue_empty(server, timeout_s: float = 300) -> None:
     raise TimeoutError("the ComfyUI queue did not empty")
 
 
-def test_chart_follows_a_real_training_run_and_stays(comfy_page, browser_server, sd15_checkpoint, dataset_dir,
-                                                      loras_dir):
+def test_chart_follows_a_real_training_run_and_stays(comfy_page, browser_server, dataset_dir, loras_dir):
     page, steps = comfy_page.page, 40
-    ids = _prepare(comfy_page, sd15_checkpoint, dataset_dir, steps, "browser_live")
+    ids = _prepare(comfy_page, dataset_dir, steps, "browser_live")
     train = ids["LoraLabTrain"]
     assert not comfy_page.missing_node_dialog() and not comfy_page.page_errors
     _watch(page, train)
@@ -154,10 +153,10 @@ def test_chart_follows_a_real_training_run_and_stays(comfy_page, browser_server,
         (comfy_page.artifacts / "loss-plot.png").write_bytes(reply.read())  # the node's preview image
 
 
-def test_cancel_from_the_ui_keeps_the_partial_lora_and_stops_the_chart(comfy_page, browser_server, sd15_checkpoint,
-                                                                         dataset_dir, loras_dir):
+def test_cancel_from_the_ui_keeps_the_partial_lora_and_stops_the_chart(comfy_page, browser_server, dataset_dir,
+                                                                         loras_dir):
     page, name = comfy_page.page, f"browser_cancel_{int(time.time())}"
-    ids = _prepare(comfy_page, sd15_checkpoint, dataset_dir, 400, name)
+    ids = _prepare(comfy_page, dataset_dir, 400, name)
     train = ids["LoraLabTrain"]
     page.locator("[data-testid='queue-button']").first.click()
     page.wait_for_function("(id) => app.graph.getNodeById(id).loraLabChart.series.length >= 2", arg=train,
@@ -251,3 +250,29 @@ def test_burst_of_10000_events_keeps_the_page_responsive(comfy_page, browser_ser
     comfy_page.focus_node(train, 1.0)
     comfy_page.screenshot("live-chart-burst", node_id=train)
     assert not comfy_page.page_errors, comfy_page.page_errors
+
+
+def test_chart_in_the_modern_node_design(comfy_page, browser_server):
+    """The same chart when the frontend renders nodes as DOM ('Nodes 2.0', setting Comfy.VueNodes.Enabled)."""
+    page, count = comfy_page.page, 300
+    browser_server.post("/settings/Comfy.VueNodes.Enabled", True)
+    try:
+        page.reload()
+        page.wait_for_function("(window.app?.extensions ?? []).some(e => e.name === 'LoRALab.TrainChart')",
+                               timeout=180_000)
+        workflow = json.loads(EXAMPLE.read_text())
+        comfy_page.load_workflow(workflow)
+        train = _ids(workflow)["LoraLabTrain"]
+        comfy_page.focus_node(train, 1.0)
+        client_id = page.evaluate("window.comfyAPI.api.api.clientId")
+        prompt = {"1": {"class_type": "LoraLabTestEvents", "inputs": {
+            "node_id": str(train), "count": count, "sample_step": 0, "nonce": int(time.time()), "step_seconds": 0.0}}}
+        browser_server.wait(browser_server.post("/prompt", {"prompt": prompt, "client_id": client_id})["prompt_id"])
+        page.wait_for_function("([id, n]) => app.graph.getNodeById(id).loraLabChart.series.lastStep === n",
+                               arg=[train, count], timeout=120_000)
+        page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        state = _chart(page, train)
+        assert state["visible"] and state["drawn"] == count, state
+        comfy_page.screenshot("live-chart-vue-nodes", node_id=None)
+    finally:
+        browser_server.post("/settings/Comfy.VueNodes.Enabled", False)
