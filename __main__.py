@@ -14,6 +14,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo.add_arguments(commands.add_parser("demo", help="train the bundled tiny example end to end on the CPU"))
 
+    from .lora_core import cache_cli
+
+    cache_cli.add_arguments(commands.add_parser("cache", help="report the size of an encoding cache folder, or clear it"))
+
     from .converters import cli as convert_cli
 
     convert_cli.add_convert_arguments(commands.add_parser("convert", help="convert a LoRA between formats"))

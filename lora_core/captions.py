@@ -1,10 +1,15 @@
-"""Caption files: reading, trigger words and kohya-style tag counting."""
+"""Caption files: reading, trigger words, templates and kohya-style tag counting."""
 from __future__ import annotations
 
 import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+
+from .errors import DatasetError
+
+TEMPLATE_FIELDS = ("trigger", "caption")
+_FIELD = re.compile(r"\{([^{}]*)\}")
 
 
 def read_caption(path: str | Path) -> tuple[str, bool]:
@@ -30,6 +35,28 @@ def with_trigger(caption: str, trigger_word: str) -> str:
     if re.match(re.escape(trigger) + r"(?!\w)", caption, flags=re.IGNORECASE):
         return caption
     return f"{trigger}, {caption}"
+
+
+def apply_template(template: str, caption: str, trigger_word: str) -> str:
+    """`template` with {trigger} and {caption} filled in; an empty template means with_trigger(caption, trigger).
+
+    Commas and spaces left dangling by an empty field are tidied ("{trigger}, {caption}" with no trigger
+    gives the caption alone). Any other {field} is an error naming it.
+    """
+    if not template.strip():
+        return with_trigger(caption, trigger_word)
+    check_template(template)
+    text = template.replace("{trigger}", trigger_word.strip()).replace("{caption}", caption)
+    text = re.sub(r"\s*,(\s*,)+", ",", " ".join(text.split()))  # ", ," left by an empty field
+    text = re.sub(r",\s*([.;:!?])", r"\1", re.sub(r"\s+,", ",", text))
+    return text.strip(" ,")
+
+
+def check_template(template: str) -> None:
+    unknown = [f for f in _FIELD.findall(template) if f not in TEMPLATE_FIELDS]
+    if unknown:
+        raise DatasetError(f"Caption template {template!r} has unknown field(s) "
+                           f"{', '.join('{' + f + '}' for f in unknown)}: use {{trigger}} and {{caption}}")
 
 
 def caption_tags(caption: str) -> list[str]:

@@ -1,49 +1,95 @@
-"""Training images from a folder: kohya-style repeat folders, captions, trigger word, fixed resolution.
+"""Training images from a folder: repeat folders, captions and templates, aspect buckets, validation split.
 
-Layout read by `load_image_folder`:
-    folder/a.png, folder/a.txt          repeats 1
-    folder/10_mychar/b.jpg, b.txt       repeats 10 (one level of N_name folders, as kohya)
-Everything is decoded up front, so a bad file is reported at load time, not mid-training.
-Bucketing later: each TrainImage carries its own pixels, whose size may then differ from `resolution`.
+Loading reads each file once to hash it and read its size (and, for PNGs, check it is complete); pixels
+are decoded only when an image is encoded (TrainImage.load_pixels), so a dataset of any size costs little
+memory. Each image gets a Placement in its bucket (lora_core/buckets.py); with buckets off, the single
+bucket is the resolution (resize the shorter side, center crop).
 """
+
 from __future__ import annotations
 
-import re
+import io
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from .captions import read_caption, tag_counts, with_trigger
+from .augment import AugmentConfig
+from .buckets import BucketConfig, Placement, Size, assign, bucket_sizes, fixed_size
+from .cache_keys import digest_bytes
+from .caption_transforms import CaptionTransforms, without_separator
+from .captions import apply_template, check_template, tag_counts
+from .dataset_files import count, find_files, names, normal_extension, reason, relative
+from .encoding_cache import ensure_writable
 from .errors import DatasetError
-from .image_io import IMAGE_EXTENSIONS, load_training_pixels
+from .frame_sampling import FramePlan
+from .image_io import IMAGE_EXTENSIONS, image_size, load_training_pixels
 
-REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
-MAX_NAMES_IN_MESSAGE = 20
 ACCEPTED = ", ".join(IMAGE_EXTENSIONS)
+SMALL_IMAGE_POLICIES = ("upscale", "skip")
+BucketKey = tuple[int, int, int]  # (width, height, frames)
 
 
 @dataclass
 class TrainImage:
+    """One training item: a still image, or a clip of a video (frames set)."""
+
     path: Path
-    pixels: torch.Tensor  # (H, W, 3) float32 in [0, 1]: ComfyUI IMAGE layout without the batch dim
     caption: str
     repeats: int = 1
+    placement: Placement | None = None
+    digest: str = ""  # content hash of the file (a frame folder: of its frame hashes)
+    frames: FramePlan | None = None
 
     @property
     def folder(self) -> str:
-        """Name of the folder holding the image: kohya's subset key for ss_tag_frequency."""
+        """Name of the folder holding the item: kohya's subset key for ss_tag_frequency."""
         return self.path.parent.name
+
+    @property
+    def frame_count(self) -> int:
+        return self.frames.count if self.frames is not None else 1
+
+    @property
+    def bucket(self) -> BucketKey:
+        assert self.placement is not None
+        return (*self.placement.bucket, self.frame_count)
+
+    def load_pixels(self, placement: Placement | None = None) -> torch.Tensor:
+        """Decode now: (H, W, 3) for an image, (T, H, W, 3) for a clip; float32 in [0, 1], fitted to the placement."""
+        placement = placement or self.placement
+        if placement is None:
+            raise DatasetError(f"{self.path} has no bucket placement")
+        if self.frames is not None:
+            from .video_io import load_frames
+
+            return load_frames(self.path, self.frames.indices, placement)
+        try:
+            return load_training_pixels(self.path, placement)
+        except Exception as error:  # PIL raises many types for bad files; name the file
+            raise DatasetError(f"Cannot decode image {self.path}: {reason(error)}") from error
+
+    @property
+    def pixels(self) -> torch.Tensor:
+        """The fitted pixels, decoded on each access (datasets no longer hold them)."""
+        return self.load_pixels()
 
 
 @dataclass
 class ImageDataset:
-    images: list[TrainImage]
-    resolution: tuple[int, int]  # (w, h) default size; with buckets, images may carry other sizes
+    images: list[TrainImage]  # training items
+    resolution: Size  # (w, h) base size; with buckets, the base of the bucket set
     warnings: list[str] = field(default_factory=list)
     root: Path | None = None
     trigger_word: str = ""  # for LoRA metadata (ss_* / modelspec trigger words)
+    buckets: BucketConfig | None = None  # None: one fixed size
+    validation: list[TrainImage] = field(default_factory=list)  # held out, never trained on
+    caption_transforms: CaptionTransforms = field(default_factory=CaptionTransforms)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    cache_folder: Path | None = None
+    kind: str = "images"
 
     def __len__(self) -> int:
         return len(self.images)
@@ -51,6 +97,36 @@ class ImageDataset:
     def expanded(self) -> list[TrainImage]:
         """One epoch: every image `repeats` times, in dataset order (the trainer shuffles)."""
         return [image for image in self.images for _ in range(image.repeats)]
+
+    def all_items(self) -> list[TrainImage]:
+        """Training items, then validation items: the order of the captions output."""
+        return self.images + self.validation
+
+    def captions(self) -> list[str]:
+        """The text to encode for each of all_items() (what a text-encoder node gets from the captions output)."""
+        return [without_separator(item.caption, self.caption_transforms.keep_separator) for item in self.all_items()]
+
+    def bucket_groups(self) -> dict[BucketKey, list[TrainImage]]:
+        groups: dict[BucketKey, list[TrainImage]] = defaultdict(list)
+        for image in self.images:
+            groups[image.bucket].append(image)
+        return dict(sorted(groups.items()))
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Every batch is drawn from one bucket, so each bucket needs at least batch_size distinct items."""
+        small = {key: items for key, items in self.bucket_groups().items() if len(items) < batch_size}
+        if not small:
+            return
+        lines = [f"{_key(key)} holds {count(len(items), self.noun)} ({names([relative(i.path, self.root or i.path.parent) for i in items])})"
+                 for key, items in small.items()]
+        raise DatasetError(
+            f"batch_size {batch_size} is larger than what {'these buckets hold' if len(small) > 1 else 'this bucket holds'}: "
+            + "; ".join(lines) + ". Lower batch_size (use grad_accumulation for the same effective batch), add "
+            "images of that shape, or widen the buckets (a larger bucket step gives fewer, fuller buckets)")
+
+    @property
+    def noun(self) -> str:
+        return "clip" if self.kind == "videos" else "image"
 
     def tag_frequency(self) -> dict[str, dict[str, int]]:
         """kohya `ss_tag_frequency`: {folder name: {tag: count}}, each image counted once (not per repeat)."""
@@ -60,19 +136,9 @@ class ImageDataset:
         return {folder: tag_counts(captions) for folder, captions in captions_by_folder.items()}
 
     def summary(self) -> str:
-        w, h = self.resolution
-        where = f" from {self.root}" if self.root else ""
-        lines = [f"{_count(len(self.images), 'image')}, {_count(len(self.expanded()), 'sample')} per epoch "
-                 f"at {w}x{h}{where}"]
-        per_folder: dict[str, list[TrainImage]] = defaultdict(list)
-        for image in self.images:
-            per_folder[image.folder].append(image)
-        for folder, images in per_folder.items():
-            lines.append(f"  {folder}: {_count(len(images), 'image')} x {_count(images[0].repeats, 'repeat')}")
-        if self.warnings:
-            lines.append(f"{_count(len(self.warnings), 'warning')}:")
-            lines.extend(f"  - {warning}" for warning in self.warnings)
-        return "\n".join(lines)
+        from .dataset_summary import summary
+
+        return summary(self)
 
 
 def parse_resolution(resolution: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -101,125 +167,111 @@ def load_image_folder(
     trigger_word: str = "",
     default_caption: str = "",
     caption_extension: str = ".txt",
+    *,
+    buckets: BucketConfig | None = None,
+    caption_template: str = "",
+    small_images: str = "upscale",
+    validation: float = 0.0,
+    caption_transforms: CaptionTransforms | None = None,
+    augment: AugmentConfig | None = None,
+    cache_folder: str | Path | None = None,
 ) -> ImageDataset:
-    """Load every image under `folder` (resolved path) at `resolution`; raises DatasetError.
+    """Load every image under `folder` (resolved path); raises DatasetError.
 
+    buckets: aspect-ratio buckets (None = every image resized and center-cropped to `resolution`).
+    small_images: "upscale" (with a warning naming them) or "skip" images that must be enlarged to fill
+    their bucket. validation: a fraction (< 1) or number (>= 1) of images held out for validation loss.
     Unreadable images are skipped and named in `warnings`; so are images without captions, which get
-    `default_caption`. `trigger_word` is prepended to every caption that does not already start with it.
+    `default_caption`. The caption is `caption_template` with {trigger} and {caption} filled in; without a
+    template, `trigger_word` is prepended unless the caption already starts with it.
     """
     size = parse_resolution(resolution)
+    check_template(caption_template)
+    if small_images not in SMALL_IMAGE_POLICIES:
+        raise DatasetError(f"small_images must be one of {', '.join(SMALL_IMAGE_POLICIES)}, got {small_images!r}")
+    sizes = bucket_sizes(buckets) if buckets is not None else fixed_size(size)
     root = Path(folder).expanduser()
-    if not root.exists():
-        raise DatasetError(f"Dataset folder not found: {root} (expected a folder of {ACCEPTED} images)")
-    if not root.is_dir():
-        raise DatasetError(f"Dataset path is not a folder: {root} (expected a folder of {ACCEPTED} images)")
-    if not caption_extension.startswith("."):
-        caption_extension = "." + caption_extension
-
-    try:
-        found, warnings = _find_images(root)
-    except OSError as exc:  # e.g. permission denied on the folder or a repeat folder
-        raise DatasetError(f"Cannot list dataset folder {root}: {_reason(exc)}") from exc
-    if not found:
-        raise DatasetError(
-            f"No training images in {root}: expected {ACCEPTED} files, directly inside it or in kohya-style "
-            f"repeat folders such as 10_name/, each with an optional {caption_extension} caption of the same name")
+    extension = normal_extension(caption_extension)
+    found = find_files(root, _is_image, extension, f"{ACCEPTED} images")
+    warnings = found.warnings
 
     images: list[TrainImage] = []
-    unreadable: list[str] = []
-    uncaptioned: list[str] = []
-    latin1: list[str] = []
-    for path, repeats in found:
-        name = _relative(path, root)
+    unreadable, uncaptioned, upscaled, skipped = [], [], [], []
+    for entry in found.entries:
+        name = relative(entry.path, root)
         try:
-            pixels = load_training_pixels(path, size)
-        except Exception as exc:  # PIL raises many types for bad files; all mean "skip and name it"
-            unreadable.append(f"{name} ({_reason(exc)})")
+            source, digest = probe_image(entry.path)
+        except Exception as exc:  # PIL raises many types for bad files: all mean "skip and name it"
+            unreadable.append(f"{name} ({reason(exc)})")
             continue
-        caption = _caption_for(path, caption_extension, root, latin1, warnings)
-        if not caption:
+        placement = assign(source, sizes)
+        if placement.upscaled:
+            (skipped if small_images == "skip" else upscaled).append(f"{name} ({source[0]}x{source[1]})")
+            if small_images == "skip":
+                continue
+        if not entry.caption:
             uncaptioned.append(name)
-            caption = default_caption.strip()
-        images.append(TrainImage(path=path, pixels=pixels, caption=with_trigger(caption, trigger_word),
-                                 repeats=repeats))
+        text = apply_template(caption_template, entry.caption or default_caption.strip(), trigger_word)
+        images.append(TrainImage(path=entry.path, caption=text, repeats=entry.repeats, placement=placement, digest=digest))
 
     if not images:
-        raise DatasetError(f"None of the {len(unreadable)} images in {root} could be read: {_names(unreadable)}")
+        if skipped and not unreadable:
+            raise DatasetError(f"Every image in {root} is smaller than its bucket and small_images is 'skip': "
+                               f"{names(skipped)}")
+        raise DatasetError(f"None of the {len(unreadable)} images in {root} could be read: {names(unreadable)}")
     if unreadable:
-        warnings.append(f"Skipped {_count(len(unreadable), 'unreadable image')}: {_names(unreadable)}")
+        warnings.append(f"Skipped {count(len(unreadable), 'unreadable image')}: {names(unreadable)}")
+    report_small(warnings, upscaled, skipped, "image")
     if uncaptioned:
-        used = with_trigger(default_caption.strip(), trigger_word)
-        warnings.append(f"{_count(len(uncaptioned), 'image')} with no caption ({_names(uncaptioned)}); "
+        used = apply_template(caption_template, default_caption.strip(), trigger_word)
+        warnings.append(f"{count(len(uncaptioned), 'image')} with no caption ({names(uncaptioned)}); "
                         f"using the default caption {used!r}")
-    if latin1:
-        warnings.append(f"{_count(len(latin1), 'caption')} not valid UTF-8, read as latin-1: {_names(latin1)}")
-    return ImageDataset(images=images, resolution=size, warnings=warnings, root=root,
-                        trigger_word=trigger_word.strip())
+    if found.latin1:
+        warnings.append(f"{count(len(found.latin1), 'caption')} not valid UTF-8, read as latin-1: {names(found.latin1)}")
+    if cache_folder:
+        ensure_writable(Path(cache_folder))  # fail here, naming the folder, not after loading the models
+    train, held_out = split_validation(images, validation, root)
+    return ImageDataset(images=train, resolution=size, warnings=warnings, root=root, trigger_word=trigger_word.strip(),
+                        buckets=buckets, validation=held_out, caption_transforms=caption_transforms or CaptionTransforms(),
+                        augment=augment or AugmentConfig(), cache_folder=Path(cache_folder) if cache_folder else None)
 
 
-def _find_images(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    """(image path, repeats) in sorted order: the folder's own images first, then each N_name folder."""
-    found = [(path, 1) for path in _image_files(root)]
-    warnings: list[str] = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p)):
-        match = REPEAT_FOLDER.match(sub.name)
-        if not match:
-            warnings.append(f"Ignored folder {sub.name}/: not a kohya-style N_name repeat folder")
-            continue
-        repeats = int(match.group(1))
-        if repeats == 0:
-            warnings.append(f"Ignored folder {sub.name}/: 0 repeats")
-            continue
-        files = _image_files(sub)
-        if not files:
-            warnings.append(f"Repeat folder {sub.name}/ has no {ACCEPTED} images")
-        found.extend((path, repeats) for path in files)
-        nested = sorted(p.name for p in sub.iterdir() if p.is_dir() and not _hidden(p))
-        if nested:
-            warnings.append(f"Ignored folders inside {sub.name}/ (only one level is read): {_names(nested)}")
-    return found, warnings
+def report_small(warnings: list[str], upscaled: list[str], skipped: list[str], noun: str) -> None:
+    if upscaled:
+        warnings.append(f"{count(len(upscaled), noun)} smaller than {'its' if len(upscaled) == 1 else 'their'} bucket, "
+                        f"upscaled (blurrier than the rest; set small_images to 'skip' to leave them out): {names(upscaled)}")
+    if skipped:
+        warnings.append(f"Skipped {count(len(skipped), noun)} smaller than {'its' if len(skipped) == 1 else 'their'} "
+                        f"bucket (small_images 'skip'): {names(skipped)}")
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p) and p.is_file())
+def split_validation(items: list[TrainImage], validation: float, root: Path) -> tuple[list[TrainImage], list[TrainImage]]:
+    """Hold out a fraction (< 1) or a number (>= 1) of the files, picked by a fixed seed so every run holds out
+    the same ones; all clips of a held-out video go with it (no clip of it is trained on)."""
+    if validation < 0:
+        raise DatasetError(f"validation must be >= 0 (a fraction below 1, or a number of files), got {validation}")
+    if validation == 0:
+        return items, []
+    files = list(dict.fromkeys(item.path for item in items))
+    n = max(1, round(validation * len(files))) if validation < 1 else int(validation)
+    if n >= len(files):
+        raise DatasetError(f"Holding out {n} of the {len(files)} files in {root} for validation leaves none to train on")
+    chosen = {files[i] for i in torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[:n].tolist()}
+    return [item for item in items if item.path not in chosen], [item for item in items if item.path in chosen]
 
 
-def _caption_for(image: Path, extension: str, root: Path, latin1: list[str], warnings: list[str]) -> str:
-    """The caption beside `image`, or "" when there is none (or it is empty or unreadable)."""
-    caption_path = image.with_suffix(extension)
-    if not caption_path.is_file():
-        return ""
-    try:
-        caption, was_latin1 = read_caption(caption_path)
-    except OSError as exc:
-        warnings.append(f"Could not read caption {_relative(caption_path, root)}: {_reason(exc)}")
-        return ""
-    if was_latin1:
-        latin1.append(_relative(caption_path, root))
-    return caption
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
-def _hidden(path: Path) -> bool:
-    return path.name.startswith(".")
+def probe_image(path: Path) -> tuple[Size, str]:
+    """(upright size, content hash) from one read of the file; a truncated PNG fails here (verify checks CRCs)."""
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        image.verify()
+    return image_size(io.BytesIO(data)), digest_bytes(data)
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name
-
-
-def _names(names: list[str]) -> str:
-    shown = ", ".join(names[:MAX_NAMES_IN_MESSAGE])
-    hidden = len(names) - MAX_NAMES_IN_MESSAGE
-    return shown + (f" and {hidden} more" if hidden > 0 else "")
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _reason(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__
+def _key(key: BucketKey) -> str:
+    w, h, frames = key
+    return f"bucket {w}x{h}" + (f"x{frames} frames" if frames > 1 else "")

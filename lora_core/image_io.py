@@ -1,6 +1,7 @@
-"""Decode any image file to float RGB in [0, 1] and fit it to a training resolution.
+"""Decode any image file to float RGB in [0, 1] and fit it to a training size (a bucket placement).
 
 Pixels stay float32 from decode to crop, so 16-bit sources keep their precision through the resize.
+Datasets read only each file's size up front (`image_size`); pixels are decoded when they are encoded.
 """
 from __future__ import annotations
 
@@ -10,11 +11,29 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .buckets import Placement, place
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 # Full-scale value of each integer mode we read as grey: 16-bit PNGs open as "I;16*" (or "I" from TIFF).
 _GREY_FULL_SCALE = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of the upright image, from the header alone (EXIF rotation applied, nothing decoded).
+
+    Raises whatever PIL raises for files that are not images; truncated files pass here and fail at decode.
+    """
+    with Image.open(path) as image:
+        width, height = image.size
+        try:
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        except Exception:  # a malformed EXIF block: decode_rgb's exif_transpose ignores it the same way
+            orientation = 1
+    return (height, width) if orientation in _SWAPS_SIDES else (width, height)
 
 
 def decode_rgb(path: str | Path) -> np.ndarray:
@@ -61,28 +80,36 @@ def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
 
 
 def resize_and_crop(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Scale so the image covers `size` = (w, h) (shorter side to target), then center-crop to it.
+    """Scale so the image covers `size` = (w, h) (shorter side to target), then center-crop to it."""
+    height, width = rgb.shape[:2]
+    return fit_to_placement(rgb, place((width, height), size))
+
+
+def fit_to_placement(rgb: np.ndarray, placement: Placement) -> np.ndarray:
+    """Resize (H, W, 3) float pixels to placement.resized and cut the bucket window at placement.crop.
 
     Lanczos when shrinking (sharp, alias-free); bicubic when enlarging (Lanczos rings more on upscale).
     """
-    target_w, target_h = size
     height, width = rgb.shape[:2]
-    scale = max(target_w / width, target_h / height)
-    new_w = max(target_w, round(width * scale))
-    new_h = max(target_h, round(height * scale))
+    if (width, height) != placement.source:
+        raise ValueError(f"pixels are {width}x{height} but the placement was made for "
+                         f"{placement.source[0]}x{placement.source[1]}")
+    new_w, new_h = placement.resized
     if (new_w, new_h) != (width, height):
-        resample = Image.Resampling.LANCZOS if scale < 1.0 else Image.Resampling.BICUBIC
+        resample = Image.Resampling.LANCZOS if placement.scale < 1.0 else Image.Resampling.BICUBIC
         rgb = np.stack(
             [np.asarray(Image.fromarray(np.ascontiguousarray(rgb[..., c])).resize((new_w, new_h), resample))
              for c in range(3)],
             axis=2,
         )
-    left = (new_w - target_w) // 2
-    top = (new_h - target_h) // 2
+    (left, top), (target_w, target_h) = placement.crop, placement.bucket
     cropped = rgb[top:top + target_h, left:left + target_w]
     return np.clip(cropped, 0.0, 1.0).astype(np.float32)  # both filters overshoot slightly at edges
 
 
-def load_training_pixels(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
-    """(H, W, 3) float32 tensor in [0, 1] at `size` = (w, h): ComfyUI IMAGE layout without the batch dim."""
-    return torch.from_numpy(np.ascontiguousarray(resize_and_crop(decode_rgb(path), size)))
+def load_training_pixels(path: str | Path, size: tuple[int, int] | Placement) -> torch.Tensor:
+    """(H, W, 3) float32 tensor in [0, 1] at `size` = (w, h) or a placement: ComfyUI IMAGE layout, no batch dim."""
+    rgb = decode_rgb(path)
+    if not isinstance(size, Placement):
+        return torch.from_numpy(np.ascontiguousarray(resize_and_crop(rgb, size)))
+    return torch.from_numpy(np.ascontiguousarray(fit_to_placement(rgb, size)))

@@ -75,6 +75,7 @@ def training_metadata(
     finished_at: float | None = None,
     compute_dtype: str | None = None,
     base_loras: list[dict] | None = None,
+    timestep_sampling: str = "",
 ) -> dict[str, str]:
     """Header metadata (all values str) for a LoRA trained by LoRA Lab.
 
@@ -122,6 +123,7 @@ def training_metadata(
         "lora_lab_trigger_words": json.dumps(triggers),
         "lora_lab_autocast": precision,
         "lora_lab_compute_dtype": ran,
+        "lora_lab_timestep_sampling": timestep_sampling,
     }
     if base_loras:
         meta["lora_lab_base_loras"] = json.dumps(base_loras, sort_keys=True)

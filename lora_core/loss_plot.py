@@ -1,4 +1,4 @@
-"""Loss curve as a PIL image (raw + smoothed), drawn with ImageDraw only: no matplotlib dependency."""
+"""Loss curve as a PIL image (raw + smoothed + validation points), drawn with ImageDraw only: no matplotlib."""
 from __future__ import annotations
 
 import math
@@ -11,6 +11,7 @@ AXIS = (60, 60, 60)
 GRID = (232, 232, 232)
 RAW = (160, 190, 225)
 SMOOTH = (20, 90, 170)
+VALIDATION = (220, 110, 20)
 TEXT = (30, 30, 30)
 
 
@@ -32,22 +33,25 @@ def smooth_losses(losses: Sequence[float], beta: float = 0.9) -> list[float]:
     return smoothed
 
 
-def plot_losses(losses: Sequence[float], width: int = 768, height: int = 384, title: str = "") -> Image.Image:
-    """RGB chart of loss per step: raw as a light line, smoothed as a bold line, ticks, legend, title."""
+def plot_losses(losses: Sequence[float], width: int = 768, height: int = 384, title: str = "",
+                validation: Sequence[tuple[int, float]] = ()) -> Image.Image:
+    """RGB chart of loss per step: raw as a light line, smoothed as a bold line, validation loss (step, value)
+    as an orange line with dots, ticks, legend, title."""
     if width < 160 or height < 120:
         raise ValueError(f"plot size {width}x{height} is too small (at least 160x120)")
     values = [float(v) for v in losses]
     image = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
-    finite = [v for v in values if math.isfinite(v)]
+    checks = [(int(step), float(v)) for step, v in validation]
+    finite = [v for v in values if math.isfinite(v)] + [v for _, v in checks if math.isfinite(v)]
 
     if title:
         _text(draw, (width // 2, 6), title, font, anchor="ma")
     top = 30 if title else 20
     frame = _Frame(left=64, top=top, right=width - 14, bottom=height - 34)
 
-    n = len(values)
+    n = max([len(values)] + [step for step, _ in checks])
     x_lo, x_hi = (1.0, float(max(n, 2))) if n > 1 else (0.0, 2.0)
     y_lo, y_hi = _padded_range(finite)
     x_ticks, y_ticks = nice_ticks(x_lo, x_hi, 8, integer=True), nice_ticks(y_lo, y_hi, 6)
@@ -59,14 +63,15 @@ def plot_losses(losses: Sequence[float], width: int = 768, height: int = 384, ti
               anchor="mm")
         return image
 
-    steps = range(1, n + 1) if n > 1 else [1]
+    steps = range(1, len(values) + 1) if len(values) > 1 else [1]
     for points in _decimated_segments(frame, steps, values):
         _polyline(draw, points, RAW, 1)
     # the EMA holds its value across NaN steps; leave those steps blank in the plot as for the raw line
     smoothed = [s if math.isfinite(v) else math.nan for s, v in zip(smooth_losses(values), values)]
     for points in _decimated_segments(frame, steps, smoothed):
         _polyline(draw, points, SMOOTH, 3)
-    _draw_legend(draw, frame, font)
+    _draw_validation(draw, frame, checks)
+    _draw_legend(draw, frame, font, with_validation=bool(checks))
     _text(draw, ((frame.left + frame.right) // 2, height - 4), "step", font, anchor="md")
     return image
 
@@ -174,8 +179,16 @@ def _polyline(draw: ImageDraw.ImageDraw, points: list[tuple[float, float]], colo
         draw.line(points, fill=color, width=width, joint="curve" if width > 1 else None)
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, frame: _Frame, font: ImageFont.ImageFont) -> None:
-    entries = [("loss", RAW, 1), ("smoothed", SMOOTH, 3)]
+def _draw_validation(draw: ImageDraw.ImageDraw, frame: _Frame, checks: list[tuple[int, float]]) -> None:
+    points = [(frame.px(step), frame.py(v)) for step, v in sorted(checks) if math.isfinite(v)]
+    if len(points) > 1:
+        draw.line(points, fill=VALIDATION, width=2)
+    for x, y in points:
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=VALIDATION)
+
+
+def _draw_legend(draw: ImageDraw.ImageDraw, frame: _Frame, font: ImageFont.ImageFont, with_validation: bool = False) -> None:
+    entries = [("loss", RAW, 1), ("smoothed", SMOOTH, 3)] + ([("validation", VALIDATION, 2)] if with_validation else [])
     label_w = max(draw.textlength(label, font=font) for label, _, _ in entries)
     box_w, row_h = int(label_w) + 40, 14
     x0, y0 = frame.right - box_w - 8, frame.top + 8

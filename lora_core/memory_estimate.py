@@ -1,9 +1,10 @@
 """How much device memory a training step needs, to ask the host's memory manager for before loading.
 
-Activations scale with what the host estimates for one inference forward of the same batch: backward keeps
-about ACTIVATIONS_KEPT of those without checkpointing, and about ACTIVATIONS_CHECKPOINTED with it (block
-inputs plus one block being recomputed). The factors were measured on ComfyUI's SD1.5 with saved-tensor
-hooks (bench/training_memory.py). The LoRA needs its fp32 weights, their gradients and the optimizer state.
+Activations scale with what the host estimates for one inference forward of the same batch. Measured on
+ComfyUI's SD1.5 (bench/training_memory.py, 64-256 px, batch 1-4): a forward keeps 3.2-3.5x that estimate
+for backward without checkpointing, and 0.24-0.27x with it (block inputs only). On top comes the transient
+of backward itself (about one inference forward), and with checkpointing the one block being recomputed:
+hence 4.0x and 1.5x. The LoRA needs its fp32 weights, their gradients and the optimizer state.
 """
 
 from __future__ import annotations

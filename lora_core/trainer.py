@@ -229,9 +229,8 @@ class _Run:
                 loss = diffusion_loss(self.backend, x0, torch.stack(noise).to(self.device), u, conds).mean()
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"loss became {value} at step {step + 1} (micro-step {m + 1}); "
-                    f"the last good LoRA (after step {step}) is kept in .result", self.result(interrupted=True))
+                raise NonFiniteLossError(f"loss became {value} at step {step + 1} (micro-step {m + 1})",
+                                         self.result(interrupted=True))
             self.scaler.scale(loss / self.config.grad_accum).backward()
             micro_losses.append(value)
         self._clip_and_step(step)
@@ -247,9 +246,7 @@ class _Run:
         else:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
         if not torch.isfinite(norm) and not self.scaler.is_enabled():  # fp16: the scaler skips the step itself
-            raise NonFiniteLossError(
-                f"gradient became {float(norm)} at step {step + 1}; the last good LoRA is kept in .result",
-                self.result(interrupted=True))
+            raise NonFiniteLossError(f"gradient became {float(norm)} at step {step + 1}", self.result(interrupted=True))
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
@@ -316,10 +313,8 @@ def _loop(run: _Run, on_step, should_stop, interrupt_on, validate) -> TrainResul
 def _raise_clearly(error: BaseException, run: _Run) -> None:
     if is_out_of_memory(error):
         run.optimizer.zero_grad(set_to_none=True)
-        raise TrainingOutOfMemory(
-            f"out of memory at step {len(run.losses) + 1}; {OOM_ADVICE}. The last good LoRA "
-            f"(after step {len(run.losses)}) and its training state are kept in .result", run.result(interrupted=True),
-        ) from error
+        raise TrainingOutOfMemory(f"out of memory at step {len(run.losses) + 1}; {OOM_ADVICE}",
+                                  run.result(interrupted=True)) from error
     clear = explain_inference_error(error)
     if clear is not None:
         raise clear from error

@@ -1,4 +1,4 @@
-"""Load Training Images: a folder of images + captions -> a dataset for Train LoRA."""
+"""Load Training Images: a folder of images + captions -> a dataset for Train LoRA (buckets, captions, cache)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from comfy_api.latest import io
 
 from ..lora_core.dataset import load_image_folder
 from .comfy_paths import resolve_dataset_folder
-from .types import DATASET
+from .dataset_inputs import (bucket_config, caption_extension, caption_inputs, common_inputs, dataset_outputs,
+                             folder_fingerprint, resolve_cache_folder, small_images)
+from .dataset_options import caption_transforms
 
 log = logging.getLogger("lora_lab")
 
@@ -20,25 +22,39 @@ class LoadTrainingImages(io.ComfyNode):
             node_id="LoraLabDataset",
             display_name="Load Training Images",
             category="LoRA Lab",
-            description="Reads png/jpg/jpeg/webp images with same-name .txt captions; kohya 'N_name' folders "
-                        "repeat their images N times.",
+            description="Reads png/jpg/jpeg/webp images with same-name caption files; kohya 'N_name' folders repeat "
+                        "their images N times. Images are placed in aspect-ratio buckets; pixels are decoded only when "
+                        "Train LoRA encodes them, and encodings are cached.",
             inputs=[
                 io.String.Input("folder", default="training",
                                 tooltip="A folder under ComfyUI's input directory, or an absolute path."),
-                io.Int.Input("resolution", default=512, min=64, max=4096, step=64,
-                             tooltip="Training resolution: images are resized (shorter side) and center-cropped."),
-                io.String.Input("trigger_word", default="",
-                                tooltip="Prepended to every caption (once)."),
-                io.String.Input("default_caption", default="",
-                                tooltip="Caption for images that have no .txt file."),
+                io.Int.Input("resolution", default=512, min=64, max=4096, step=8,
+                             tooltip="Base training resolution: buckets hold about resolution² pixels. With aspect "
+                                     "buckets off, images are resized (shorter side) and center-cropped to it."),
+                io.Boolean.Input("aspect_buckets", default=True,
+                                 tooltip="Group images by aspect ratio (kohya-style buckets): each is resized and cropped "
+                                         "as little as its shape allows, and each batch comes from one bucket."),
+                *caption_inputs(),
+                *common_inputs(),
             ],
-            outputs=[DATASET.Output(display_name="dataset"), io.String.Output(display_name="summary")],
+            outputs=dataset_outputs(),
         )
 
     @classmethod
-    def execute(cls, folder, resolution, trigger_word, default_caption) -> io.NodeOutput:
-        dataset = load_image_folder(resolve_dataset_folder(folder), resolution, trigger_word=trigger_word,
-                                    default_caption=default_caption)
+    def fingerprint_inputs(cls, folder, **kwargs):
+        return folder_fingerprint(resolve_dataset_folder(folder))
+
+    @classmethod
+    def execute(cls, folder, resolution, trigger_word, default_caption, aspect_buckets=True, caption_template="",
+                validation=0.0, cache_folder="", bucket_options=None, caption_options=None,
+                augmentation=None) -> io.NodeOutput:
+        dataset = load_image_folder(
+            resolve_dataset_folder(folder), resolution, trigger_word=trigger_word, default_caption=default_caption,
+            caption_extension=caption_extension(caption_options),
+            buckets=bucket_config(aspect_buckets, resolution, bucket_options), caption_template=caption_template,
+            small_images=small_images(bucket_options), validation=validation,
+            caption_transforms=caption_transforms(caption_options), augment=augmentation,
+            cache_folder=resolve_cache_folder(cache_folder))
         for warning in dataset.warnings:
             log.warning("LoRA Lab dataset: %s", warning)
-        return io.NodeOutput(dataset, dataset.summary())
+        return io.NodeOutput(dataset, dataset.summary(), dataset.captions())

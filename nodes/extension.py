@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .cache_node import EncodingCacheNode
 from .convert_nodes import ConvertLora, InspectLora
 from .dataset_node import LoadTrainingImages
+from .dataset_options import Augmentation, BucketOptions, CaptionOptions
 from .load_node import LoadLora
 from .loss_plot_node import PlotTrainingLoss
 from .progress_events import prompt_server
 from .progress_log import register_routes
 from .save_node import SaveLora
 from .train_node import TrainLora
+from .video_dataset_node import LoadTrainingVideos
 
 
 class LoraLabExtension(ComfyExtension):
@@ -21,4 +24,5 @@ class LoraLabExtension(ComfyExtension):
         server = prompt_server()
         if server is not None:
             register_routes(server.routes)
-        return [LoadTrainingImages, TrainLora, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora, InspectLora]
+        return [LoadTrainingImages, LoadTrainingVideos, BucketOptions, CaptionOptions, Augmentation, EncodingCacheNode,
+                TrainLora, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora, InspectLora]

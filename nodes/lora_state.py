@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..lora_core.dataset_metadata import dataset_metadata
 from ..lora_core.lora_file import training_metadata
 from ..lora_core.lora_weights import LoraWeights, kohya_name
 
@@ -44,6 +45,8 @@ def trained_lora(result, config, dataset, family: str, name: str, prediction: st
         targets=config.targets, prediction=prediction, output_name=name,
         trigger_words=dataset.trigger_word, captions=[image.caption for image in dataset.images],
         resolution=dataset.resolution, compute_dtype=result.compute_dtype, base_loras=base_loras,
+        timestep_sampling=config.timestep_sampling,
     )
+    metadata.update(dataset_metadata(dataset))  # kohya's bucket / caption / augmentation keys
     weights = LoraWeights(modules=result.lora.modules, metadata={**result.lora.metadata, **metadata})
     return TrainedLora(weights=weights, family=family)

@@ -1,4 +1,4 @@
-"""Plot Training Loss: the loss history, raw and smoothed, as an IMAGE and a UI preview."""
+"""Plot Training Loss: the loss history, raw and smoothed, and the validation loss, as an IMAGE and a UI preview."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class PlotTrainingLoss(io.ComfyNode):
 
     @classmethod
     def execute(cls, loss, width, height) -> io.NodeOutput:
-        picture = plot_losses(loss["loss"], width=width, height=height, title=f"loss: {loss.get('name', '')}")
+        picture = plot_losses(loss["loss"], width=width, height=height, title=f"loss: {loss.get('name', '')}",
+                              validation=[tuple(point) for point in loss.get("validation", ())])
         image = torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0)[None]
         return io.NodeOutput(image, ui=ui.PreviewImage(image, cls=cls))

@@ -18,6 +18,7 @@ from ..lora_core.memory_estimate import training_memory
 from ..lora_core.targets import select_targets
 from ..lora_core.train_state import save_train_state, state_path
 from ..lora_core.trainer import StepReport, TrainConfig, train
+from ..lora_core.validation import ValidationLoss
 from .base_loras import base_loras
 from .comfy_backend import ComfyBackend
 from .comfy_paths import lora_output_name, unused_lora_path
@@ -27,7 +28,7 @@ from .lora_state import TrainedLora, trained_lora
 from .progress_events import ProgressStream, running_prompt_id, server_sender
 from .progress_log import RUN_LOG
 from .rope_autograd import ensure_rope_autograd
-from .training_data import build_samples, encode_captions, encode_latents
+from .training_data import largest_latent_shape, prepare_training_data
 from .types import DATASET, LORA, LOSS
 
 log = logging.getLogger("lora_lab")
@@ -83,7 +84,9 @@ class _Progress:
     def __call__(self, report: StepReport) -> None:
         step, total = report.step, report.total
         text = f"step {step}/{total}  loss {report.loss:.5f}  lr {report.lr:.3g}"
-        if step == 1 or step == total or step % max(1, total // 20) == 0:
+        if report.val_loss is not None:
+            text += f"  validation {report.val_loss:.5f}"
+        if step == 1 or step == total or step % max(1, total // 20) == 0 or report.val_loss is not None:
             log.info("LoRA Lab: %s", text)
         if self.stream is not None:
             self.stream.report(report)  # a completed step belongs on the chart even when cancel is pending
@@ -141,9 +144,11 @@ class TrainLora(io.ComfyNode):
                         "the LoRA applied, the LoRA, and the loss history.",
             inputs=[
                 io.Model.Input("model", tooltip="The model to train on (from any checkpoint/UNet loader)."),
-                io.Clip.Input("clip", tooltip="Text encoder used to encode the captions (not trained)."),
-                io.Vae.Input("vae", tooltip="VAE used to encode the training images to latents once."),
-                DATASET.Input("dataset", tooltip="Images and captions from 'Load Training Images'."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="Text encoder for the captions (not trained). Not needed when conditioning is "
+                                      "connected; needed for per-step caption dropout / shuffling."),
+                io.Vae.Input("vae", tooltip="VAE used to encode the training images to latents once (cached)."),
+                DATASET.Input("dataset", tooltip="From 'Load Training Images' or 'Load Training Videos'."),
                 io.Int.Input("steps", default=500, min=1, max=1_000_000, tooltip="Optimizer steps."),
                 io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6,
                                tooltip="Peak learning rate of AdamW."),
@@ -172,6 +177,13 @@ class TrainLora(io.ComfyNode):
                                 tooltip="Name for metadata and for partial saves (cancel, NaN) in models/loras."),
                 io.String.Input("custom_targets", default="", optional=True,
                                 tooltip="Optional comma-separated regexes on module names; overrides the preset."),
+                io.Conditioning.Input("conditioning", optional=True,
+                                      tooltip="The dataset's captions output encoded by any text-encoder node (one per "
+                                              "caption, in order): for models whose encoder is not a CLIP (Sana's "
+                                              "Gemma, T5-only). Per-step caption dropout/shuffling need clip instead."),
+                io.Int.Input("validation_every", default=50, min=0, max=1_000_000, optional=True,
+                             tooltip="Validation loss of the dataset's held-out images every N steps (and at the end), "
+                                     "at fixed noise; 0 = off."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained LoRA applied."),
@@ -179,19 +191,25 @@ class TrainLora(io.ComfyNode):
                 LOSS.Output(display_name="loss", tooltip="Loss per step, for 'Plot Training Loss'."),
             ],
             hidden=[io.Hidden.unique_id],
+            is_input_list=True,  # the conditioning list arrives whole; every other input is a list of one
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, dataset, steps, learning_rate, rank, alpha, target_preset, batch_size,
-                grad_accumulation, lr_schedule, warmup_steps, timestep_sampling, precision,
-                gradient_checkpointing, seed, output_name, custom_targets="") -> io.NodeOutput:
+    def execute(cls, **inputs) -> io.NodeOutput:
+        single = {k: v[0] if isinstance(v, list) and k != "conditioning" else v for k, v in inputs.items()}
+        return cls._run(**single)
+
+    @classmethod
+    def _run(cls, model, vae, dataset, steps, learning_rate, rank, alpha, target_preset, batch_size,
+             grad_accumulation, lr_schedule, warmup_steps, timestep_sampling, precision,
+             gradient_checkpointing, seed, output_name, custom_targets="", clip=None, conditioning=None,
+             validation_every=50) -> io.NodeOutput:
         name = lora_output_name(output_name)
         patcher = model.clone()
         family = model_family(patcher)
         underneath = base_loras(patcher)
 
-        latents = encode_latents(vae, patcher, dataset)
-        cond_by_caption = encode_captions(clip, [image.caption for image in dataset.images])
+        data = prepare_training_data(patcher, dataset, vae, clip, conditioning, batch_size, seed)
         # The VAE and text encoder are done: let ComfyUI evict them before the model is loaded to train.
         comfy.model_management.free_memory(1e30, patcher.load_device)
 
@@ -204,28 +222,31 @@ class TrainLora(io.ComfyNode):
             precision=resolve_precision(precision, patcher.load_device),
             gradient_checkpointing=gradient_checkpointing, seed=seed,
         )
-        load_for_training(patcher, backend, config, latents[0].shape)
+        load_for_training(patcher, backend, config, largest_latent_shape(data))
+        validate = (ValidationLoss(backend, data.validation, validation_every, last_step=steps, batch_size=batch_size,
+                                   precision=config.precision) if data.validation and validation_every > 0 else None)
 
         def finished(result) -> TrainedLora:
             return trained_lora(result, config, dataset, family, name, backend.prediction, underneath)
 
         with torch.inference_mode(False), torch.enable_grad():
             ensure_rope_autograd()
-            samples = build_samples(patcher, backend.device, dataset, latents, cond_by_caption, seed)
             patcher.pre_run()  # as the sampler does: the model knows its patcher, pre-run callbacks fire
             try:
                 # Cancel arrives either as the flag (seen between steps) or as ComfyUI's ops raising
                 # InterruptProcessingException mid-forward (which also clears the flag): both end the run.
-                result = train(backend, samples, config, on_step=_Progress(steps, cls.hidden.unique_id),
+                result = train(backend, data.samples, config, on_step=_Progress(steps, cls.hidden.unique_id),
                                should_stop=comfy.model_management.processing_interrupted,
-                               interrupt_on=(comfy.model_management.InterruptProcessingException,))
+                               interrupt_on=(comfy.model_management.InterruptProcessingException,),
+                               order=data.order, validate=validate)
             except (NonFiniteLossError, TrainingOutOfMemory) as error:
                 kind = "loss became non-finite" if isinstance(error, NonFiniteLossError) else "out of memory"
+                done = error.result.steps_done
                 path = _save_partial(finished(error.result), name, error.result, kind)
-                del error.result  # its tensors pin nothing on the device, but the traceback should not keep them
+                del error.result  # the traceback should not keep the run's tensors alive
                 comfy.model_management.soft_empty_cache()
-                raise type(error)(f"{error} Saved the LoRA to {path} and the state to continue from to "
-                                  f"{state_path(path)}.") from error
+                raise type(error)(f"LoRA Lab: {error}. Saved the LoRA after step {done} to {path} and the state "
+                                  f"to continue from to {state_path(path)}.") from error
             finally:
                 patcher.cleanup()
 
@@ -236,4 +257,5 @@ class TrainLora(io.ComfyNode):
             comfy.model_management.interrupt_current_processing(False)
             raise comfy.model_management.InterruptProcessingException()
         trained_model, _, _ = apply_lora(patcher, None, lora.state_dict(), 1.0, 0.0, f"trained '{name}'")
-        return io.NodeOutput(trained_model, lora, {"loss": result.losses, "name": name})
+        return io.NodeOutput(trained_model, lora, {"loss": result.losses, "name": name,
+                                                   "validation": validate.history if validate else []})

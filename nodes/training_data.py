@@ -1,38 +1,69 @@
-"""Turn a DATASET plus the graph's VAE and text encoder into the trainer's samples.
+"""Train LoRA's data: a DATASET + the graph's VAE and CLIP (or a conditioning list) -> samples, order, validation.
 
-Each image is VAE-encoded once (``process_latent_in`` puts it in the space the model trains in) and each
-distinct caption encoded once, to the CONDITIONING CLIPTextEncode would give; kohya repeats only repeat the
-reference. Tensors made under ComfyUI's inference_mode are copied, since autograd may not save them.
+lora_core.training_samples does the work (content-addressed cache, bucket order, cached flips and variants,
+per-step captions); this file supplies ComfyUI's pieces: VAE.encode, CLIP encoding, process_latent_in, and
+the model's own extra_conds per sample, with SDXL's size conditioning from each image's real sizes. Samples
+that share a caption and a latent shape share one processed cond (one copy on the device, not one per
+flip or variant); per-step drawn captions are processed for their step only.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import torch
 
-from ..lora_core.trainer import TrainSample, usable_in_autograd
+from ..lora_core.encoding_cache import EncodingCache
+from ..lora_core.errors import DatasetError
+from ..lora_core.trainer import usable_in_autograd
+from ..lora_core.training_samples import Encoders, SampleInfo, TrainingData, build_training_data
 from .comfy_backend import encode_sample_cond
+from .comfy_encoders import (clip_encoder, clip_identity, uses_size_conditioning, vae_encoder, vae_identity,
+                             with_size_conditioning)
+
+log = logging.getLogger("lora_lab")
 
 
-def encode_latents(vae, patcher, dataset) -> list[torch.Tensor]:
-    """One latent per dataset image (not per repeat)."""
-    latents = []
-    for image in dataset.images:
-        raw = vae.encode(image.pixels.unsqueeze(0)[..., :3])
-        latents.append(patcher.model.process_latent_in(raw)[0].float())
-    return latents
+def prepare_training_data(patcher, dataset, vae, clip, conditioning: list | None, batch_size: int,
+                          seed: int) -> TrainingData:
+    """Encode (or read from the cache) every latent and caption the run needs; raises DatasetError.
+
+    Runs outside inference mode and without grad, so that what it makes can be saved by autograd later.
+    """
+    if clip is None and conditioning is None:
+        raise DatasetError("Train LoRA needs a clip (to encode the dataset's captions) or a conditioning list "
+                           "(the dataset's captions output encoded by any text-encoder node)")
+    size_conditioning = uses_size_conditioning(patcher)
+    shared: dict[tuple, Any] = {}
+
+    def make_cond(cond: Any, info: SampleInfo) -> Any:
+        sizes = (info.original_size, info.crop_top_left, info.target_size) if size_conditioning else None
+        if info.per_step:  # a drawn caption (dropout, shuffle): used for one step, so not kept
+            return encode_sample_cond(patcher, usable_in_autograd(with_size_conditioning(cond, *sizes) if sizes else cond),
+                                      info.latent, seed)
+        key = (id(cond), tuple(info.latent.shape), sizes)
+        if key not in shared:
+            if sizes is not None:
+                cond = with_size_conditioning(cond, *sizes)
+            shared[key] = (cond, encode_sample_cond(patcher, usable_in_autograd(cond), info.latent, seed))
+        return shared[key][1]  # the entry keeps `cond` alive, so its id is not reused by another object
+
+    encoders = Encoders(
+        encode_pixels=vae_encoder(vae), pixels_id=vae_identity(vae),
+        encode_text=clip_encoder(clip) if clip is not None else None,
+        text_id=clip_identity(clip) if clip is not None else "",
+        latent_in=lambda raw: patcher.model.process_latent_in(raw), make_cond=make_cond)
+    with torch.inference_mode(False), torch.no_grad():
+        data = build_training_data(dataset, encoders, EncodingCache(dataset.cache_folder), seed=seed,
+                                   batch_size=batch_size,
+                                   conditionings=list(conditioning) if conditioning is not None else None)
+    for warning in data.warnings:
+        log.warning("LoRA Lab: %s", warning)
+    log.info("LoRA Lab: %s", data.report)
+    return data
 
 
-def encode_captions(clip, captions: list[str]) -> dict[str, list]:
-    """Each distinct caption encoded once."""
-    return {text: clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in dict.fromkeys(captions)}
-
-
-def build_samples(patcher, device, dataset, latents: list[torch.Tensor], cond_by_caption: dict[str, list],
-                  seed: int) -> list[TrainSample]:
-    """Samples in the dataset's expanded (repeats) order; call under torch.inference_mode(False)."""
-    unique = {}
-    for image, latent in zip(dataset.images, latents):
-        latent = usable_in_autograd(latent.to(device))
-        cond = encode_sample_cond(patcher, usable_in_autograd(cond_by_caption[image.caption]), latent, seed)
-        unique[id(image)] = TrainSample(latent=latent, cond=cond, caption=image.caption)
-    return [unique[id(image)] for image in dataset.expanded()]
+def largest_latent_shape(data: TrainingData) -> tuple[int, ...]:
+    """The biggest sample (buckets differ in shape): what the memory request must leave room for."""
+    return tuple(max((s.latent.shape for s in data.samples), key=lambda shape: torch.Size(shape).numel()))

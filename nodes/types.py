@@ -5,3 +5,6 @@ from comfy_api.latest import io
 DATASET = io.Custom("LORA_LAB_DATASET")  # lora_core.dataset.ImageDataset
 LORA = io.Custom("LORA_LAB_LORA")  # nodes.lora_state.TrainedLora
 LOSS = io.Custom("LORA_LAB_LOSS")  # {"loss": [float per step], "name": str}
+BUCKET_OPTIONS = io.Custom("LORA_LAB_BUCKET_OPTIONS")  # dict from 'Bucket Options' (nodes/dataset_options.py)
+CAPTION_OPTIONS = io.Custom("LORA_LAB_CAPTION_OPTIONS")  # dict from 'Caption Options'
+AUGMENTATION = io.Custom("LORA_LAB_AUGMENTATION")  # lora_core.augment.AugmentConfig from 'Augmentation'

@@ -310,3 +310,16 @@ def test_flow_backends_train(family):
     assert all(map(math.isfinite, a.losses)) and a.losses == b.losses
     assert any(torch.count_nonzero(w.up) for w in a.lora.modules.values())
     assert any(".ff." in n or "proj_mlp" in n for n in a.lora.modules)  # MLP layers were trained too
+
+
+def test_a_model_that_computes_in_fp16_gets_loss_scaling_without_autocast(unet):
+    """No autocast asked for (precision fp32), but the model's own dtype is fp16: the gradients are fp16 and need
+    loss scaling, and the metadata must say fp16 ran."""
+
+    class Fp16Backend(DDPMUNetBackend):
+        compute_dtype = torch.float16
+
+    result = train(Fp16Backend(unet), make_samples(2), config(steps=2, precision="fp32"))
+    assert result.compute_dtype == "fp16" and result.state.scaler  # a live GradScaler's state
+    plain = train(DDPMUNetBackend(unet), make_samples(2), config(steps=2, precision="fp32"))
+    assert plain.compute_dtype == "fp32" and not plain.state.scaler

@@ -7,7 +7,16 @@ ComfyUI's layers skip their own initialisation, so nothing may be left unfilled.
 
 Build in a child process (``python comfy_models.py build <kind> <out>``): building a model costs several GB
 of RAM that the test process should not keep. ``ensure_model(kind, cache_dir)`` does that once per cache
-dir, guarded by a file lock, and writes atomically, so parallel sessions share one build.
+dir, guarded by a file lock, and writes atomically, so parallel sessions share one build. Builds are
+deterministic (seeded, every tensor filled in sorted-name order). The default cache dir has one subfolder
+per ComfyUI snapshot (``comfyui-<version>[-<git commit>]``, see ``comfyui_build_tag``): each snapshot's
+files are built with that snapshot's own classes and never served to another.
+
+Checkpoints are laid out the way CheckpointSave lays them out, through the model config's own
+``process_{unet,clip,vae}_state_dict_for_saving`` (the same calls in both snapshots). ``BaseModel.state_dict_for_saving``
+itself is not used: its signature changed (January: ``(clip_sd, vae_sd, ...)``; August:
+``(unet_sd, clip_sd, vae_sd, ...)``, the UNet state dict now coming from ``ModelPatcher.state_dict_for_saving``),
+so the old positional call silently wrote the CLIP weights under ``model.diffusion_model.`` and no UNet.
 
 Kinds (see MODEL_KINDS):
   sd15          full SD1.5 checkpoint (UNet 860M + CLIP-L + VAE), fp16 on disk  -> CheckpointLoaderSimple
@@ -25,8 +34,14 @@ Kinds (see MODEL_KINDS):
   clip_l        standalone CLIP-L text encoder (HF key layout) -> CLIPLoader: type "stable_diffusion" gives
                 (1,77,768)+pooled 768 (feeds flux_small), type "sd3" gives (1,77,4096)+pooled 2048 (sd3_small).
                 CLIPLoader has no "flux" type; DualCLIPLoader flux needs T5-XXL (4.7B params: not built here)
+  wan21_t2v_small  Wan 2.1 T2V DiT (WanModel: 2 blocks, dim 128 = one head of 128, ffn 256, text_dim 4096 -
+                what detection assumes -, in/out 16), bf16 -> UNETLoader, detected as WAN21_T2V. Conditioning
+                (1, L, 4096) from LoraLabTestConditioning (umT5-XXL is too large to build here)
   flux_vae      16-channel KL VAE shaped like Flux's ae.safetensors -> VAELoader
   sd_vae        4-channel SD VAE -> VAELoader
+  wan_vae       Wan 2.1 causal 3-D VAE (ComfyUI's WanVAE key layout, z 16, 8x spatial / 4x temporal) with
+                base width 32 instead of 96 (VAELoader reads the width from decoder.head.0.gamma), bf16
+                -> VAELoader
 """
 
 from __future__ import annotations
@@ -42,6 +57,9 @@ import time
 from pathlib import Path
 
 SEED = 1234
+# Written into every file's metadata; bump when a builder's output changes for the same snapshot: a cached
+# file with another value is rebuilt (ensure_model).
+BUILDER_VERSION = "3"
 
 SD15_UNET_CONFIG = {
     "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
@@ -86,6 +104,15 @@ FLUX_SMALL_PARAMS = {
 SD3_SMALL_DEPTH = 2
 SD3_SMALL_PATCHES = 64 * 64  # pos_embed_max_size 64 (latents up to 128x128 pixels... x8: 1024 px)
 
+# Wan 2.1 T2V: num_heads = dim // 128 and text_dim 4096 are fixed by ComfyUI's detection; dim, ffn_dim,
+# depth, in/out channels are read from the weights.
+WAN21_SMALL_PARAMS = {
+    "model_type": "t2v", "patch_size": (1, 2, 2), "text_len": 512, "in_dim": 16, "dim": 128, "ffn_dim": 256,
+    "freq_dim": 256, "text_dim": 4096, "out_dim": 16, "num_heads": 1, "num_layers": 2, "window_size": (-1, -1),
+    "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6,
+}
+WAN_VAE_SMALL_DIM = 32
+
 MODEL_KINDS = {
     "sd15": "sd15.safetensors",
     "sdxl_small": "sdxl_small.safetensors",
@@ -95,13 +122,20 @@ MODEL_KINDS = {
     "clip_l": "clip_l.safetensors",
     "flux_vae": "flux_vae.safetensors",
     "sd_vae": "sd_vae.safetensors",
+    "wan21_t2v_small": "wan21_t2v_small.safetensors",
+    "wan_vae": "wan_vae.safetensors",
+    "flux_dev_fp8": "flux_dev_fp8.safetensors",
 }
 # Which ComfyUI model folder each kind belongs in (see comfy_server.write_extra_model_paths).
 MODEL_FOLDER = {
     "sd15": "checkpoints", "sdxl_small": "checkpoints", "sdxl": "checkpoints",
     "flux_small": "diffusion_models", "sd3_small": "diffusion_models",
     "clip_l": "text_encoders", "flux_vae": "vae", "sd_vae": "vae",
+    "wan21_t2v_small": "diffusion_models", "wan_vae": "vae", "flux_dev_fp8": "diffusion_models",
 }
+# Full-size Flux-dev transformer (19 double + 38 single blocks, 12B parameters) for the GPU benchmark only,
+# stored in fp8; its text input is CLIP-L wide (768) like flux_small, since no T5-XXL is built here.
+FLUX_DEV_PARAMS = dict(FLUX_SMALL_PARAMS, depth=19, depth_single_blocks=38)
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,15 +167,44 @@ def _cast(state_dict: dict, dtype) -> dict:
     return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
 
 
-def _save(state_dict: dict, path: Path, metadata: dict | None = None) -> None:
-    """Atomic save (temp file in the same dir, fsync, rename) of a flat tensor dict."""
-    from safetensors.torch import save_file
+_ST_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
+              "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
+
+def _save(state_dict: dict, path: Path, metadata: dict | None = None) -> None:
+    """Atomic save (temp file in the same dir, fsync, rename) of a flat tensor dict, byte-deterministic.
+
+    safetensors' own writer emits the metadata in hash-map order (different bytes on every run), so the file
+    is written here with a canonical header: sorted JSON, tensors by descending element size then name (each
+    stays aligned), header padded with spaces to 8 bytes - the layout safetensors itself reads.
+    """
+    import struct
+
+    import torch
+
+    metadata = dict(metadata or {}, lora_lab_builder=BUILDER_VERSION)
+    flat = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    order = sorted(flat, key=lambda k: (-flat[k].element_size(), k))
+    header: dict = {"__metadata__": {str(k): str(v) for k, v in sorted(metadata.items())}}
+    offset = 0
+    for name in order:
+        t = flat[name]
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[str(t.dtype).replace("torch.", "")], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    head += b" " * (-len(head) % 8)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file(state_dict, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as handle:
+        with open(tmp, "wb") as handle:
+            handle.write(struct.pack("<Q", len(head)) + head)
+            for name in order:
+                t = flat[name]
+                if t.numel():
+                    handle.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
@@ -203,9 +266,26 @@ def _build_checkpoint(path: Path, unet_config: dict, clip_class, seed: int, kind
     del clip
     vae_sd = _sd_vae_state_dict(seed + 2, torch.float16)
     model = _filled_unet_model(unet_config, seed)
-    full = model.state_dict_for_saving(clip_sd, vae_sd)
+    full = checkpoint_state_dict(model, clip_sd, vae_sd)
     del model
     _save(_cast(full, torch.float16), path, {"lora_lab_test_model": kind, "seed": str(seed)})
+
+
+def checkpoint_state_dict(model, clip_sd: dict, vae_sd: dict) -> dict:
+    """The full checkpoint dict of a BaseModel plus CLIP and VAE state dicts, as CheckpointSave builds it.
+
+    Uses the model config's process_*_state_dict_for_saving (stable across snapshots), not
+    BaseModel.state_dict_for_saving, whose positional signature differs between snapshots (module doc).
+    """
+    config = model.model_config
+    full = config.process_unet_state_dict_for_saving(dict(model.diffusion_model.state_dict()))
+    for part in (config.process_clip_state_dict_for_saving(dict(clip_sd)),
+                 config.process_vae_state_dict_for_saving(dict(vae_sd))):
+        clash = set(part) & set(full)
+        if clash:
+            raise RuntimeError(f"checkpoint parts overlap on {sorted(clash)[:5]}")
+        full.update(part)
+    return full
 
 
 def build_flux_small(path: Path, seed: int = SEED) -> None:
@@ -218,7 +298,29 @@ def build_flux_small(path: Path, seed: int = SEED) -> None:
     model = comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, device="cpu",
                                       dtype=torch.float32, **params)
     fill_random_(model, seed)
-    _save(_cast(model.state_dict(), torch.bfloat16), path, {"lora_lab_test_model": "flux_small", "seed": str(seed)})
+    # Released Flux files (BFL's flux1-dev) name the q/k RMSNorm gains "<..>_norm.scale". January's Flux
+    # modules do too; August's use comfy.ops RMSNorm ("_norm.weight") and rename .scale -> .weight on load
+    # (supported_models.Flux.process_unet_state_dict) without a saving counterpart: write the released names.
+    sd = {(k[: -len(".weight")] + ".scale" if k.endswith("_norm.weight") else k): v
+          for k, v in model.state_dict().items()}
+    _save(_cast(sd, torch.bfloat16), path, {"lora_lab_test_model": "flux_small", "seed": str(seed)})
+
+
+def build_flux_dev_fp8(path: Path, seed: int = SEED) -> None:
+    """Filled block by block in bf16 (24 GB, not 48 in fp32), written in fp8_e4m3fn (12 GB). GPU bench only."""
+    import torch
+    import comfy.ldm.flux.model
+    import comfy.ops
+
+    params = dict(FLUX_DEV_PARAMS)
+    params.pop("image_model")
+    model = comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, device="cpu",
+                                      dtype=torch.bfloat16, **params)
+    fill_random_(model, seed)
+    sd = {(k[: -len(".weight")] + ".scale" if k.endswith("_norm.weight") else k): v
+          for k, v in model.state_dict().items()}
+    _save({k: (v.to(torch.float8_e4m3fn) if v.dim() >= 2 else v.to(torch.bfloat16)).contiguous() for k, v in sd.items()},
+          path, {"lora_lab_test_model": "flux_dev_fp8", "seed": str(seed)})
 
 
 def build_sd3_small(path: Path, seed: int = SEED) -> None:
@@ -236,6 +338,29 @@ def build_sd3_small(path: Path, seed: int = SEED) -> None:
     )
     fill_random_(model, seed)
     _save(_cast(model.state_dict(), torch.bfloat16), path, {"lora_lab_test_model": "sd3_small", "seed": str(seed)})
+
+
+def build_wan21_t2v_small(path: Path, seed: int = SEED) -> None:
+    import torch
+    import comfy.ldm.wan.model
+    import comfy.ops
+
+    model = comfy.ldm.wan.model.WanModel(operations=comfy.ops.disable_weight_init, device="cpu",
+                                         dtype=torch.float32, **WAN21_SMALL_PARAMS)
+    fill_random_(model, seed)
+    _save(_cast(model.state_dict(), torch.bfloat16), path,
+          {"lora_lab_test_model": "wan21_t2v_small", "seed": str(seed)})
+
+
+def build_wan_vae(path: Path, seed: int = SEED) -> None:
+    """ComfyUI's Wan 2.1 VAE (comfy.ldm.wan.vae.WanVAE) with the config VAELoader builds, at a smaller width."""
+    import torch
+    import comfy.ldm.wan.vae
+
+    vae = comfy.ldm.wan.vae.WanVAE(dim=WAN_VAE_SMALL_DIM, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                                   attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0)
+    fill_random_(vae, seed + 2)
+    _save(_cast(vae.state_dict(), torch.bfloat16), path, {"lora_lab_test_model": "wan_vae", "seed": str(seed)})
 
 
 def build_clip_l(path: Path, seed: int = SEED) -> None:
@@ -275,6 +400,12 @@ def build(kind: str, path: Path, seed: int = SEED) -> None:
         build_vae(path, 16, seed)
     elif kind == "sd_vae":
         build_vae(path, 4, seed)
+    elif kind == "wan21_t2v_small":
+        build_wan21_t2v_small(path, seed)
+    elif kind == "wan_vae":
+        build_wan_vae(path, seed)
+    elif kind == "flux_dev_fp8":
+        build_flux_dev_fp8(path, seed)
     else:
         raise ValueError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
 
@@ -282,7 +413,7 @@ def build(kind: str, path: Path, seed: int = SEED) -> None:
 # --------------------------------------------------------------------------------------------
 # cache (callable from any python: builds in a ComfyUI-python child process)
 
-def default_cache_dir() -> Path:
+def cache_root() -> Path:
     """$LORA_LAB_TEST_CACHE, else a per-user dir under the system temp dir (shared across sessions)."""
     env = os.environ.get("LORA_LAB_TEST_CACHE")
     if env:
@@ -290,6 +421,64 @@ def default_cache_dir() -> Path:
     import tempfile
 
     return Path(tempfile.gettempdir()) / f"lora_lab_test_cache_{os.getuid()}"
+
+
+def comfyui_build_tag(comfy_path: Path | None = None) -> str:
+    """A folder name for one ComfyUI snapshot: comfyui-<version>[-<git commit[:12]>].
+
+    The version comes from comfyui_version.py, the commit from the tree's .git when it has one. A tree with
+    neither is named by a hash of the files that decide how models are built and detected.
+    """
+    import hashlib
+    import re
+
+    from .comfy_env import comfyui_path
+
+    root = Path(comfy_path) if comfy_path else comfyui_path()
+    if root is None:
+        raise RuntimeError("no ComfyUI tree (set COMFYUI_PATH)")
+    parts = ["comfyui"]
+    version_file = root / "comfyui_version.py"
+    if version_file.is_file():
+        found = re.search(r"__version__\s*=\s*['\"]([^'\"]+)['\"]", version_file.read_text())
+        if found:
+            parts.append(found.group(1))
+    commit = _git_head(root / ".git")
+    if commit:
+        parts.append(commit[:12])
+    if len(parts) == 1:
+        digest = hashlib.sha256()
+        for rel in ("comfy/model_detection.py", "comfy/model_base.py", "comfy/supported_models.py", "comfy/sd.py"):
+            file = root / rel
+            digest.update(file.read_bytes() if file.is_file() else rel.encode())
+        parts.append("src" + digest.hexdigest()[:12])
+    return "-".join(re.sub(r"[^A-Za-z0-9_.+]", "_", p) for p in parts)
+
+
+def _git_head(git_dir: Path) -> str | None:
+    """The commit a .git dir's HEAD points at, read from its files (no git binary needed)."""
+    try:
+        if git_dir.is_file():  # worktree: "gitdir: <path>"
+            git_dir = Path(git_dir.read_text().split("gitdir:", 1)[1].strip())
+        head = (git_dir / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head
+        ref = head.split(None, 1)[1]
+        ref_file = git_dir / ref
+        if ref_file.is_file():
+            return ref_file.read_text().strip()
+        packed = git_dir / "packed-refs"
+        for line in packed.read_text().splitlines() if packed.is_file() else []:
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except (OSError, IndexError):
+        return None
+    return None
+
+
+def default_cache_dir() -> Path:
+    """cache_root()/<comfyui_build_tag()>: models built by (and for) the ComfyUI named by COMFYUI_PATH."""
+    return cache_root() / comfyui_build_tag()
 
 
 @contextlib.contextmanager
@@ -310,18 +499,29 @@ def model_path(kind: str, cache_dir: Path | None = None, seed: int = SEED) -> Pa
     return cache_dir / MODEL_FOLDER[kind] / name
 
 
+def _is_current(path: Path) -> bool:
+    """path exists and was written by this BUILDER_VERSION (read from its safetensors header)."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError):
+        return False
+    return header.get("__metadata__", {}).get("lora_lab_builder") == BUILDER_VERSION
+
+
 def ensure_model(kind: str, cache_dir: Path | None = None, seed: int = SEED, timeout: float = 1800) -> Path:
     """Path of the cached model of this kind, building it first (in a child process) if missing."""
     from .comfy_env import comfy_python, comfyui_path, why_unavailable
 
     path = model_path(kind, cache_dir, seed)
-    if path.exists():
+    if _is_current(path):
         return path
     reason = why_unavailable()
     if reason:
         raise RuntimeError(reason)
     with _locked(path.parent / f".{path.name}.lock"):
-        if path.exists():
+        if _is_current(path):
             return path
         started = time.monotonic()
         env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))

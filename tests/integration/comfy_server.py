@@ -104,29 +104,78 @@ class ComfyServer:
 
     def queue_prompt(self, workflow: dict) -> str:
         """POST /prompt; returns the prompt_id. Validation errors raise PromptFailed with node_errors."""
-        reply = self.post("/prompt", {"prompt": workflow, "client_id": self.client_id})
+        self._check_alive("queueing a prompt")
+        try:
+            reply = self.post("/prompt", {"prompt": workflow, "client_id": self.client_id})
+        except PromptFailed as failure:
+            raise PromptFailed(f"{failure}\nserver log tail:\n{self.log_tail(3000)}", failure.details) from None
         if reply.get("node_errors"):
-            raise PromptFailed(f"prompt rejected: {json.dumps(reply['node_errors'])[:4000]}", reply)
+            raise PromptFailed(f"prompt rejected: {json.dumps(reply.get('error'))[:1000]} "
+                               f"{json.dumps(reply['node_errors'])[:4000]}", reply)
         return reply["prompt_id"]
 
     def history(self, prompt_id: str) -> dict | None:
         return self.get(f"/history/{prompt_id}").get(prompt_id)
 
-    def wait(self, prompt_id: str, timeout: float = 600, poll: float = 0.5) -> dict:
-        """Block until the prompt finished; return its history entry. Failure -> PromptFailed (with traceback)."""
+    def wait(self, prompt_id: str, timeout: float = 600, poll: float = 0.5, stall: float = 60) -> dict:
+        """Block until the prompt finished; return its history entry.
+
+        Never waits past ``timeout``, and gives up early, with ComfyUI's own error text (the /history status
+        messages and the server log tail), when the prompt failed (PromptFailed), the server died
+        (PromptFailed), or the prompt is nowhere - not in /history, not running, not pending - or sits
+        pending with nothing running for ``stall`` seconds: the prompt worker is gone (PromptLost).
+        """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise PromptFailed(f"ComfyUI server exited (rc={self.process.returncode}) while running "
-                                   f"{prompt_id}; log tail:\n{self.log_tail()}")
-            entry = self.history(prompt_id)
-            if entry and entry.get("status", {}).get("completed") is not None and (
-                    entry["status"].get("completed") or entry["status"].get("status_str") == "error"):
-                if entry["status"].get("status_str") == "error":
-                    raise PromptFailed(f"prompt {prompt_id} failed: {_execution_error(entry)}", entry)
+        idle_since = None
+        last_http_error = None
+        while True:
+            self._check_alive(f"running {prompt_id}")
+            try:
+                entry = self.history(prompt_id)
+                state = None if _finished(entry) else self._queue_state(prompt_id)
+                last_http_error = None
+            except (OSError, ValueError) as exc:  # busy or half-dead server: retry until the deadline
+                entry, state, last_http_error = None, "unknown", exc
+            if _finished(entry):
+                if entry["status"].get("status_str") == "error" or not entry["status"].get("completed"):
+                    raise PromptFailed(f"prompt {prompt_id} failed: {_execution_error(entry)}\n"
+                                       f"server log tail:\n{self.log_tail(4000)}", entry)
                 return entry
+            if state == "gone":
+                # the worker may have finished between the two requests: look once more
+                entry = self.history(prompt_id)
+                if _finished(entry):
+                    continue
+                raise PromptLost(f"prompt {prompt_id} is neither finished, running nor pending (history entry: "
+                                 f"{json.dumps(entry)[:1000]}); the prompt worker died? log tail:\n{self.log_tail()}")
+            if state == "stalled":
+                idle_since = idle_since if idle_since is not None else time.monotonic()
+                if time.monotonic() - idle_since > stall:
+                    raise PromptLost(f"prompt {prompt_id} pending for {stall}s with nothing running: the prompt "
+                                     f"worker is dead or stuck; log tail:\n{self.log_tail()}")
+            else:
+                idle_since = None
+            if time.monotonic() >= deadline:
+                extra = f" (last HTTP error: {last_http_error!r})" if last_http_error else ""
+                raise TimeoutError(f"prompt {prompt_id} not finished after {timeout}s{extra}; state {state}; "
+                                   f"log tail:\n{self.log_tail()}")
             time.sleep(poll)
-        raise TimeoutError(f"prompt {prompt_id} not finished after {timeout}s; log tail:\n{self.log_tail()}")
+
+    def _queue_state(self, prompt_id: str) -> str:
+        """'running' | 'pending' | 'stalled' (pending, nothing running) | 'gone' (in neither list), from GET /queue."""
+        queue = self.get("/queue")
+        running = queue.get("queue_running", [])
+        pending = queue.get("queue_pending", [])
+        if any(len(item) > 1 and item[1] == prompt_id for item in running):
+            return "running"
+        if any(len(item) > 1 and item[1] == prompt_id for item in pending):
+            return "pending" if running else "stalled"
+        return "gone"
+
+    def _check_alive(self, doing: str) -> None:
+        if self.process.poll() is not None:
+            raise PromptFailed(f"ComfyUI server exited (rc={self.process.returncode}) while {doing}; "
+                               f"log tail:\n{self.log_tail()}")
 
     def run(self, workflow: dict, timeout: float = 600) -> dict:
         """queue_prompt + wait."""
@@ -181,6 +230,22 @@ class ComfyServer:
     def log_since(self, mark: int) -> str:
         return self.log_text()[mark:]
 
+    def wait_for_log(self, text: str, mark: int, prompt_id: str, timeout: float = 600, poll: float = 0.5) -> None:
+        """Block until the log, after mark, contains text while prompt_id runs. Fails at once (with ComfyUI's
+        error) when the prompt ends first or the server dies, and after timeout seconds at the latest."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_since(mark):
+            self._check_alive(f"waiting for {text!r} from {prompt_id}")
+            entry = self.history(prompt_id)
+            if _finished(entry):
+                detail = _execution_error(entry) if entry["status"].get("status_str") == "error" else "it succeeded"
+                raise PromptFailed(f"prompt {prompt_id} ended before the log showed {text!r}: {detail}\n"
+                                   f"log since mark:\n{self.log_since(mark)[-4000:]}", entry)
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{text!r} not in the log after {timeout}s; log since mark:\n"
+                                   f"{self.log_since(mark)[-4000:]}")
+            time.sleep(poll)
+
     def stop(self, timeout: float = 20) -> None:
         """Stop the server process (and its process group) we started, by pid."""
         if self.process.poll() is not None:
@@ -196,18 +261,32 @@ class ComfyServer:
             self.process.wait(10)
 
 
+class PromptLost(PromptFailed):
+    """The server is up but the prompt will never finish (its worker died or stopped taking prompts)."""
+
+
+def _finished(entry: dict | None) -> bool:
+    """A /history entry that ComfyUI wrote when the prompt ended (success, error or interrupt)."""
+    return bool(entry) and isinstance(entry.get("status"), dict) and entry["status"].get("completed") is not None
+
+
 def _execution_error(entry: dict) -> str:
-    for name, data in entry.get("status", {}).get("messages", []):
+    messages = entry.get("status", {}).get("messages", [])
+    for name, data in messages:
         if name == "execution_error":
             return (f"node {data.get('node_id')} ({data.get('node_type')}): {data.get('exception_type')}: "
                     f"{data.get('exception_message')}\n{''.join(data.get('traceback', []))}")
+    for name, data in messages:
+        if name == "execution_interrupted":
+            return f"interrupted at node {data.get('node_id')} ({data.get('node_type')})"
     return json.dumps(entry.get("status"))[:4000]
 
 
 def start_server(root: Path, model_dirs: dict[str, list[Path]] | None = None,
                  custom_node_dirs: dict[str, Path] | None = None, extra_args: list[str] | None = None,
-                 timeout: float = 240, env: dict | None = None) -> ComfyServer:
-    """Start ``main.py --cpu`` on a free port with its own input/output/user dirs under root; wait until ready.
+                 timeout: float = 240, env: dict | None = None, cpu: bool = True) -> ComfyServer:
+    """Start ``main.py --cpu`` (cpu=False: on the GPU) on a free port with its own input/output/user dirs under
+    root; wait until ready.
 
     model_dirs: ComfyUI folder type -> dirs (e.g. {"checkpoints": [...], "loras": [...]}).
     custom_node_dirs: name -> path of a custom node package (symlinked as root/custom_nodes/<name>).
@@ -227,7 +306,7 @@ def start_server(root: Path, model_dirs: dict[str, list[Path]] | None = None,
     yaml_path = write_extra_model_paths(root / "extra_model_paths.yaml", model_dirs or {}, nodes_dir)
     port = free_port()
     log_path = root / "server.log"
-    cmd = [comfy_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+    cmd = [comfy_python(), "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--extra-model-paths-config", str(yaml_path),
            "--input-directory", str(input_dir), "--output-directory", str(output_dir),
            "--user-directory", str(user_dir), "--database-url", "sqlite:///:memory:",
@@ -248,7 +327,7 @@ def start_server(root: Path, model_dirs: dict[str, list[Path]] | None = None,
         try:
             server.get("/system_stats", timeout=5)
             return server
-        except (OSError, PromptFailed):
+        except (OSError, ValueError, PromptFailed):
             time.sleep(0.5)
     server.stop()
     raise TimeoutError(f"ComfyUI not ready after {timeout}s; log {log_path}:\n{server.log_tail()}")

@@ -23,7 +23,7 @@ def sd15(comfy, sd15_checkpoint):
 
 
 def _dataset(folder, **kwargs):
-    (dataset, _summary) = call_node("LoraLabDataset", folder=str(folder), resolution=64,
+    (dataset, _summary, _captions) = call_node("LoraLabDataset", folder=str(folder), resolution=64,
                                     trigger_word=kwargs.get("trigger_word", ""), default_caption="")
     return dataset
 
@@ -34,28 +34,22 @@ def _train(sd15, dataset, **inputs):
 
 
 def _eval_loss(patcher, dataset, vae, clip) -> float:
-    """Mean native loss over the dataset at fixed timesteps and fixed noise (no grad)."""
+    """Mean loss over the dataset's images at fixed noise levels with fixed noise, under inference_mode as ComfyUI
+    runs nodes (loading a patched fp8 model with grad enabled would make ComfyUI's own rounding fail)."""
+    with torch.inference_mode():
+        return _eval_loss_inner(patcher, dataset, vae, clip)
+
+
+def _eval_loss_inner(patcher, dataset, vae, clip) -> float:
     import comfy.model_management
 
-    from lora_lab.lora_core.objective import diffusion_loss
-    from lora_lab.nodes.comfy_backend import ComfyBackend, encode_sample_cond
-    from lora_lab.nodes.training_data import encode_captions, encode_latents
+    from lora_lab.lora_core.validation import ValidationLoss
+    from lora_lab.nodes.comfy_backend import ComfyBackend
+    from lora_lab.nodes.training_data import prepare_training_data
 
     comfy.model_management.load_models_gpu([patcher])
-    backend = ComfyBackend(patcher)
-    latents = encode_latents(vae, patcher, dataset)
-    conds = encode_captions(clip, [image.caption for image in dataset.images])
-    generator = torch.Generator().manual_seed(1234)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for image, latent in zip(dataset.images, latents):
-            cond = encode_sample_cond(patcher, conds[image.caption], latent, 0)
-            for u in (0.1, 0.3, 0.5, 0.7, 0.9):
-                noise = torch.randn(latent.shape, generator=generator)[None]
-                loss = diffusion_loss(backend, latent[None], noise, torch.tensor([u]), [cond])
-                total += float(loss.mean())
-                count += 1
-    return total / count
+    data = prepare_training_data(patcher, dataset, vae, clip, None, 1, 0)
+    return ValidationLoss(ComfyBackend(patcher), data.samples, every=0, seed=1234).evaluate()
 
 
 @pytest.mark.slow

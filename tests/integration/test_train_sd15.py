@@ -76,22 +76,19 @@ def test_save_never_overwrites_and_names_are_checked(comfy_server, sd15_checkpoi
 
 def test_cancel_leaves_a_loadable_partial_lora(comfy_server, sd15_checkpoint, dataset_dir, loras_dir):
     """POST /interrupt mid-training: the partial LoRA is in models/loras and the stock loader takes it."""
-    import time
-
-    from .comfy_server import PromptFailed
+    from .comfy_server import PromptFailed, PromptLost
 
     ckpt = sd15_checkpoint.name
     mark = comfy_server.log_mark()
     prompt_id = comfy_server.queue_prompt(train_only_workflow(ckpt, str(dataset_dir),
                                                              dict(TRAIN, steps=500, output_name="cancelled"),
                                                              save_name="never_saved"))
-    deadline = time.time() + 900
-    while "LoRA Lab: step 1/500" not in comfy_server.log_since(mark):
-        assert time.time() < deadline, comfy_server.log_since(mark)[-3000:]
-        time.sleep(0.5)
+    comfy_server.wait_for_log("LoRA Lab: step 1/500", mark, prompt_id, timeout=900)
     comfy_server.interrupt()
     try:
         comfy_server.wait(prompt_id, timeout=600)
+    except PromptLost:
+        raise
     except PromptFailed:
         pass  # an interrupted prompt ends as an error/interrupted entry: that is the point
     partial = sorted(loras_dir.glob("cancelled_step*.safetensors"))

@@ -43,11 +43,13 @@ LORA_LAB_NODES = {
 # LoraLabTrain outputs, in order
 TRAIN_OUTPUTS = {"MODEL": 0, "LORA": 1, "LOSS": 2}
 
-DEFAULT_DATASET_INPUTS = {"resolution": 64, "trigger_word": "", "default_caption": ""}
+DEFAULT_DATASET_INPUTS = {"resolution": 64, "aspect_buckets": True, "trigger_word": "", "caption_template": "",
+                          "default_caption": "", "validation": 0.0, "cache_folder": ""}  # memory-only cache
 DEFAULT_TRAIN_INPUTS = {
     "steps": 4, "learning_rate": 1e-4, "rank": 4, "alpha": 4.0, "target_preset": "attention",
     "batch_size": 1, "grad_accumulation": 1, "lr_schedule": "constant", "warmup_steps": 0,
-    "timestep_sampling": "uniform", "precision": "fp32", "gradient_checkpointing": False, "seed": 0,
+    # the node's own defaults (checkpointing on, precision auto), so integration tests run the path users take
+    "timestep_sampling": "auto", "precision": "auto", "gradient_checkpointing": True, "seed": 0,
     "output_name": "lora_lab_test",
 }
 # LoraLabLoadLora(model, lora_name, strength_model, strength_clip, clip?, lora?) -> (model, clip, report)
@@ -107,22 +109,38 @@ def unet_sample_workflow(unet_name: str, clip_name: str, clip_type: str, prompt:
 NATIVE_TRAIN_INPUTS = {
     "batch_size": 1, "grad_accumulation_steps": 1, "steps": 4, "learning_rate": 1e-4, "rank": 4,
     "optimizer": "AdamW", "loss_function": "MSE", "seed": 0, "training_dtype": "fp32", "lora_dtype": "fp32",
-    "algorithm": "LoRA", "gradient_checkpointing": False, "existing_lora": "[None]", "bucket_mode": False,
+    "algorithm": "LoRA", "gradient_checkpointing": True, "existing_lora": "[None]", "bucket_mode": False,
 }
 
 
+def native_defaults(node_info: dict) -> dict:
+    """Default values of a node's widget inputs, from its /object_info entry (inputs differ by ComfyUI version)."""
+    out = {}
+    for section in ("required", "optional"):
+        for name, spec in node_info.get("input", {}).get(section, {}).items():
+            if len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]:
+                out[name] = spec[1]["default"]
+    return out
+
+
 def native_train_workflow(ckpt_name: str, input_subfolder: str, train_inputs: dict | None = None,
-                          save_prefix: str | None = None) -> dict:
+                          save_prefix: str | None = None, node_info: dict | None = None) -> dict:
     """CheckpointLoaderSimple + LoadImageTextDataSetFromFolder -> MakeTrainingDataset -> TrainLoraNode
-    [-> SaveLoRA]. input_subfolder is relative to the server's input directory."""
+    [-> SaveLoRA]. input_subfolder is relative to the server's input directory. node_info (TrainLoraNode's
+    /object_info entry) supplies the version's own defaults and output order; inputs it lacks are dropped."""
     g = Graph()
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=ckpt_name)
     data = g.add("LoadImageTextDataSetFromFolder", folder=input_subfolder)
     made = g.add("MakeTrainingDataset", images=data[0], vae=ckpt[2], clip=ckpt[1], texts=data[1])
-    train = g.add("TrainLoraNode", model=ckpt[0], latents=made[0], positive=made[1],
-                  **dict(NATIVE_TRAIN_INPUTS, **(train_inputs or {})))
+    inputs = dict(NATIVE_TRAIN_INPUTS, **(train_inputs or {}))
+    outputs = ["MODEL", "LORA_MODEL", "LOSS_MAP", "INT"]  # the January order
+    if node_info:
+        known = native_defaults(node_info)
+        inputs = {**known, **{k: v for k, v in inputs.items() if k in known}}
+        outputs = list(node_info.get("output", outputs))
+    train = g.add("TrainLoraNode", model=ckpt[0], latents=made[0], positive=made[1], **inputs)
     if save_prefix:
-        g.add("SaveLoRA", lora=train[1], prefix=save_prefix, steps=train[3])
+        g.add("SaveLoRA", lora=train[outputs.index("LORA_MODEL")], prefix=save_prefix, steps=train[outputs.index("INT")])
     return g.api()
 
 

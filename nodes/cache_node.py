@@ -1,0 +1,42 @@
+"""Encoding Cache: how much a cache folder holds, or clear it."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..lora_core.encoding_cache import cache_usage, clear_cache
+from .dataset_inputs import DEFAULT_CACHE, resolve_cache_folder
+
+
+class EncodingCacheNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoraLabCache",
+            display_name="Encoding Cache",
+            category="LoRA Lab/dataset",
+            description="Reports the size of a latent / caption-encoding cache folder, or clears it (only the cache's "
+                        "own files are deleted). The same as `lora-lab cache FOLDER [--clear]`.",
+            is_output_node=True,
+            inputs=[
+                io.String.Input("cache_folder", default=DEFAULT_CACHE,
+                                tooltip="As on the dataset node: a name under ComfyUI's user folder, or an absolute path."),
+                io.Combo.Input("action", options=["report", "clear"], default="report"),
+            ],
+            outputs=[io.String.Output(display_name="report")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs):
+        return float("nan")  # the folder changes behind ComfyUI's back: always run
+
+    @classmethod
+    def execute(cls, cache_folder, action) -> io.NodeOutput:
+        folder = resolve_cache_folder(cache_folder)
+        if folder is None:
+            return io.NodeOutput("No cache folder: encodings are kept in memory only.")
+        if not folder.is_dir():
+            return io.NodeOutput(f"{folder}: no cache there yet.")
+        if action == "clear":
+            return io.NodeOutput(f"Cleared {clear_cache(folder)}")
+        return io.NodeOutput(str(cache_usage(folder)))

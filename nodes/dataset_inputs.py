@@ -1,0 +1,91 @@
+"""What the image and video dataset nodes share: their common inputs, and turning them into lora_core options."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..lora_core.buckets import BucketConfig
+from .dataset_options import BUCKET_DEFAULTS, CAPTION_DEFAULTS
+from .types import AUGMENTATION, BUCKET_OPTIONS, CAPTION_OPTIONS, DATASET
+
+DEFAULT_CACHE = "lora_lab_cache"
+
+
+def caption_inputs() -> list:
+    return [
+        io.String.Input("trigger_word", default="", tooltip="Your concept's token; {trigger} in the template. Without a "
+                                                           "template it is prepended to every caption (once)."),
+        io.String.Input("caption_template", default="",
+                        tooltip="E.g. 'photo of {trigger}, {caption}'. Empty: trigger word + caption."),
+        io.String.Input("default_caption", default="",
+                        tooltip="Caption for files that have no caption file (and no default_caption.txt in their folder)."),
+    ]
+
+
+def common_inputs() -> list:
+    return [
+        io.Float.Input("validation", default=0.0, min=0.0, max=100000.0, step=0.05,
+                       tooltip="Held out for validation loss, never trained on: a fraction of the files (below 1) or "
+                               "a number of files (1 or more). 0 = none."),
+        io.String.Input("cache_folder", default=DEFAULT_CACHE,
+                        tooltip="Where latents and caption encodings are cached (a name under ComfyUI's user folder, "
+                                "or an absolute path). Empty: memory only. Clear it with 'Encoding Cache'."),
+        BUCKET_OPTIONS.Input("bucket_options", optional=True, tooltip="From 'Bucket Options' (defaults otherwise)."),
+        CAPTION_OPTIONS.Input("caption_options", optional=True, tooltip="From 'Caption Options'."),
+        AUGMENTATION.Input("augmentation", optional=True, tooltip="From 'Augmentation' (none otherwise)."),
+    ]
+
+
+def dataset_outputs() -> list:
+    return [
+        DATASET.Output(display_name="dataset"),
+        io.String.Output(display_name="summary", tooltip="Counts, buckets, validation, cache folder and warnings."),
+        io.String.Output(display_name="captions", is_output_list=True,
+                         tooltip="One caption per file (training, then validation): connect it to any text encoder "
+                                 "(CLIPTextEncode, SanaTextEncode, ...) and its output to Train LoRA's conditioning."),
+    ]
+
+
+def resolve_cache_folder(text: str) -> Path | None:
+    text = text.strip()
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else Path(folder_paths.get_user_directory()) / path
+
+
+def bucket_config(aspect_buckets: bool, resolution: int, options: dict | None) -> BucketConfig | None:
+    if not aspect_buckets:
+        return None
+    o = {**BUCKET_DEFAULTS, **(options or {})}
+    return BucketConfig(resolution, min_side=o["min_bucket_side"], max_side=o["max_bucket_side"], step=o["bucket_step"])
+
+
+def small_images(options: dict | None) -> str:
+    return {**BUCKET_DEFAULTS, **(options or {})}["small_images"]
+
+
+def caption_extension(options: dict | None) -> str:
+    return {**CAPTION_DEFAULTS, **(options or {})}["caption_extension"]
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Changes when any file under the folder (two levels, plus frame folders) is added, removed or modified,
+    so ComfyUI runs the dataset node again instead of reusing its cached output."""
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames.sort()
+            if Path(dirpath).relative_to(folder).parts.__len__() > 2:
+                continue
+            for name in sorted(filenames):
+                stat = os.stat(os.path.join(dirpath, name))
+                h.update(f"{dirpath}/{name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    except OSError as error:
+        return f"unreadable:{error}"
+    return h.hexdigest()

@@ -1,0 +1,74 @@
+"""Load Training Videos: videos, frame folders and images -> clips for Train LoRA (Wan and other video models)."""
+
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import io
+
+from ..lora_core.frame_sampling import SAMPLING_MODES
+from ..lora_core.video_dataset import SHORT_VIDEO_POLICIES, load_video_folder
+from .comfy_paths import resolve_dataset_folder
+from .dataset_inputs import (bucket_config, caption_extension, caption_inputs, common_inputs, dataset_outputs,
+                             folder_fingerprint, resolve_cache_folder, small_images)
+from .dataset_options import caption_transforms
+
+log = logging.getLogger("lora_lab")
+
+
+class LoadTrainingVideos(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoraLabVideoDataset",
+            display_name="Load Training Videos",
+            category="LoRA Lab",
+            description="Reads mp4/webm/mov/mkv/gif videos and folders of frames (and images, as 1-frame clips) with "
+                        "same-name caption files. Clips have 4N+1 frames (Wan's VAE rule) and are bucketed by size and "
+                        "frame count; frames are decoded only when Train LoRA encodes them.",
+            inputs=[
+                io.String.Input("folder", default="training_videos",
+                                tooltip="A folder under ComfyUI's input directory, or an absolute path."),
+                io.Int.Input("resolution", default=480, min=64, max=4096, step=8,
+                             tooltip="Base resolution: buckets hold about resolution² pixels per frame "
+                                     "(480 ~ Wan's 832x480 area is 624)."),
+                io.Int.Input("frames", default=33, min=1, max=1025, step=4,
+                             tooltip="Frames per clip, snapped down to 4N+1 (1, 5, 9, ..., 33, ..., 81)."),
+                io.Combo.Input("frame_sampling", options=list(SAMPLING_MODES), default="head",
+                               tooltip="head: one clip from the start. uniform: clips_per_video clips spread evenly. "
+                                       "chunk: consecutive clips, as many as fit."),
+                io.Float.Input("target_fps", default=16.0, min=0.0, max=240.0, step=0.5,
+                               tooltip="Resample videos to this frame rate first (Wan 2.1 trains at 16). 0 = keep each "
+                                       "video's own rate. Frame folders keep their frames as they are."),
+                io.Int.Input("clips_per_video", default=1, min=1, max=64, tooltip="For frame_sampling 'uniform'."),
+                io.Boolean.Input("aspect_buckets", default=True,
+                                 tooltip="Bucket clips by aspect ratio (and always by frame count)."),
+                io.Boolean.Input("include_images", default=True, tooltip="Train on images in the folder as 1-frame clips."),
+                io.Combo.Input("short_videos", options=list(SHORT_VIDEO_POLICIES), default="fewer_frames",
+                               tooltip="Videos shorter than `frames`: train on the largest 4N+1 frames they hold, or "
+                                       "skip them. A warning names them either way."),
+                *caption_inputs(),
+                *common_inputs(),
+            ],
+            outputs=dataset_outputs(),
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, folder, **kwargs):
+        return folder_fingerprint(resolve_dataset_folder(folder))
+
+    @classmethod
+    def execute(cls, folder, resolution, frames, frame_sampling, target_fps, clips_per_video, aspect_buckets,
+                include_images, short_videos, trigger_word, caption_template, default_caption, validation=0.0,
+                cache_folder="", bucket_options=None, caption_options=None, augmentation=None) -> io.NodeOutput:
+        dataset = load_video_folder(
+            resolve_dataset_folder(folder), resolution, frames=frames, frame_sampling=frame_sampling,
+            target_fps=target_fps, clips_per_video=clips_per_video, trigger_word=trigger_word,
+            default_caption=default_caption, caption_extension=caption_extension(caption_options),
+            include_images=include_images, buckets=bucket_config(aspect_buckets, resolution, bucket_options),
+            caption_template=caption_template, small_images=small_images(bucket_options), short_videos=short_videos,
+            validation=validation, caption_transforms=caption_transforms(caption_options), augment=augmentation,
+            cache_folder=resolve_cache_folder(cache_folder))
+        for warning in dataset.warnings:
+            log.warning("LoRA Lab video dataset: %s", warning)
+        return io.NodeOutput(dataset, dataset.summary(), dataset.captions())

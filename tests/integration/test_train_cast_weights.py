@@ -1,0 +1,87 @@
+"""Issue 6: a model stored in fp8 or bf16 and computed in fp32 (UNETLoader weight_dtype; ComfyUI casts every
+weight in forward, the code path that partial loading takes on a GPU) trains with Train LoRA's defaults:
+it learns, the in-graph MODEL and the saved file through the stock loader give the same latent, and resident
+memory grows by far less than the model (no copy of it, no cast kept for backward)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from .comfy_inprocess import call_node, register_lora_lab_nodes
+from .sample_data import make_image_folder
+from .test_train_inprocess import _eval_loss
+
+TRAIN = {
+    "steps": 12, "learning_rate": 3e-3, "rank": 8, "alpha": 8.0, "target_preset": "attention", "batch_size": 1,
+    "grad_accumulation": 1, "lr_schedule": "constant", "warmup_steps": 0, "timestep_sampling": "auto",
+    "precision": "auto", "gradient_checkpointing": True, "seed": 0,
+}
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+@pytest.fixture(scope="module")
+def parts(comfy, sd15_checkpoint, tmp_path_factory):
+    import comfy.sd
+    import folder_paths
+
+    register_lora_lab_nodes()
+    loras = tmp_path_factory.mktemp("cast_loras")
+    folder_paths.add_model_folder_path("loras", str(loras), is_default=True)
+    _, clip, vae = comfy.sd.load_checkpoint_guess_config(str(sd15_checkpoint), output_vae=True, output_clip=True)[:3]
+    images = make_image_folder(tmp_path_factory.mktemp("cast_images"), count=2, size=64)
+    return clip, vae, images, loras
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weight_dtype", ["fp8_e4m3fn", "bf16"])
+def test_cast_in_forward_model_trains_without_copying(parts, sd15_checkpoint, weight_dtype):
+    import comfy.model_management
+    import comfy.sd
+
+    from lora_lab.lora_core.lora_file import save_lora_file
+
+    clip, vae, images, loras = parts
+    dtype = {"fp8_e4m3fn": torch.float8_e4m3fn, "bf16": torch.bfloat16}[weight_dtype]
+    model = comfy.sd.load_diffusion_model(str(sd15_checkpoint), model_options={"dtype": dtype})
+    layer = model.model.diffusion_model.input_blocks[1][1].transformer_blocks[0].attn1.to_q
+    assert layer.weight.dtype == dtype and layer.comfy_cast_weights  # ComfyUI casts this weight in every forward
+    model_bytes = sum(p.numel() * p.element_size() for p in model.model.diffusion_model.parameters())
+    dataset = call_node("LoraLabDataset", folder=str(images), resolution=64, trigger_word="", default_caption="")[0]
+    comfy.model_management.load_models_gpu([model])
+    before_loss = _eval_loss(model, dataset, vae, clip)
+
+    resident = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    trained, lora, loss = call_node("LoraLabTrain", model=model, clip=clip, vae=vae, dataset=dataset,
+                                    **dict(TRAIN, output_name=f"cast_{weight_dtype}"))
+    growth = (_status_kb("VmHWM") - resident) * 1024
+    after_loss = _eval_loss(trained, dataset, vae, clip)
+    print(f"\n{weight_dtype}: model {model_bytes / 2**20:.0f} MiB, peak growth while training "
+          f"{growth / 2**20:.0f} MiB ({growth / model_bytes:.1%}); eval loss {before_loss:.4f} -> {after_loss:.4f}")
+    assert growth < 0.10 * model_bytes
+    assert after_loss < before_loss
+    assert lora.metadata["lora_lab_compute_dtype"] == "fp32"
+
+    name = f"cast_{weight_dtype}.safetensors"
+    save_lora_file(loras / name, lora.state_dict(), lora.metadata)
+    reloaded = call_node("LoraLoaderModelOnly", model=model, lora_name=name, strength_model=1.0)[0]
+    positive = call_node("CLIPTextEncode", text="a red square", clip=clip)[0]
+    latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
+
+    def sample(m):
+        return call_node("KSampler", model=m, seed=3, steps=2, cfg=1.0, sampler_name="euler", scheduler="normal",
+                         positive=positive, negative=positive, latent_image=latent, denoise=1.0)[0]["samples"]
+
+    in_graph, from_file = sample(trained), sample(reloaded)
+    assert (in_graph - from_file).abs().max() <= 1e-3 * in_graph.abs().max()
+    assert layer.weight.dtype == dtype  # the shared model is exactly what it was

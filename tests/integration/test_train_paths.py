@@ -1,0 +1,244 @@
+"""Issue 6 must-shows, in a real ComfyUI in this process: training runs the function the sampler runs (a shift
+or prediction node upstream changes what training draws exactly as it changes sampling), "auto" picks
+logit-normal for flow models, the metadata is honest, T5-length conds batch, mixed shapes accumulate, a model
+that already carries a LoRA trains and says so, and an out-of-memory error leaves a loadable LoRA + state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from .comfy_inprocess import call_node, load_builtin_extras, load_checkpoint, register_lora_lab_nodes
+from .sample_data import make_image_folder
+
+TRAIN = {
+    "steps": 2, "learning_rate": 1e-3, "rank": 4, "alpha": 4.0, "target_preset": "attention", "batch_size": 1,
+    "grad_accumulation": 1, "lr_schedule": "constant", "warmup_steps": 0, "timestep_sampling": "auto",
+    "precision": "auto", "gradient_checkpointing": True, "seed": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def loras(comfy, tmp_path_factory):
+    """A models/loras folder of this test process, first in ComfyUI's list (Save/partial saves land here)."""
+    import folder_paths
+
+    import nodes
+
+    if "LoraLabTrain" not in nodes.NODE_CLASS_MAPPINGS:
+        register_lora_lab_nodes()
+    if "ModelSamplingSD3" not in nodes.NODE_CLASS_MAPPINGS:
+        load_builtin_extras(("nodes_model_advanced.py",))
+    path = tmp_path_factory.mktemp("loras")
+    folder_paths.add_model_folder_path("loras", str(path), is_default=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sd3(comfy, model_file):
+    import comfy.sd
+    import comfy.utils
+
+    model = comfy.sd.load_diffusion_model(str(model_file("sd3_small")))
+    clip = comfy.sd.load_clip([str(model_file("clip_l"))], clip_type=comfy.sd.CLIPType.SD3)
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(model_file("flux_vae"))))
+    return model, clip, vae
+
+
+@pytest.fixture(scope="module")
+def sd15(comfy, sd15_checkpoint):
+    return load_checkpoint(sd15_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("images"), count=2, size=64)
+
+
+def _dataset(folder):
+    return call_node("LoraLabDataset", folder=str(folder), resolution=64, trigger_word="", default_caption="")[0]
+
+
+def _train(model, clip, vae, folder, name, **inputs):
+    return call_node("LoraLabTrain", model=model, clip=clip, vae=vae, dataset=_dataset(folder),
+                     **dict(TRAIN, output_name=name, **inputs))
+
+
+def _metadata(lora) -> dict:
+    return lora.metadata
+
+
+# --- sampling settings from the graph --------------------------------------------------------------------
+def test_shift_node_upstream_changes_training_sigmas_exactly_as_sampling(sd3, loras, images):
+    import comfy.model_management
+    import comfy.samplers
+
+    from lora_lab.nodes.comfy_backend import ComfyBackend
+
+    model, clip, vae = sd3
+    shifted = call_node("ModelSamplingSD3", model=model, shift=6.0)[0]
+    plain_backend, shifted_backend = ComfyBackend(model), ComfyBackend(shifted)
+    u = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
+    plain, trained = plain_backend.sigma_from_u(u), shifted_backend.sigma_from_u(u)
+    # the sampler reads the same object from the patcher
+    sampling = shifted.get_model_object("model_sampling")
+    assert shifted_backend.sampling is sampling and plain_backend.sampling is not sampling
+    assert torch.allclose(trained, torch.tensor([float(sampling.percent_to_sigma(1 - float(x))) for x in u]))
+    # flow shift: sigma' = s sigma / (1 + (s - 1) sigma) of the unshifted model's sigma (SD3's own shift is 3)
+    base = plain / (3.0 - 2.0 * plain)  # undo shift 3
+    assert torch.allclose(trained, 6.0 * base / (1 + 5.0 * base), atol=1e-5)
+    assert not torch.allclose(trained, plain)
+    sampler_sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", 4)
+    assert torch.allclose(sampler_sigmas[:-1], torch.tensor([float(sampling.percent_to_sigma(p)) for p in (0, .25, .5, .75)]),
+                          atol=1e-3)
+    # once loaded for training, apply_model's own sampling object is the patched one too
+    comfy.model_management.load_models_gpu([shifted])
+    assert shifted.model.model_sampling is sampling
+
+
+def test_prediction_node_upstream_trains_v_and_metadata_says_so(sd15, loras, images):
+    model, clip, vae = sd15
+    v_model = call_node("ModelSamplingDiscrete", model=model, sampling="v_prediction", zsnr=True)[0]
+    _, lora, loss = _train(v_model, clip, vae, images, "vpred", steps=1)
+    meta = _metadata(lora)
+    assert meta["lora_lab_prediction"] == "v" and meta["lora_lab_timestep_sampling"] == "uniform"
+    assert meta["lora_lab_compute_dtype"] == "fp32" and meta["ss_mixed_precision"] == "no"
+    _, eps_lora, _ = _train(model, clip, vae, images, "eps", steps=1)
+    assert _metadata(eps_lora)["lora_lab_prediction"] == "eps"
+
+
+def test_auto_sampling_is_logit_normal_for_flow_and_metadata_is_honest(sd3, loras, images):
+    model, clip, vae = sd3
+    _, lora, _ = _train(model, clip, vae, images, "flow_auto", steps=1)
+    meta = _metadata(lora)
+    assert meta["lora_lab_prediction"] == "flow" and meta["lora_lab_timestep_sampling"] == "logit_normal"
+    assert meta["lora_lab_compute_dtype"] == "fp32"
+    _, bf16, _ = _train(model, clip, vae, images, "flow_bf16", steps=1, precision="bf16")
+    assert _metadata(bf16)["lora_lab_compute_dtype"] == "bf16" and _metadata(bf16)["ss_mixed_precision"] == "bf16"
+
+
+# --- batches -----------------------------------------------------------------------------------------------
+def _sd3_samples(model, lengths, shapes):
+    from lora_lab.lora_core.trainer import TrainSample
+    from lora_lab.nodes.comfy_backend import encode_sample_cond
+
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for length, shape in zip(lengths, shapes):
+        cond = [[torch.randn(1, length, 4096, generator=g), {"pooled_output": torch.randn(1, 2048, generator=g)}]]
+        latent = torch.randn(16, *shape, generator=g)
+        samples.append(TrainSample(latent, encode_sample_cond(model, cond, latent, 0), f"len {length}"))
+    return samples
+
+
+def test_conds_of_different_t5_lengths_share_a_batch_correctly(sd3):
+    import comfy.model_management
+
+    from lora_lab.lora_core.trainer import TrainConfig, train
+    from lora_lab.nodes.comfy_backend import ComfyBackend, concat_groups
+
+    model = sd3[0].clone()
+    comfy.model_management.load_models_gpu([model])
+    backend = ComfyBackend(model)
+    with torch.inference_mode(False):
+        samples = _sd3_samples(model, [77, 100, 77], [(8, 8)] * 3)
+        conds = [s.cond for s in samples]
+        assert concat_groups(conds) == [[0, 2], [1]]  # 77 vs 100 tokens cannot be one call (the sampler's rule)
+        x = torch.stack([s.latent for s in samples])
+        sigma = torch.tensor([0.3, 0.5, 0.7])
+        with torch.no_grad():
+            together = backend.denoise(x, sigma, conds)
+            alone = torch.cat([backend.denoise(x[i:i + 1], sigma[i:i + 1], [conds[i]]) for i in range(3)])
+        torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+    result = train(backend, samples, TrainConfig(steps=2, batch_size=3, rank=4, alpha=4.0, learning_rate=1e-3))
+    assert result.steps_done == 2 and all(map(lambda v: v == v, result.losses))
+
+
+def test_accumulation_over_mixed_latent_shapes(sd3):
+    import comfy.model_management
+
+    from lora_lab.lora_core.errors import TrainingError
+    from lora_lab.lora_core.trainer import TrainConfig, train
+    from lora_lab.nodes.comfy_backend import ComfyBackend
+
+    model = sd3[0].clone()
+    comfy.model_management.load_models_gpu([model])
+    backend = ComfyBackend(model)
+    with torch.inference_mode(False):
+        samples = _sd3_samples(model, [77, 77], [(8, 8), (8, 12)])
+    result = train(backend, samples, TrainConfig(steps=2, batch_size=1, grad_accum=2, rank=4, alpha=4.0))
+    assert result.steps_done == 2
+    with pytest.raises(TrainingError, match="one shape"):
+        train(backend, samples, TrainConfig(steps=1, batch_size=2, rank=4, alpha=4.0))
+
+
+# --- a model that already carries a LoRA -------------------------------------------------------------------------
+def test_model_with_a_lora_underneath_trains_and_records_it(sd15, loras, images):
+    from lora_lab.lora_core.lora_file import save_lora_file
+
+    model, clip, vae = sd15
+    _, first, _ = _train(model, clip, vae, images, "underneath", steps=2, seed=11)
+    save_lora_file(loras / "underneath.safetensors", first.state_dict(), first.metadata)
+    base_model, base_clip = call_node("LoraLoader", model=model, clip=clip, lora_name="underneath.safetensors",
+                                      strength_model=0.7, strength_clip=0.0)
+    trained_model, lora, _ = _train(base_model, base_clip, vae, images, "on_top", steps=2, seed=12)
+    meta = _metadata(lora)
+    assert json.loads(meta["lora_lab_base_loras"]) == [{"file": "underneath.safetensors", "strength": 0.7}]
+    save_lora_file(loras / "on_top.safetensors", lora.state_dict(), lora.metadata)
+    reloaded = call_node("LoraLoaderModelOnly", model=base_model, lora_name="on_top.safetensors", strength_model=1.0)[0]
+    positive = call_node("CLIPTextEncode", text="a photo", clip=clip)[0]
+    latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
+
+    def sample(m):
+        return call_node("KSampler", model=m, seed=3, steps=2, cfg=1.0, sampler_name="euler", scheduler="normal",
+                         positive=positive, negative=positive, latent_image=latent, denoise=1.0)[0]["samples"]
+
+    in_graph, from_file, base = sample(trained_model), sample(reloaded), sample(base_model)
+    assert (in_graph - from_file).abs().max() <= 1e-3 * in_graph.abs().max()
+    assert (in_graph - base).abs().max() > 1e-5
+
+
+# --- out of memory -------------------------------------------------------------------------------------------------
+class _OOMAtStep:
+    """Raises torch.OutOfMemoryError from inside a layer's forward once `step` steps have run."""
+
+    def __init__(self, module, calls_per_step: int, step: int):
+        self.calls, self.limit = 0, calls_per_step * step
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, *_):
+        self.calls += 1
+        if self.calls > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+
+
+def test_out_of_memory_leaves_a_loadable_lora_and_state(sd3, loras, images):
+    from lora_lab.lora_core.train_state import load_train_state
+
+    model, clip, vae = sd3
+    layer = model.model.diffusion_model.x_embedder.proj  # runs once per forward, before any block
+    oom = _OOMAtStep(layer, calls_per_step=1, step=1)
+    try:
+        with pytest.raises(Exception) as caught:  # the pack's class, as ComfyUI imported it
+            _train(model, clip, vae, images, "oom", steps=5, gradient_checkpointing=False)
+    finally:
+        oom.handle.remove()
+    message = str(caught.value)
+    assert type(caught.value).__name__ == "TrainingOutOfMemory", message
+    assert "out of memory at step 2" in message and "after step 1" in message and "batch_size" in message and "gradient_checkpointing" in message
+    partial = loras / "oom_step00001.safetensors"
+    state = loras / "oom_step00001.state.safetensors"
+    assert str(partial) in message and partial.is_file() and state.is_file()
+    assert load_train_state(state).step == 1
+    with safe_open(str(partial), "pt") as f:
+        assert f.metadata()["ss_steps"] == "1"
+    import comfy.lora
+    import comfy.utils
+
+    sd = comfy.utils.load_torch_file(str(partial))
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    loaded = comfy.lora.load_lora(sd, key_map)
+    assert len(loaded) * 3 == len(sd)  # every module (down, up, alpha) mapped by ComfyUI's own loader
