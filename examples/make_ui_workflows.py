@@ -126,8 +126,9 @@ def _node(node_id: str, node: dict, info: dict, links: list, out_links: dict) ->
                 widgets.append("fixed")  # the frontend's extra "control after generate" widget
             if spec[0] == "STRING" and options.get("multiline"):
                 rows_extra += TEXTBOX_H - WIDGET_H
-    outputs = [{"name": n, "type": t, "links": [], "slot_index": i}
-               for i, (n, t) in enumerate(zip(info.get("output_name", info["output"]), info["output"]))]
+    is_list = info.get("output_is_list") or [False] * len(info["output"])
+    outputs = [{"name": n, "type": t, "links": [], "slot_index": i, **({"shape": 6} if is_list[i] else {})}
+               for i, (n, t) in enumerate(zip(info.get("output_name", info["output"]), info["output"]))]  # 6: grid = list
     kind = node["class_type"]
     height = (max(len(inputs), len(outputs), 1) * SLOT_H + len(widgets) * WIDGET_H + rows_extra
               + EXTRA_HEIGHT.get(kind, 0) + 16)
