@@ -29,21 +29,39 @@ def _chart(page, node_id: int) -> dict:
         return {status: c.status, message: c.message, length: s.length, lastStep: s.lastStep, total: s.total,
                 promptId: s.promptId, received: c.received, events: c.events, draws: c.draws, drawn: c.drawnPoints,
                 last: s.length ? [s.step.at(-1), s.loss.at(-1), s.lr.at(-1)] : null,
-                header: c.header.textContent, visible: c.el.isConnected && c.el.offsetHeight > 0 && c.canvas.width > 0}; }""",
+                header: c.header.textContent, val: s.val, visible: c.el.isConnected && c.el.offsetHeight > 0 && c.canvas.width > 0}; }""",
                          node_id)
 
 
-def _prepare(comfy_page, dataset_dir: Path, steps: int, name: str) -> dict[str, int]:
+VAL_COLOR = (0xF5, 0xA5, 0x24)  # web/chart_draw.js COLORS.val
+
+
+def _color_pixels(page, node_id: int, rgb: tuple[int, int, int], tolerance: int = 24) -> int:
+    """How many pixels of the chart's canvas have this colour (what the user sees of that curve)."""
+    return page.evaluate("""([id, rgb, tol]) => {
+        const c = app.graph.getNodeById(id).loraLabChart.canvas;
+        const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < data.length; i += 4) {
+            if (Math.abs(data[i] - rgb[0]) <= tol && Math.abs(data[i + 1] - rgb[1]) <= tol
+                && Math.abs(data[i + 2] - rgb[2]) <= tol) n += 1;
+        }
+        return n;
+    }""", [node_id, list(rgb), tolerance])
+
+
+def _prepare(comfy_page, dataset_dir: Path, steps: int, name: str, validation_every: int = 0) -> dict[str, int]:
     """Open the SD1.5 example (its checkpoint name is the random test SD1.5 here) and set it up as a user would
-    for a small CPU run."""
+    for a small CPU run (validation_every > 0: one of the images held out and evaluated that often)."""
     workflow = json.loads(EXAMPLE.read_text())
     comfy_page.load_workflow(workflow)
     ids = _ids(workflow)
     values = {
-        ids["LoraLabDataset"]: {"folder": dataset_dir.name, "resolution": 64},
-        ids["LoraLabTrain"]: {"steps": steps, "rank": 4, "alpha": 4.0, "lr_schedule": "cosine", "warmup_steps": 5,
+        ids["LoraLabDataset"]: {"folder": dataset_dir.name, "resolution": 64,
+                                "validation": 1.0 if validation_every else 0.0},
+        ids["LoraLabTrain"]: {"steps": steps, "rank": 4, "alpha": 4.0, "lr_schedule": "cosine", "warmup_steps": 3,
                               "precision": "fp32", "gradient_checkpointing": False, "output_name": name,
-                              "learning_rate": 1e-3},
+                              "learning_rate": 1e-3, "validation_every": validation_every},
         ids["LoraLabSaveLora"]: {"name": name},
         ids["EmptyLatentImage"]: {"width": 64, "height": 64},
         ids["KSampler"]: {"steps": 1},
@@ -68,10 +86,13 @@ def _watch(page, node_id: int) -> None:
     events themselves), the chart's drawn point count and a hash of the canvas pixels."""
     page.evaluate("""(id) => {
         const api = window.comfyAPI.api.api;
-        window.__ll = {steps: new Set(), snaps: []};
+        window.__ll = {steps: new Set(), val: [], snaps: []};
         api.addEventListener('lora_lab.progress', ({detail}) => {
             if (String(detail.node_id) !== String(id)) return;
-            for (const p of detail.points) __ll.steps.add(p[0]);
+            for (const p of detail.points) {
+                __ll.steps.add(p[0]);
+                if (p[3] !== null) __ll.val.push([p[0], p[3]]);
+            }
             requestAnimationFrame(() => requestAnimationFrame(() => {
                 const chart = app.graph.getNodeById(id).loraLabChart, c = chart.canvas;
                 const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -108,14 +129,14 @@ def _wait_queue_empty(server, timeout_s: float = 300) -> None:
 
 
 def test_chart_follows_a_real_training_run_and_stays(comfy_page, browser_server, dataset_dir, loras_dir):
-    page, steps = comfy_page.page, 40
-    ids = _prepare(comfy_page, dataset_dir, steps, "browser_live")
+    page, steps = comfy_page.page, 16
+    ids = _prepare(comfy_page, dataset_dir, steps, "browser_live", validation_every=4)
     train = ids["LoraLabTrain"]
     assert not comfy_page.missing_node_dialog() and not comfy_page.page_errors
     _watch(page, train)
     page.locator("[data-testid='queue-button']").first.click()  # the Run button
 
-    page.wait_for_function("(id) => app.graph.getNodeById(id).loraLabChart.series.length >= 24", arg=train,
+    page.wait_for_function("(id) => app.graph.getNodeById(id).loraLabChart.series.length >= 10", arg=train,
                            timeout=900_000)
     comfy_page.focus_node(train, 1.0)
     comfy_page.screenshot("live-chart-mid-run", node_id=train)
@@ -131,6 +152,11 @@ def test_chart_follows_a_real_training_run_and_stays(comfy_page, browser_server,
     assert changed and all(changed), snaps  # the pixels change with every new step
     assert (state["length"], state["drawn"], state["lastStep"], state["total"]) == (steps, steps, steps, steps)
     assert state["visible"] and "done" in state["header"]
+    # Validation loss: every value the server computed is on the chart, drawn in its colour, and in the header.
+    received_val = page.evaluate("window.__ll.val")
+    assert [s for s, _ in received_val] == [4, 8, 12, 16], received_val
+    assert state["val"] == received_val  # the same JSON numbers
+    assert _color_pixels(page, train, VAL_COLOR) > 20 and "val " in state["header"]
 
     # The chart stays after the run, is saved with the workflow, and comes back when the workflow is reopened.
     saved = page.evaluate("(id) => app.graph.serialize().nodes.find(n => n.id === id).properties", train)
