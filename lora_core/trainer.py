@@ -305,8 +305,9 @@ def _loop(run: _Run, on_step, should_stop, interrupt_on, validate) -> TrainResul
                 _raise_clearly(error, run)
                 raise
             step = len(run.losses)
+            validation = validate(step) if validate is not None else None  # also without a progress listener
             if on_step is not None:
-                on_step(StepReport(step, config.steps, loss, run.lr(), validate(step) if validate else None))
+                on_step(StepReport(step, config.steps, loss, run.lr(), validation))
     return run.result()
 
 

@@ -84,3 +84,11 @@ def test_plot_shows_validation_points():
     # a validation value outside the training range widens the axis instead of being cut off
     high = np.asarray(plot_losses(losses, validation=[(25, 5.0)]))
     assert count(high) > 10
+
+
+def test_validation_runs_without_a_progress_listener(backend):
+    # a script or the CLI may train with no on_step: the held-out loss must still be taken
+    check = ValidationLoss(backend, samples(2, seed=2), every=2)
+    train_set = [s for s in samples(6, seed=1) if s.latent.shape[-1] == 8]
+    train(backend, train_set, TrainConfig(steps=4, rank=4, alpha=4.0), validate=check)
+    assert [step for step, _ in check.history] == [2, 4]

@@ -1,7 +1,14 @@
 """Issue 6: a model stored in fp8 or bf16 and computed in fp32 (UNETLoader weight_dtype; ComfyUI casts every
 weight in forward, the code path that partial loading takes on a GPU) trains with Train LoRA's defaults:
 it learns, the in-graph MODEL and the saved file through the stock loader give the same latent, and resident
-memory grows by far less than the model (no copy of it, no cast kept for backward)."""
+memory grows by far less than the model (no copy of it, no cast kept for backward).
+
+The memory bound is set between what each failure costs and what training must hold: a copy of the stored
+model costs 1x its bytes, keeping every layer's fp32 cast for backward 2x (bf16) or 4x (fp8); doing it right
+still holds a few single-layer fp32 casts at once (SD1.5's largest conv is 118 MB in fp32, 14% of the fp8
+UNet: ComfyUI's own forward casts it whole, so inference alone grows by that) plus the LoRA, its optimizer
+state and small activations. So: what training adds on top of the same forward without training stays under
+10% of the model, and the whole growth under half of it."""
 
 from __future__ import annotations
 
@@ -56,9 +63,14 @@ def test_cast_in_forward_model_trains_without_copying(parts, sd15_checkpoint, we
     layer = model.model.diffusion_model.input_blocks[1][1].transformer_blocks[0].attn1.to_q
     assert layer.weight.dtype == dtype and layer.comfy_cast_weights  # ComfyUI casts this weight in every forward
     model_bytes = sum(p.numel() * p.element_size() for p in model.model.diffusion_model.parameters())
+    largest_cast = max(p.numel() * 4 for p in model.model.diffusion_model.parameters())
     dataset = call_node("LoraLabDataset", folder=str(images), resolution=64, trigger_word="", default_caption="")[0]
     comfy.model_management.load_models_gpu([model])
+    _eval_loss(model, dataset, vae, clip)  # first call: encoders loaded, caches warm
+    resident = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     before_loss = _eval_loss(model, dataset, vae, clip)
+    inference_growth = (_status_kb("VmHWM") - resident) * 1024  # ComfyUI's own forward: one layer cast at a time
 
     resident = _status_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
@@ -67,8 +79,12 @@ def test_cast_in_forward_model_trains_without_copying(parts, sd15_checkpoint, we
     growth = (_status_kb("VmHWM") - resident) * 1024
     after_loss = _eval_loss(trained, dataset, vae, clip)
     print(f"\n{weight_dtype}: model {model_bytes / 2**20:.0f} MiB, peak growth while training "
-          f"{growth / 2**20:.0f} MiB ({growth / model_bytes:.1%}); eval loss {before_loss:.4f} -> {after_loss:.4f}")
-    assert growth < 0.10 * model_bytes
+          f"{growth / 2**20:.0f} MiB ({growth / model_bytes:.1%}; largest single fp32 cast "
+          f"{largest_cast / 2**20:.0f} MiB; the same forward without training grows {inference_growth / 2**20:.0f} MiB); "
+          f"eval loss {before_loss:.4f} -> {after_loss:.4f}")
+    assert growth - inference_growth < 0.10 * model_bytes  # what training adds to ComfyUI's own forward
+    assert growth < 0.5 * model_bytes  # no copy (1x) and no kept casts (2-4x)
+    assert growth < 4 * largest_cast  # a few layer casts at a time, whatever the model's size
     assert after_loss < before_loss
     assert lora.metadata["lora_lab_compute_dtype"] == "fp32"
 
