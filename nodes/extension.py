@@ -11,6 +11,8 @@ from .dataset_options import Augmentation, BucketOptions, CaptionOptions
 from .load_node import LoadLora
 from .loss_plot_node import PlotTrainingLoss
 from .merge_node import MergeLoras
+from .progress_events import prompt_server
+from .progress_log import register_routes
 from .resize_node import ResizeLora
 from .save_node import SaveLora
 from .train_node import TrainLora
@@ -20,6 +22,11 @@ from .video_dataset_node import LoadTrainingVideos
 
 class LoraLabExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # GET /lora_lab/progress (a page reloaded mid-run restores its chart). Here, not in on_load: the January
+        # 2026 ComfyUI never calls on_load. Both add the server's routes only after loading the custom nodes.
+        server = prompt_server()
+        if server is not None:
+            register_routes(server.routes)
         return [LoadTrainingImages, LoadTrainingVideos, BucketOptions, CaptionOptions, Augmentation, EncodingCacheNode,
                 TrainLora, *OPTION_NODES, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora, InspectLora, MergeLoras,
                 ResizeLora]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -34,6 +35,8 @@ from .comfy_paths import lora_output_name, unused_lora_path
 from .family import model_family
 from .lora_apply import apply_lora
 from .lora_state import TrainedLora, trained_lora
+from .progress_events import ProgressStream, running_prompt_id, server_sender
+from .progress_log import RUN_LOG
 from .rope_autograd import ensure_rope_autograd
 from .training_data import largest_latent_shape, prepare_training_data
 from .types import (ALGORITHM_OPTIONS, DATASET, LORA, LOSS, LOSS_OPTIONS, OPTIMIZER_OPTIONS, PREVIEW_OPTIONS,
@@ -72,11 +75,22 @@ def _prompt_server():
 
 
 class _Progress:
-    """UI progress bar + loss text; never lets ComfyUI's hook raise on cancel mid-step (we save first)."""
+    """Progress bar and the live chart's events (web/: step, loss, lr, steps/s, ETA), both throttled so a fast
+    run does not flood the browser's socket. Never lets ComfyUI's hook raise on cancel mid-step (the partial
+    LoRA is saved first)."""
+
+    BAR_INTERVAL = 0.25  # seconds between progress-bar updates (the last step is always shown)
 
     def __init__(self, total: int, node_id: str | None):
         self.bar = comfy.utils.ProgressBar(total)
         self.node_id = node_id
+        self.server = _prompt_server()
+        self.stream = None
+        self._bar_time = -1e9
+        if self.node_id and self.server is not None:
+            prompt_id = running_prompt_id(self.server)
+            self.stream = ProgressStream(self.node_id, prompt_id, server_sender(self.server),
+                                         on_point=RUN_LOG.start(prompt_id, self.node_id, total))
 
     def __call__(self, report: StepReport) -> None:
         step, total = report.step, report.total
@@ -85,12 +99,15 @@ class _Progress:
             text += f"  validation {report.val_loss:.5f}"
         if step == 1 or step == total or step % max(1, total // 20) == 0 or report.val_loss is not None:
             log.info("LoRA Lab: %s", text)
+        if self.stream is not None:
+            self.stream.report(report)  # a completed step belongs on the chart even when cancel is pending
         if comfy.model_management.processing_interrupted():
             return
+        now = time.monotonic()
+        if step < total and now - self._bar_time < self.BAR_INTERVAL:
+            return
+        self._bar_time = now
         self.bar.update_absolute(step, total)
-        server = _prompt_server()
-        if self.node_id and server is not None:
-            server.send_progress_text(text, self.node_id)
 
 
 def _save_partial(lora: TrainedLora, name: str, result, reason: str) -> Path:

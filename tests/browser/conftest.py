@@ -1,0 +1,129 @@
+"""Browser tests: Debian chromium + Python playwright against a real ComfyUI server started here.
+
+They reuse the integration harness (tests/integration: comfy_server.start_server and its model fixtures) and
+are skipped, with the reason, when ComfyUI (COMFYUI_PATH), playwright or chromium is absent:
+
+    COMFYUI_PATH=/path/to/ComfyUI /path/to/ComfyUI/venv/bin/python -m pytest tests/browser -rs
+
+Screenshots and measurements go to out/browser/frontend-<version>/ (or $LORA_LAB_BROWSER_ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from pathlib import Path
+
+import pytest
+
+from integration.comfy_env import REPO_ROOT, why_unavailable
+from integration.conftest import MODEL_FOLDERS, comfy_cache, model_file, sd15_checkpoint  # noqa: F401
+
+from .browser import ComfyPage, artifacts_dir, launch, why_no_browser
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = why_unavailable() or why_no_browser()
+    reason = f"browser test: {reason}" if reason else None
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.comfyui)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def server_root(tmp_path_factory) -> Path:
+    """Its own folder: the integration suite's server may run in the same session."""
+    return tmp_path_factory.mktemp("browser_server")
+
+
+@pytest.fixture(scope="session")
+def loras_dir(server_root) -> Path:
+    path = server_root / "loras"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(server_root) -> Path:
+    from integration.sample_data import make_image_folder
+
+    return make_image_folder(server_root / "input" / "train_set")
+
+
+@pytest.fixture(scope="session")
+def example_models(server_root, sd15_checkpoint) -> dict[str, Path]:
+    """The model files the example workflows name, so they open as on a user's machine that has them: the
+    SD1.5 checkpoint is the random test SD1.5; the Flux files are empty stand-ins (that example is never run)."""
+    refs = {}
+    for path in (REPO_ROOT / "example_workflows").glob("*.json"):
+        for node in json.loads(path.read_text())["nodes"]:
+            for model in node["properties"].get("models", []):
+                refs[model["name"]] = model["directory"]
+    folders = {}
+    for name, directory in refs.items():
+        target = server_root / "example_models" / directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            if directory == "checkpoints":
+                target.symlink_to(sd15_checkpoint)
+            else:
+                target.touch()
+        folders[directory] = target.parent
+    return folders
+
+
+@pytest.fixture(scope="session")
+def browser_server(server_root, comfy_cache, loras_dir, dataset_dir, example_models):
+    """A real ComfyUI with LoRA Lab, the harness' test nodes and the browser tests' event node."""
+    from integration.comfy_server import start_server
+
+    model_dirs = {folder: [comfy_cache / folder] for folder in MODEL_FOLDERS}
+    for dirs in model_dirs.values():
+        dirs[0].mkdir(parents=True, exist_ok=True)
+    for folder, path in example_models.items():
+        model_dirs.setdefault(folder, []).append(path)
+    model_dirs["loras"] = [loras_dir]
+    custom_nodes = {"lora_lab": REPO_ROOT, "lora_lab_test_nodes": REPO_ROOT / "tests" / "integration" / "test_nodes",
+                    "lora_lab_browser_nodes": HERE / "test_nodes"}
+    server = start_server(server_root, model_dirs, custom_nodes)
+    try:
+        yield server
+    finally:
+        server.stop()
+        print(f"\nComfyUI server log: {server.log_path}")
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    try:
+        version = importlib.metadata.version("comfyui_frontend_package")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return artifacts_dir(f"frontend-{version}")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def comfy_page(chromium, browser_server, artifacts):
+    context = chromium.new_context(viewport={"width": 1600, "height": 1000})
+    page = ComfyPage(context.new_page(), browser_server, artifacts)
+    try:
+        page.open()
+        yield page
+    finally:
+        context.close()
