@@ -6,6 +6,7 @@ in the plot, repeatable at fixed noise."""
 from __future__ import annotations
 
 import copy
+import sys
 
 import numpy as np
 import pytest
@@ -57,20 +58,26 @@ def test_buckets_batch_2_and_the_crop_of_every_image(sd15, tmp_path):
         assert min(p.cut) <= 1
 
 
-def test_second_prompt_encodes_nothing_edit_re_encodes_one_new_vae_all(sd15, tmp_path):
-    from lora_lab.lora_core.encoding_cache import SHARED_MEMORY
+def clear_memory_cache() -> None:
+    """Empty the in-memory cache layer of every copy of the module: ComfyUI imports the pack under its folder's
+    name, the tests import it as lora_lab, and only the nodes' copy holds the encodings."""
+    for name, module in list(sys.modules.items()):
+        if name.endswith("lora_core.encoding_cache") and hasattr(module, "SHARED_MEMORY"):
+            module.SHARED_MEMORY.clear()
 
+
+def test_second_prompt_encodes_nothing_edit_re_encodes_one_new_vae_all(sd15, tmp_path):
     model, clip, vae = sd15
     vae, clip = copy.copy(vae), copy.copy(clip)
     encodes, texts = Counted(vae, "encode"), Counted(clip, "encode_from_tokens_scheduled")
     folder, cache = make_folder(tmp_path / "data"), tmp_path / "cache"
-    SHARED_MEMORY.clear()  # the test before encoded the same pictures with the same VAE: content-addressed hits
+    clear_memory_cache()  # the tests before encoded the same pictures with the same VAE: content-addressed hits
 
     train(model, clip, vae, load_dataset(folder, cache)[0], steps=1)
     assert (encodes.calls, texts.calls) == (6, 6)
     train(model, clip, vae, load_dataset(folder, cache)[0], steps=1, seed=1)  # same process: memory
     assert (encodes.calls, texts.calls) == (6, 6)
-    SHARED_MEMORY.clear()  # as after a restart: only the cache folder can answer
+    clear_memory_cache()  # as after a restart: only the cache folder can answer
     train(model, clip, vae, load_dataset(folder, cache)[0], steps=1, seed=2)
     assert (encodes.calls, texts.calls) == (6, 6)
 
