@@ -147,3 +147,43 @@ def test_autograd_safe_alias_shares_memory_and_keeps_attributes():
     assert alias._model_dtype is torch.bfloat16
     normal = torch.randn(2)
     assert autograd_safe(normal) is normal
+
+
+@pytest.mark.parametrize("dims, stride, padding, dilation", [(1, 2, 1, 1), (2, 1, 1, 1), (2, 2, 0, 2), (3, 1, 1, 1)])
+def test_sliced_conv_input_grad_equals_the_whole(monkeypatch, dims, stride, padding, dilation):
+    from lora_lab.lora_core import frozen_layers
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 6, *([9] * dims), generator=g, requires_grad=True)
+    weight = torch.randn(10, 6, *([3] * dims), generator=g)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+    y = conv(x, weight, None, stride, padding, dilation)
+    grad = torch.randn(y.shape, generator=g)
+    (reference,) = torch.autograd.grad(y, x, grad)
+    monkeypatch.setattr(frozen_layers, "CONV_SLICE_BYTES", weight.numel())  # 4 slices (fp32), uneven ones
+    sliced = frozen_layers.conv_input_grad(x.shape, weight, grad, stride, padding, dilation, 1)
+    torch.testing.assert_close(sliced, reference, rtol=1e-5, atol=1e-5)
+
+
+def _status_kb(field):
+    from pathlib import Path
+
+    return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith(field + ":"))
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak RSS")
+def test_conv_input_grad_keeps_no_whole_copy_of_a_large_weight():
+    """The backward of SD1.5's largest conv: its cast weight plus at most a slice more, not twice it."""
+    from pathlib import Path
+
+    from lora_lab.lora_core.frozen_layers import conv_input_grad
+
+    weight = torch.randn(1280, 2560, 3, 3)  # 118 MB in fp32
+    grad = torch.randn(1, 1280, 8, 8)
+    resident = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    dx = conv_input_grad((1, 2560, 8, 8), weight, grad, 1, 1, 1, 1)
+    growth = (_status_kb("VmHWM") - resident) * 1024
+    assert dx.shape == (1, 2560, 8, 8)
+    assert growth < 0.5 * weight.numel() * 4, growth / 2**20  # oneDNN's whole-weight copy would be 1x
