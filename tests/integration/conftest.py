@@ -33,6 +33,7 @@ Fixtures (session-scoped unless noted):
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,13 +44,17 @@ HERE = Path(__file__).resolve().parent
 MODEL_FOLDERS = ("checkpoints", "diffusion_models", "text_encoders", "vae")
 
 
-def pytest_collection_modifyitems(config, items):
-    reason = why_unavailable()
+def mark_comfyui(items, folder: Path, reason: str | None) -> None:
+    """Mark the tests under `folder` comfyui, and skip them with `reason` when there is one."""
     for item in items:
-        if HERE in Path(str(item.fspath)).resolve().parents:
+        if folder in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.comfyui)
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_collection_modifyitems(config, items):
+    mark_comfyui(items, HERE, why_unavailable())
 
 
 @pytest.fixture(scope="session")
@@ -95,22 +100,33 @@ def dataset_dir(server_root) -> Path:
     return make_image_folder(server_root / "input" / "train_set")
 
 
-@pytest.fixture(scope="session")
-def comfy_server(server_root, comfy_cache, loras_dir, dataset_dir):
-    """A real ComfyUI (main.py --cpu) for the whole session; its log is server_root/server.log."""
+@contextmanager
+def running_server(server_root: Path, comfy_cache: Path, loras_dir: Path, custom_nodes: dict[str, Path],
+                   more_model_dirs: dict[str, Path] | None = None):
+    """A real ComfyUI (main.py --cpu) with the cached test models (and more_model_dirs) and loras_dir as its
+    model folders, stopped on exit; its log is server_root/server.log."""
     from .comfy_server import start_server
 
     model_dirs = {folder: [comfy_cache / folder] for folder in MODEL_FOLDERS}
     for dirs in model_dirs.values():
         dirs[0].mkdir(parents=True, exist_ok=True)
+    for folder, path in (more_model_dirs or {}).items():
+        model_dirs.setdefault(folder, []).append(path)
     model_dirs["loras"] = [loras_dir]
-    custom_nodes = {"lora_lab": REPO_ROOT, "lora_lab_test_nodes": HERE / "test_nodes"}
     server = start_server(server_root, model_dirs, custom_nodes)
     try:
         yield server
     finally:
         server.stop()
         print(f"\nComfyUI server log: {server.log_path}")
+
+
+@pytest.fixture(scope="session")
+def comfy_server(server_root, comfy_cache, loras_dir, dataset_dir):
+    """A real ComfyUI (main.py --cpu) for the whole session; its log is server_root/server.log."""
+    custom_nodes = {"lora_lab": REPO_ROOT, "lora_lab_test_nodes": HERE / "test_nodes"}
+    with running_server(server_root, comfy_cache, loras_dir, custom_nodes) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
