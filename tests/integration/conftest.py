@@ -28,6 +28,8 @@ Fixtures (session-scoped unless noted):
   dataset_dir        Path: 4 captioned 64x64 PNGs, inside the server's input dir (subfolder "train_set")
   comfy_server       ComfyServer: one server per session with lora_lab + tests/integration/test_nodes loaded
   comfy              module: comfy.model_management, after ComfyUI was made importable in-process
+  sd15               (module-scoped) (model, clip, vae) of the random SD1.5, loaded in-process with LoRA Lab's
+                     nodes registered (a test module may define its own)
 """
 
 from __future__ import annotations
@@ -135,6 +137,14 @@ def comfy(tmp_path_factory):
     mm = import_comfy()
     ensure_lora_lab_importable(tmp_path_factory.mktemp("pkg_link"))
     return mm
+
+
+@pytest.fixture(scope="module")
+def sd15(comfy, sd15_checkpoint):
+    from .comfy_inprocess import load_checkpoint, register_lora_lab_nodes
+
+    register_lora_lab_nodes()
+    return load_checkpoint(sd15_checkpoint)
 
 
 def pytest_report_header(config):
