@@ -21,7 +21,7 @@ from .buckets import BucketConfig, Placement, Size, assign, bucket_sizes, fixed_
 from .cache_keys import digest_bytes
 from .caption_transforms import CaptionTransforms, without_separator
 from .captions import apply_template, check_template, tag_counts
-from .dataset_files import count, find_files, names, normal_extension, reason, relative
+from .dataset_files import FoundFiles, count, find_files, names, normal_extension, reason, relative
 from .encoding_cache import ensure_writable
 from .errors import DatasetError
 from .frame_sampling import FramePlan
@@ -185,10 +185,7 @@ def load_image_folder(
     `default_caption`. The caption is `caption_template` with {trigger} and {caption} filled in; without a
     template, `trigger_word` is prepended unless the caption already starts with it.
     """
-    size = parse_resolution(resolution)
-    check_template(caption_template)
-    if small_images not in SMALL_IMAGE_POLICIES:
-        raise DatasetError(f"small_images must be one of {', '.join(SMALL_IMAGE_POLICIES)}, got {small_images!r}")
+    size = check_options(resolution, caption_template, small_images)
     sizes = bucket_sizes(buckets) if buckets is not None else fixed_size(size)
     root = Path(folder).expanduser()
     extension = normal_extension(caption_extension)
@@ -204,11 +201,9 @@ def load_image_folder(
         except Exception as exc:  # PIL raises many types for bad files: all mean "skip and name it"
             unreadable.append(f"{name} ({reason(exc)})")
             continue
-        placement = assign(source, sizes)
-        if placement.upscaled:
-            (skipped if small_images == "skip" else upscaled).append(f"{name} ({source[0]}x{source[1]})")
-            if small_images == "skip":
-                continue
+        placement = bucket_placement(name, source, sizes, small_images, upscaled, skipped)
+        if placement is None:
+            continue
         if not entry.caption:
             uncaptioned.append(name)
         text = apply_template(caption_template, entry.caption or default_caption.strip(), trigger_word)
@@ -221,19 +216,56 @@ def load_image_folder(
         raise DatasetError(f"None of the {len(unreadable)} images in {root} could be read: {names(unreadable)}")
     if unreadable:
         warnings.append(f"Skipped {count(len(unreadable), 'unreadable image')}: {names(unreadable)}")
-    report_small(warnings, upscaled, skipped, "image")
+    return finish_dataset(
+        images, found, root, size, "image", upscaled=upscaled, skipped=skipped, uncaptioned=uncaptioned,
+        trigger_word=trigger_word, default_caption=default_caption, caption_template=caption_template, buckets=buckets,
+        validation=validation, caption_transforms=caption_transforms, augment=augment, cache_folder=cache_folder)
+
+
+def check_options(resolution: int | tuple[int, int], caption_template: str, small_images: str) -> Size:
+    """The checks every folder loader starts with; returns the parsed resolution."""
+    size = parse_resolution(resolution)
+    check_template(caption_template)
+    if small_images not in SMALL_IMAGE_POLICIES:
+        raise DatasetError(f"small_images must be one of {', '.join(SMALL_IMAGE_POLICIES)}, got {small_images!r}")
+    return size
+
+
+def bucket_placement(name: str, source: Size, sizes: list[Size], small_images: str, upscaled: list[str],
+                     skipped: list[str]) -> Placement | None:
+    """An item's place in its bucket. One smaller than its bucket is named in `upscaled`, or under small_images
+    'skip' in `skipped`, and then gets None (leave it out)."""
+    placement = assign(source, sizes)
+    if placement.upscaled:
+        (skipped if small_images == "skip" else upscaled).append(f"{name} ({source[0]}x{source[1]})")
+        if small_images == "skip":
+            return None
+    return placement
+
+
+def finish_dataset(
+    items: list[TrainImage], found: FoundFiles, root: Path, size: Size, noun: str, *, upscaled: list[str],
+    skipped: list[str], uncaptioned: list[str], trigger_word: str, default_caption: str, caption_template: str,
+    buckets: BucketConfig | None, validation: float, caption_transforms: CaptionTransforms | None,
+    augment: AugmentConfig | None, cache_folder: str | Path | None, kind: str = "images",
+) -> ImageDataset:
+    """What every folder loader ends with, after its own warnings in found.warnings: the warnings on small items
+    (`noun`s), items without captions and latin-1 captions, the cache folder check, and the validation split."""
+    warnings = found.warnings
+    report_small(warnings, upscaled, skipped, noun)
     if uncaptioned:
         used = apply_template(caption_template, default_caption.strip(), trigger_word)
-        warnings.append(f"{count(len(uncaptioned), 'image')} with no caption ({names(uncaptioned)}); "
+        warnings.append(f"{count(len(uncaptioned), noun)} with no caption ({names(uncaptioned)}); "
                         f"using the default caption {used!r}")
     if found.latin1:
         warnings.append(f"{count(len(found.latin1), 'caption')} not valid UTF-8, read as latin-1: {names(found.latin1)}")
     if cache_folder:
         ensure_writable(Path(cache_folder))  # fail here, naming the folder, not after loading the models
-    train, held_out = split_validation(images, validation, root)
+    train, held_out = split_validation(items, validation, root)
     return ImageDataset(images=train, resolution=size, warnings=warnings, root=root, trigger_word=trigger_word.strip(),
                         buckets=buckets, validation=held_out, caption_transforms=caption_transforms or CaptionTransforms(),
-                        augment=augment or AugmentConfig(), cache_folder=Path(cache_folder) if cache_folder else None)
+                        augment=augment or AugmentConfig(), cache_folder=Path(cache_folder) if cache_folder else None,
+                        kind=kind)
 
 
 def report_small(warnings: list[str], upscaled: list[str], skipped: list[str], noun: str) -> None:

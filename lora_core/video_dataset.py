@@ -14,14 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from .augment import AugmentConfig
-from .buckets import BucketConfig, assign, bucket_sizes, fixed_size
+from .buckets import BucketConfig, bucket_sizes, fixed_size
 from .cache_keys import digest_bytes, file_digest
 from .caption_transforms import CaptionTransforms
-from .captions import apply_template, check_template
-from .dataset import (SMALL_IMAGE_POLICIES, ImageDataset, TrainImage, parse_resolution, probe_image, report_small,
-                      split_validation)
+from .captions import apply_template
+from .dataset import ImageDataset, TrainImage, bucket_placement, check_options, finish_dataset, probe_image
 from .dataset_files import REPEAT_FOLDER, count, find_files, names, normal_extension, reason, relative
-from .encoding_cache import ensure_writable
 from .errors import DatasetError
 from .frame_sampling import FramePlan, plan_clips, snap_frames
 from .image_io import IMAGE_EXTENSIONS
@@ -57,10 +55,7 @@ def load_video_folder(
     trained on the largest 4N+1 it holds ("fewer_frames") or left out ("skip"); either way a warning
     names it. Other options as in load_image_folder.
     """
-    size = parse_resolution(resolution)
-    check_template(caption_template)
-    if small_images not in SMALL_IMAGE_POLICIES:
-        raise DatasetError(f"small_images must be one of {', '.join(SMALL_IMAGE_POLICIES)}, got {small_images!r}")
+    size = check_options(resolution, caption_template, small_images)
     if short_videos not in SHORT_VIDEO_POLICIES:
         raise DatasetError(f"short_videos must be one of {', '.join(SHORT_VIDEO_POLICIES)}, got {short_videos!r}")
     want = snap_frames(frames)
@@ -79,11 +74,9 @@ def load_video_folder(
         except Exception as exc:  # DatasetError from probe, or PIL's errors for a bad still image
             unreadable.append(f"{name} ({reason(exc)})")
             continue
-        placement = assign(info.size, sizes)
-        if placement.upscaled:
-            (skipped if small_images == "skip" else upscaled).append(f"{name} ({info.size[0]}x{info.size[1]})")
-            if small_images == "skip":
-                continue
+        placement = bucket_placement(name, info.size, sizes, small_images, upscaled, skipped)
+        if placement is None:
+            continue
         plans: list[FramePlan | None]
         if entry.path.is_file() and entry.path.suffix.lower() in IMAGE_EXTENSIONS:
             plans = [None]  # a still image: a 1-frame clip, decoded as an image
@@ -112,21 +105,11 @@ def load_video_folder(
     if dropped:
         warnings.append(f"Skipped {count(len(dropped), 'video')} shorter than {want} frames (short_videos 'skip'): "
                         f"{names(dropped)}")
-    report_small(warnings, upscaled, skipped, "video")
-    if uncaptioned:
-        used = apply_template(caption_template, default_caption.strip(), trigger_word)
-        warnings.append(f"{count(len(uncaptioned), 'video')} with no caption ({names(uncaptioned)}); "
-                        f"using the default caption {used!r}")
-    if found.latin1:
-        warnings.append(f"{count(len(found.latin1), 'caption')} not valid UTF-8, read as latin-1: {names(found.latin1)}")
-    if cache_folder:
-        ensure_writable(Path(cache_folder))  # fail here, naming the folder, not after loading the models
-    train, held_out = split_validation(clips, validation, root)
-    return ImageDataset(images=train, resolution=size, warnings=warnings, root=root, trigger_word=trigger_word.strip(),
-                        buckets=buckets, validation=held_out, caption_transforms=caption_transforms or CaptionTransforms(),
-                        augment=augment or AugmentConfig(), cache_folder=Path(cache_folder) if cache_folder else None,
-                        kind="videos")
-
+    return finish_dataset(
+        clips, found, root, size, "video", upscaled=upscaled, skipped=skipped, uncaptioned=uncaptioned,
+        trigger_word=trigger_word, default_caption=default_caption, caption_template=caption_template, buckets=buckets,
+        validation=validation, caption_transforms=caption_transforms, augment=augment, cache_folder=cache_folder,
+        kind="videos")
 
 def _is_item(path: Path, include_images: bool) -> bool:
     if path.is_dir():

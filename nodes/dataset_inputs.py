@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..lora_core.buckets import BucketConfig
-from .dataset_options import BUCKET_DEFAULTS, CAPTION_DEFAULTS
+from .dataset_options import BUCKET_DEFAULTS, CAPTION_DEFAULTS, caption_transforms
 from .types import AUGMENTATION, BUCKET_OPTIONS, CAPTION_OPTIONS, DATASET
 
 DEFAULT_CACHE = "lora_lab_cache"
+log = logging.getLogger("lora_lab")
 
 
 def caption_inputs() -> list:
@@ -72,6 +74,23 @@ def small_images(options: dict | None) -> str:
 
 def caption_extension(options: dict | None) -> str:
     return {**CAPTION_DEFAULTS, **(options or {})}["caption_extension"]
+
+
+def loader_options(resolution: int, aspect_buckets: bool, cache_folder: str, bucket_options: dict | None,
+                   caption_options: dict | None, augmentation) -> dict:
+    """The keyword arguments both folder loaders (load_image_folder, load_video_folder) take from the shared
+    inputs and option nodes."""
+    return dict(caption_extension=caption_extension(caption_options),
+                buckets=bucket_config(aspect_buckets, resolution, bucket_options),
+                small_images=small_images(bucket_options), caption_transforms=caption_transforms(caption_options),
+                augment=augmentation, cache_folder=resolve_cache_folder(cache_folder))
+
+
+def dataset_output(dataset, what: str) -> io.NodeOutput:
+    """Log the dataset's warnings ("LoRA Lab <what>: ...") and return the outputs of dataset_outputs()."""
+    for warning in dataset.warnings:
+        log.warning("LoRA Lab %s: %s", what, warning)
+    return io.NodeOutput(dataset, dataset.summary(), dataset.captions())
 
 
 def folder_fingerprint(folder: Path) -> str:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 from comfy_api.latest import io
 
 from ..lora_core.dataset import load_image_folder
 from .comfy_paths import resolve_dataset_folder
-from .dataset_inputs import (bucket_config, caption_extension, caption_inputs, common_inputs, dataset_outputs,
-                             folder_fingerprint, resolve_cache_folder, small_images)
-from .dataset_options import caption_transforms
-
-log = logging.getLogger("lora_lab")
+from .dataset_inputs import (caption_inputs, common_inputs, dataset_output, dataset_outputs, folder_fingerprint,
+                             loader_options)
 
 
 class LoadTrainingImages(io.ComfyNode):
@@ -50,11 +45,6 @@ class LoadTrainingImages(io.ComfyNode):
                 augmentation=None) -> io.NodeOutput:
         dataset = load_image_folder(
             resolve_dataset_folder(folder), resolution, trigger_word=trigger_word, default_caption=default_caption,
-            caption_extension=caption_extension(caption_options),
-            buckets=bucket_config(aspect_buckets, resolution, bucket_options), caption_template=caption_template,
-            small_images=small_images(bucket_options), validation=validation,
-            caption_transforms=caption_transforms(caption_options), augment=augmentation,
-            cache_folder=resolve_cache_folder(cache_folder))
-        for warning in dataset.warnings:
-            log.warning("LoRA Lab dataset: %s", warning)
-        return io.NodeOutput(dataset, dataset.summary(), dataset.captions())
+            caption_template=caption_template, validation=validation,
+            **loader_options(resolution, aspect_buckets, cache_folder, bucket_options, caption_options, augmentation))
+        return dataset_output(dataset, "dataset")

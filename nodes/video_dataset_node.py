@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 from comfy_api.latest import io
 
 from ..lora_core.frame_sampling import SAMPLING_MODES
 from ..lora_core.video_dataset import SHORT_VIDEO_POLICIES, load_video_folder
 from .comfy_paths import resolve_dataset_folder
-from .dataset_inputs import (bucket_config, caption_extension, caption_inputs, common_inputs, dataset_outputs,
-                             folder_fingerprint, resolve_cache_folder, small_images)
-from .dataset_options import caption_transforms
-
-log = logging.getLogger("lora_lab")
+from .dataset_inputs import (caption_inputs, common_inputs, dataset_output, dataset_outputs, folder_fingerprint,
+                             loader_options)
 
 
 class LoadTrainingVideos(io.ComfyNode):
@@ -64,11 +59,7 @@ class LoadTrainingVideos(io.ComfyNode):
         dataset = load_video_folder(
             resolve_dataset_folder(folder), resolution, frames=frames, frame_sampling=frame_sampling,
             target_fps=target_fps, clips_per_video=clips_per_video, trigger_word=trigger_word,
-            default_caption=default_caption, caption_extension=caption_extension(caption_options),
-            include_images=include_images, buckets=bucket_config(aspect_buckets, resolution, bucket_options),
-            caption_template=caption_template, small_images=small_images(bucket_options), short_videos=short_videos,
-            validation=validation, caption_transforms=caption_transforms(caption_options), augment=augmentation,
-            cache_folder=resolve_cache_folder(cache_folder))
-        for warning in dataset.warnings:
-            log.warning("LoRA Lab video dataset: %s", warning)
-        return io.NodeOutput(dataset, dataset.summary(), dataset.captions())
+            default_caption=default_caption, include_images=include_images, caption_template=caption_template,
+            short_videos=short_videos, validation=validation,
+            **loader_options(resolution, aspect_buckets, cache_folder, bucket_options, caption_options, augmentation))
+        return dataset_output(dataset, "video dataset")

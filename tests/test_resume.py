@@ -81,6 +81,18 @@ def test_resume_is_exact_for_algorithms_ema_and_loss_options(unet, tmp_path, alg
         assert any(not torch.equal(straight.lora.modules[n].up, live[n]) for n in live)
 
 
+def raise_in_step_four(error: Exception):
+    """A forward pre-hook that raises `error` on the 7th forward: 2 micro-batches per step, so step 4's first."""
+    calls = {"n": 0}
+
+    def hook(module, args):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise error
+
+    return hook
+
+
 class HostCancel(Exception):
     pass
 
@@ -89,14 +101,7 @@ def test_cancel_inside_step_four_then_resume_is_exact(unet, tmp_path):
     backend, samples = DDPMUNetBackend(unet), make_samples()
     cfg = config()
     straight = train(backend, samples, cfg)
-    calls = {"n": 0}
-
-    def cancel(module, args):  # 2 micro-batches per step: the 7th forward is step 4's first
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise HostCancel()
-
-    handle = unet.conv_in.register_forward_pre_hook(cancel)
+    handle = unet.conv_in.register_forward_pre_hook(raise_in_step_four(HostCancel()))
     try:
         cancelled = train(backend, samples, cfg, interrupt_on=(HostCancel,))
     finally:
@@ -118,18 +123,12 @@ def test_a_crash_carries_the_last_completed_step_and_resumes_exactly(unet, tmp_p
     backend, samples = DDPMUNetBackend(unet), make_samples()
     cfg = config()
     straight = train(backend, samples, cfg)
-    calls = {"n": 0}
-
-    def crash_in_step_four(module, args):  # 2 micro-batches per step: the 7th forward is step 4's first
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise Bug("boom")
 
     def crash_after_step_three(report):
         if report.step == 3:
             raise OSError("disk full")
 
-    handle = unet.conv_in.register_forward_pre_hook(crash_in_step_four) if where == "forward" else None
+    handle = unet.conv_in.register_forward_pre_hook(raise_in_step_four(Bug("boom"))) if where == "forward" else None
     try:
         with pytest.raises(TrainingCrashed) as info:
             train(backend, samples, cfg, on_step=None if handle else crash_after_step_three)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from integration.comfy_env import REPO_ROOT, why_unavailable
-from integration.conftest import MODEL_FOLDERS, comfy_cache, model_file, sd15_checkpoint  # noqa: F401
+from integration.conftest import (comfy_cache, dataset_dir, loras_dir, mark_comfyui, model_file,  # noqa: F401
+                                  running_server, sd15_checkpoint)
 
 from .browser import ComfyPage, artifacts_dir, launch, why_no_browser
 
@@ -26,32 +27,13 @@ HERE = Path(__file__).resolve().parent
 
 def pytest_collection_modifyitems(config, items):
     reason = why_unavailable() or why_no_browser()
-    reason = f"browser test: {reason}" if reason else None
-    for item in items:
-        if HERE in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(pytest.mark.comfyui)
-            if reason:
-                item.add_marker(pytest.mark.skip(reason=reason))
+    mark_comfyui(items, HERE, f"browser test: {reason}" if reason else None)
 
 
 @pytest.fixture(scope="session")
 def server_root(tmp_path_factory) -> Path:
     """Its own folder: the integration suite's server may run in the same session."""
     return tmp_path_factory.mktemp("browser_server")
-
-
-@pytest.fixture(scope="session")
-def loras_dir(server_root) -> Path:
-    path = server_root / "loras"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-@pytest.fixture(scope="session")
-def dataset_dir(server_root) -> Path:
-    from integration.sample_data import make_image_folder
-
-    return make_image_folder(server_root / "input" / "train_set")
 
 
 @pytest.fixture(scope="session")
@@ -79,22 +61,10 @@ def example_models(server_root, sd15_checkpoint) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def browser_server(server_root, comfy_cache, loras_dir, dataset_dir, example_models):
     """A real ComfyUI with LoRA Lab, the harness' test nodes and the browser tests' event node."""
-    from integration.comfy_server import start_server
-
-    model_dirs = {folder: [comfy_cache / folder] for folder in MODEL_FOLDERS}
-    for dirs in model_dirs.values():
-        dirs[0].mkdir(parents=True, exist_ok=True)
-    for folder, path in example_models.items():
-        model_dirs.setdefault(folder, []).append(path)
-    model_dirs["loras"] = [loras_dir]
     custom_nodes = {"lora_lab": REPO_ROOT, "lora_lab_test_nodes": REPO_ROOT / "tests" / "integration" / "test_nodes",
                     "lora_lab_browser_nodes": HERE / "test_nodes"}
-    server = start_server(server_root, model_dirs, custom_nodes)
-    try:
+    with running_server(server_root, comfy_cache, loras_dir, custom_nodes, example_models) as server:
         yield server
-    finally:
-        server.stop()
-        print(f"\nComfyUI server log: {server.log_path}")
 
 
 @pytest.fixture(scope="session")

@@ -288,37 +288,36 @@ def checkpoint_state_dict(model, clip_sd: dict, vae_sd: dict) -> dict:
     return full
 
 
-def build_flux_small(path: Path, seed: int = SEED) -> None:
-    import torch
+def _random_flux_state_dict(flux_params: dict, dtype, seed: int) -> dict:
+    """A comfy.ldm.flux Flux of flux_params built in `dtype` and filled by fill_random_, as a state dict.
+
+    Released Flux files (BFL's flux1-dev) name the q/k RMSNorm gains "<..>_norm.scale". January's Flux
+    modules do too; August's use comfy.ops RMSNorm ("_norm.weight") and rename .scale -> .weight on load
+    (supported_models.Flux.process_unet_state_dict) without a saving counterpart: the keys are the released names.
+    """
     import comfy.ldm.flux.model
     import comfy.ops
 
-    params = dict(FLUX_SMALL_PARAMS)
+    params = dict(flux_params)
     params.pop("image_model")
-    model = comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, device="cpu",
-                                      dtype=torch.float32, **params)
+    model = comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, device="cpu", dtype=dtype, **params)
     fill_random_(model, seed)
-    # Released Flux files (BFL's flux1-dev) name the q/k RMSNorm gains "<..>_norm.scale". January's Flux
-    # modules do too; August's use comfy.ops RMSNorm ("_norm.weight") and rename .scale -> .weight on load
-    # (supported_models.Flux.process_unet_state_dict) without a saving counterpart: write the released names.
-    sd = {(k[: -len(".weight")] + ".scale" if k.endswith("_norm.weight") else k): v
-          for k, v in model.state_dict().items()}
+    return {(k[: -len(".weight")] + ".scale" if k.endswith("_norm.weight") else k): v
+            for k, v in model.state_dict().items()}
+
+
+def build_flux_small(path: Path, seed: int = SEED) -> None:
+    import torch
+
+    sd = _random_flux_state_dict(FLUX_SMALL_PARAMS, torch.float32, seed)
     _save(_cast(sd, torch.bfloat16), path, {"lora_lab_test_model": "flux_small", "seed": str(seed)})
 
 
 def build_flux_dev_fp8(path: Path, seed: int = SEED) -> None:
     """Filled block by block in bf16 (24 GB, not 48 in fp32), written in fp8_e4m3fn (12 GB). GPU bench only."""
     import torch
-    import comfy.ldm.flux.model
-    import comfy.ops
 
-    params = dict(FLUX_DEV_PARAMS)
-    params.pop("image_model")
-    model = comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, device="cpu",
-                                      dtype=torch.bfloat16, **params)
-    fill_random_(model, seed)
-    sd = {(k[: -len(".weight")] + ".scale" if k.endswith("_norm.weight") else k): v
-          for k, v in model.state_dict().items()}
+    sd = _random_flux_state_dict(FLUX_DEV_PARAMS, torch.bfloat16, seed)
     _save({k: (v.to(torch.float8_e4m3fn) if v.dim() >= 2 else v.to(torch.bfloat16)).contiguous() for k, v in sd.items()},
           path, {"lora_lab_test_model": "flux_dev_fp8", "seed": str(seed)})
 

@@ -28,11 +28,14 @@ Fixtures (session-scoped unless noted):
   dataset_dir        Path: 4 captioned 64x64 PNGs, inside the server's input dir (subfolder "train_set")
   comfy_server       ComfyServer: one server per session with lora_lab + tests/integration/test_nodes loaded
   comfy              module: comfy.model_management, after ComfyUI was made importable in-process
+  sd15               (module-scoped) (model, clip, vae) of the random SD1.5, loaded in-process with LoRA Lab's
+                     nodes registered (a test module may define its own)
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,13 +46,17 @@ HERE = Path(__file__).resolve().parent
 MODEL_FOLDERS = ("checkpoints", "diffusion_models", "text_encoders", "vae")
 
 
-def pytest_collection_modifyitems(config, items):
-    reason = why_unavailable()
+def mark_comfyui(items, folder: Path, reason: str | None) -> None:
+    """Mark the tests under `folder` comfyui, and skip them with `reason` when there is one."""
     for item in items:
-        if HERE in Path(str(item.fspath)).resolve().parents:
+        if folder in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.comfyui)
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_collection_modifyitems(config, items):
+    mark_comfyui(items, HERE, why_unavailable())
 
 
 @pytest.fixture(scope="session")
@@ -95,16 +102,19 @@ def dataset_dir(server_root) -> Path:
     return make_image_folder(server_root / "input" / "train_set")
 
 
-@pytest.fixture(scope="session")
-def comfy_server(server_root, comfy_cache, loras_dir, dataset_dir):
-    """A real ComfyUI (main.py --cpu) for the whole session; its log is server_root/server.log."""
+@contextmanager
+def running_server(server_root: Path, comfy_cache: Path, loras_dir: Path, custom_nodes: dict[str, Path],
+                   more_model_dirs: dict[str, Path] | None = None):
+    """A real ComfyUI (main.py --cpu) with the cached test models (and more_model_dirs) and loras_dir as its
+    model folders, stopped on exit; its log is server_root/server.log."""
     from .comfy_server import start_server
 
     model_dirs = {folder: [comfy_cache / folder] for folder in MODEL_FOLDERS}
     for dirs in model_dirs.values():
         dirs[0].mkdir(parents=True, exist_ok=True)
+    for folder, path in (more_model_dirs or {}).items():
+        model_dirs.setdefault(folder, []).append(path)
     model_dirs["loras"] = [loras_dir]
-    custom_nodes = {"lora_lab": REPO_ROOT, "lora_lab_test_nodes": HERE / "test_nodes"}
     server = start_server(server_root, model_dirs, custom_nodes)
     try:
         yield server
@@ -114,11 +124,27 @@ def comfy_server(server_root, comfy_cache, loras_dir, dataset_dir):
 
 
 @pytest.fixture(scope="session")
+def comfy_server(server_root, comfy_cache, loras_dir, dataset_dir):
+    """A real ComfyUI (main.py --cpu) for the whole session; its log is server_root/server.log."""
+    custom_nodes = {"lora_lab": REPO_ROOT, "lora_lab_test_nodes": HERE / "test_nodes"}
+    with running_server(server_root, comfy_cache, loras_dir, custom_nodes) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def comfy(tmp_path_factory):
     """In-process ComfyUI (args.cpu=True before any comfy import); `import nodes, folder_paths` work after it."""
     mm = import_comfy()
     ensure_lora_lab_importable(tmp_path_factory.mktemp("pkg_link"))
     return mm
+
+
+@pytest.fixture(scope="module")
+def sd15(comfy, sd15_checkpoint):
+    from .comfy_inprocess import load_checkpoint, register_lora_lab_nodes
+
+    register_lora_lab_nodes()
+    return load_checkpoint(sd15_checkpoint)
 
 
 def pytest_report_header(config):

@@ -9,11 +9,10 @@ import copy
 import sys
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
-from .comfy_inprocess import call_node, load_checkpoint, register_lora_lab_nodes
+from .comfy_inprocess import call_node
 from .dataset_helpers import MIXED, Counted, load_dataset, make_folder
 
 TRAIN = {
@@ -21,12 +20,6 @@ TRAIN = {
     "grad_accumulation": 1, "lr_schedule": "constant", "warmup_steps": 0, "timestep_sampling": "uniform",
     "precision": "fp32", "gradient_checkpointing": False, "seed": 0, "output_name": "dataset_test",
 }
-
-
-@pytest.fixture(scope="module")
-def sd15(comfy, sd15_checkpoint):
-    register_lora_lab_nodes()
-    return load_checkpoint(sd15_checkpoint)
 
 
 def train(model, clip, vae, dataset, **inputs):

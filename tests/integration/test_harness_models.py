@@ -44,20 +44,24 @@ def test_flow_model_detects_samples_and_takes_native_lora(kind, comfy_server, mo
     assert (with_lora - base).abs().max().item() > 1e-4
 
 
-def test_flux_vae_loads_as_16_channel_and_round_trips(comfy_server, model_file, dataset_dir):
-    vae = model_file("flux_vae")
+def _check_vae_round_trip(comfy_server, vae_name: str, dataset_dir, prefix: str, latent_shape: tuple) -> None:
+    """VAELoader -> encode the first dataset image -> SaveLatent (of latent_shape), and decode it -> SaveImage."""
     g = Graph()
-    vae_node = g.add("VAELoader", vae_name=vae.name)
+    vae_node = g.add("VAELoader", vae_name=vae_name)
     image = g.add("LoadImage", image=f"{dataset_dir.name}/img_00.png")
     latent = g.add("VAEEncode", pixels=image[0], vae=vae_node[0])
-    g.add("SaveLatent", samples=latent[0], filename_prefix="latents/flux_vae_encode")
+    g.add("SaveLatent", samples=latent[0], filename_prefix=f"latents/{prefix}_encode")
     decoded = g.add("VAEDecode", samples=latent[0], vae=vae_node[0])
-    g.add("SaveImage", images=decoded[0], filename_prefix="flux_vae_decode")
+    g.add("SaveImage", images=decoded[0], filename_prefix=f"{prefix}_decode")
     history = comfy_server.run(g.api(), timeout=600)
     latents = [p for p in comfy_server.output_files(history) if p.suffix == ".latent"]
     images = [p for p in comfy_server.output_files(history) if p.suffix == ".png"]
-    assert read_latent(latents[0]).shape == (1, 16, 8, 8)
+    assert read_latent(latents[0]).shape == latent_shape
     assert images and images[0].exists()
+
+
+def test_flux_vae_loads_as_16_channel_and_round_trips(comfy_server, model_file, dataset_dir):
+    _check_vae_round_trip(comfy_server, model_file("flux_vae").name, dataset_dir, "flux_vae", (1, 16, 8, 8))
 
 
 @pytest.mark.slow
@@ -115,17 +119,5 @@ def test_wan21_t2v_detects_samples_video_and_takes_native_lora(comfy_server, mod
 
 
 def test_wan_vae_loads_and_round_trips_a_frame(comfy_server, model_file, dataset_dir):
-    vae = model_file("wan_vae")
-    g = Graph()
-    vae_node = g.add("VAELoader", vae_name=vae.name)
-    image = g.add("LoadImage", image=f"{dataset_dir.name}/img_00.png")
-    latent = g.add("VAEEncode", pixels=image[0], vae=vae_node[0])
-    g.add("SaveLatent", samples=latent[0], filename_prefix="latents/wan_vae_encode")
-    decoded = g.add("VAEDecode", samples=latent[0], vae=vae_node[0])
-    g.add("SaveImage", images=decoded[0], filename_prefix="wan_vae_decode")
-    history = comfy_server.run(g.api(), timeout=600)
-    latents = [p for p in comfy_server.output_files(history) if p.suffix == ".latent"]
-    images = [p for p in comfy_server.output_files(history) if p.suffix == ".png"]
     # one image = one video frame: (B, 16, T=1, H/8, W/8)
-    assert read_latent(latents[0]).shape == (1, 16, 1, 8, 8)
-    assert images and images[0].exists()
+    _check_vae_round_trip(comfy_server, model_file("wan_vae").name, dataset_dir, "wan_vae", (1, 16, 1, 8, 8))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from .comfy_inprocess import call_node
-from .test_train_inprocess import BASE, _dataset, _eval_loss, sd15  # noqa: F401  (module fixture)
+from .test_train_inprocess import BASE, _dataset, _eval_loss
 
 PACKAGES = {"adamw8bit": "bitsandbytes", "came": "pytorch_optimizer", "lion": "pytorch_optimizer",
             "prodigy": "prodigyopt", "adamw_schedulefree": "schedulefree", "adafactor": "transformers"}

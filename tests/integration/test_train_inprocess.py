@@ -7,19 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .comfy_inprocess import call_node, load_checkpoint, register_lora_lab_nodes
+from .comfy_inprocess import call_node
 
 BASE = {
     "steps": 2, "learning_rate": 1e-3, "rank": 4, "alpha": 4.0, "target_preset": "attention", "batch_size": 1,
     "grad_accumulation": 1, "lr_schedule": "constant", "warmup_steps": 0, "timestep_sampling": "uniform",
     "precision": "auto", "gradient_checkpointing": True, "seed": 0, "output_name": "inprocess",
 }
-
-
-@pytest.fixture(scope="module")
-def sd15(comfy, sd15_checkpoint):
-    register_lora_lab_nodes()
-    return load_checkpoint(sd15_checkpoint)
 
 
 def _dataset(folder, **kwargs):
