@@ -39,7 +39,8 @@ def saved_bytes(backend, adapters, latent, cond, checkpointing: bool) -> int:
 
     modules = dict(backend.root.named_modules())
     with torch.inference_mode(False), torch.enable_grad():
-        with frozen_base(backend.root, backend.fetch_weight, backend.is_plain), attached(backend.root, adapters), \
+        with frozen_base(backend.root, backend.fetch_weight, backend.is_plain, backend.stored_weights), \
+                attached(backend.root, adapters), \
                 gradient_checkpointing(backend.root, checkpointing, checkpointing, adapted=[modules[n] for n in adapters]):
             batch = latent.shape[0]
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -8,7 +8,9 @@ would be kept as full-size copies until backward. So, for the duration of traini
   * Linear and Conv layers run their own forward unchanged (under no_grad), save nothing, and fetch the
     weight again in backward:
         Linear:  dx = g W                 ConvNd:  dx = conv_transpose(g, W)  (torch.nn.grad.convNd_input)
-    The fetch is the backend's (ComfyUI casts exactly as the layer's forward does, patches included).
+    The fetch is the backend's (ComfyUI casts exactly as the layer's forward does, patches included). Where
+    that cast is a plain dtype conversion of the stored weight, large layers are computed (forward and
+    backward) one slice of output channels at a time, so only a slice is ever cast.
   * Every other module that owns parameters or buffers directly (norm scales, modulation tables, ...)
     sees, during its own forward only, zero-copy non-inference aliases of those tensors, so autograd may
     save them. No parameter of the model is ever replaced outside that call, so the model the rest of
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import TrainingError
@@ -29,6 +32,9 @@ from .errors import TrainingError
 # (module, like) -> (weight, bias, release): the layer's effective weight and bias, cast to like's dtype and
 # device; release() is called once the backward no longer needs them.
 WeightFetch = Callable[[nn.Module, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None, Callable[[], None]]"]
+# (module, like) -> (weight, bias) as stored, when the layer's forward uses exactly these cast to like's dtype and
+# device (no patches, scales or quantized layout), so that they may be cast a slice at a time; else None
+StoredWeights = Callable[[nn.Module, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None] | None"]
 # module -> whether its forward is exactly the textbook linear/conv of its weight (safe for the formulas above)
 PlainTest = Callable[[nn.Module], bool]
 
@@ -45,6 +51,11 @@ def plain_fetch(module: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, to
     weight = module.weight.to(device=like.device, dtype=like.dtype)
     bias = module.bias.to(device=like.device, dtype=like.dtype) if getattr(module, "bias", None) is not None else None
     return weight, bias, _release
+
+
+def plain_stored(module: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """torch's own layers use their weight and bias as they are."""
+    return module.weight, getattr(module, "bias", None)
 
 
 def torch_plain(module: nn.Module) -> bool:
@@ -75,56 +86,86 @@ def autograd_safe(t: torch.Tensor) -> torch.Tensor:
     return alias
 
 
-class _FrozenLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, run, module, fetch):
-        ctx.module, ctx.fetch, ctx.x_dtype = module, fetch, x.dtype
-        return run(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        weight, _, release = ctx.fetch(ctx.module, grad)
-        try:
-            dx = grad @ weight
-        finally:
-            release()
-        return dx.to(ctx.x_dtype), None, None, None
+# Large weights are cast and multiplied one slice of output channels at a time, so that a layer costs one
+# slice of cast weight rather than the whole (SD1.5's 2560->1280 conv: 118 MB in fp32), and CPU convolution
+# (oneDNN), which copies its whole weight into its own layout on every call, copies one slice too.
+SLICE_BYTES = 16 * 2**20
 
 
-class _FrozenConv(torch.autograd.Function):
+def row_slices(weight: torch.Tensor, dtype: torch.dtype) -> list[slice]:
+    """Output-channel ranges of at most SLICE_BYTES each once cast to dtype (one range for a small weight)."""
+    rows = weight.shape[0]
+    step = max(1, SLICE_BYTES // max(1, weight[0].numel() * dtype.itemsize))
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+def _cast(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    return None if t is None else t.to(device=like.device, dtype=like.dtype)
+
+
+def _sliced_output(x: torch.Tensor, weight: torch.Tensor, bias, like_dim: int, apply) -> torch.Tensor:
+    """y = cat over output-channel slices s of apply(x, W[s], b[s]), each slice cast on its own."""
+    return torch.cat([apply(x, _cast(weight[s], x), _cast(None if bias is None else bias[s], x))
+                      for s in row_slices(weight, x.dtype)], dim=like_dim)
+
+
+def _sliced_input_grad(grad: torch.Tensor, weight: torch.Tensor, part) -> torch.Tensor:
+    """dx = sum over output-channel slices s of part(g[:, s], W[s]), each slice cast on its own."""
+    dx = None
+    for s in row_slices(weight, grad.dtype):
+        piece = part(grad, s, _cast(weight[s], grad))
+        dx = piece if dx is None else dx.add_(piece)
+    return dx
+
+
+class _FrozenLayer(torch.autograd.Function):
+    """y = layer(x) with nothing saved; backward fetches the weight again: from the stored tensors slice by
+    slice when the layer's cast is a plain conversion (stored), else whole through the backend's fetch."""
+
     @staticmethod
-    def forward(ctx, x, run, module, fetch):
-        ctx.module, ctx.fetch, ctx.x_dtype, ctx.x_shape = module, fetch, x.dtype, x.shape
-        return run(x)
+    def forward(ctx, x, run, module, fetch, stored):
+        ctx.module, ctx.fetch, ctx.stored, ctx.x_dtype, ctx.x_shape = module, fetch, stored, x.dtype, x.shape
+        if stored is None or len(row_slices(stored[0], x.dtype)) == 1:
+            return run(x)  # the layer's own forward, exactly
+        linear = isinstance(module, nn.Linear)
+        return _sliced_output(x, *stored, -1 if linear else 1, F.linear if linear else _conv_of(module))
 
     @staticmethod
     def backward(ctx, grad):
         m = ctx.module
-        weight, _, release = ctx.fetch(m, grad)
-        try:
-            dx = conv_input_grad(ctx.x_shape, weight, grad, m.stride, m.padding, m.dilation, m.groups)
-        finally:
-            release()
-        return dx.to(ctx.x_dtype), None, None, None
+        linear = isinstance(m, nn.Linear)
+        if linear:
+            def part(g, s, w):
+                return g[..., s] @ w
+        else:
+            input_grad = _CONV_INPUT_GRAD[grad.dim() - 2]
+
+            def part(g, s, w):
+                return input_grad(ctx.x_shape, w, g[:, s], m.stride, m.padding, m.dilation, 1)
+        if not linear and m.groups != 1:
+            weight, _, release = ctx.fetch(m, grad)
+            try:
+                dx = _CONV_INPUT_GRAD[grad.dim() - 2](ctx.x_shape, weight, grad, m.stride, m.padding, m.dilation, m.groups)
+            finally:
+                release()
+        elif ctx.stored is not None:
+            dx = _sliced_input_grad(grad, ctx.stored[0], part)
+        else:
+            weight, _, release = ctx.fetch(m, grad)
+            try:
+                dx = _sliced_input_grad(grad, weight, part)
+            finally:
+                release()
+        return dx.to(ctx.x_dtype), None, None, None, None
 
 
-# CPU convolution (oneDNN) copies the whole weight into its own layout for each call, doubling the largest
-# transient of the backward (SD1.5's 2560->1280 conv: 118 MB cast + 118 MB copy). Summing the input gradient
-# over slices of output channels bounds that copy to one slice.
-CONV_SLICE_BYTES = 16 * 2**20
+def _conv_of(module: nn.Module):
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(module.kernel_size)]
 
+    def apply(x, w, b):
+        return conv(x, w, b, module.stride, module.padding, module.dilation, 1)
 
-def conv_input_grad(x_shape, weight: torch.Tensor, grad: torch.Tensor, stride, padding, dilation, groups: int) -> torch.Tensor:
-    """dx of y = conv(x, W): sum over output-channel slices s of conv_transpose(g[:, s], W[s])."""
-    input_grad = _CONV_INPUT_GRAD[grad.dim() - 2]
-    slices = -(-weight.numel() * weight.element_size() // CONV_SLICE_BYTES)
-    if groups != 1 or slices <= 1:
-        return input_grad(x_shape, weight, grad, stride, padding, dilation, groups)
-    dx = None
-    for w, g in zip(weight.tensor_split(slices), grad.tensor_split(slices, dim=1)):
-        part = input_grad(x_shape, w, g, stride, padding, dilation, 1)
-        dx = part if dx is None else dx.add_(part)
-    return dx
+    return apply
 
 
 @dataclass
@@ -135,18 +176,22 @@ class FrozenStats:
     aliased_modules: int = 0
 
 
-def _formula_forward(module: nn.Module, original, fetch: WeightFetch):
-    function = _FrozenLinear if isinstance(module, nn.Linear) else _FrozenConv
-
+def _formula_forward(module: nn.Module, original, fetch: WeightFetch, stored: StoredWeights):
+    if getattr(module, "groups", 1) != 1:
+        stored = _no_stored  # grouped convolutions are not sliced
     dims = None if isinstance(module, nn.Linear) else len(module.kernel_size) + 2
 
     def forward(*args, **kwargs):
         if kwargs or len(args) != 1 or not torch.is_grad_enabled() or not args[0].requires_grad \
                 or (dims is not None and args[0].dim() != dims):
             return _aliased_call(module, original, args, kwargs)  # nothing to save, or a call the formula does not cover
-        return function.apply(args[0], original, module, fetch)
+        return _FrozenLayer.apply(args[0], original, module, fetch, stored(module, args[0]))
 
     return forward
+
+
+def _no_stored(module: nn.Module, like: torch.Tensor) -> None:
+    return None
 
 
 def _own_tensors(module: nn.Module) -> list[tuple[dict, str]]:
@@ -178,11 +223,13 @@ _MISSING = object()
 
 
 @contextlib.contextmanager
-def frozen_base(root: nn.Module, fetch: WeightFetch = plain_fetch, is_plain: PlainTest = torch_plain) -> Iterator[FrozenStats]:
+def frozen_base(root: nn.Module, fetch: WeightFetch = plain_fetch, is_plain: PlainTest = torch_plain,
+                stored: StoredWeights = plain_stored) -> Iterator[FrozenStats]:
     """Wrap every module of root that owns tensors, for the duration.
 
     Linear/Conv layers for which is_plain holds back-propagate by formula; other modules owning tensors
-    directly get per-call aliases. Original forwards are restored in finally.
+    directly get per-call aliases; stored says which layers' weights may be cast a slice at a time. Original
+    forwards are restored in finally.
     """
     stats = FrozenStats()
     saved: list[tuple[nn.Module, object]] = []
@@ -190,7 +237,7 @@ def frozen_base(root: nn.Module, fetch: WeightFetch = plain_fetch, is_plain: Pla
         for module in root.modules():
             original = module.forward
             if isinstance(module, (nn.Linear, *_CONVS)) and is_plain(module):
-                wrapped = _formula_forward(module, original, fetch)
+                wrapped = _formula_forward(module, original, fetch, stored)
                 stats.formula_layers += 1
             elif any(t is not None for t in (*module._parameters.values(), *module._buffers.values())):
                 wrapped = _aliasing_forward(module, original)

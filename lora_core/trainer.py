@@ -22,7 +22,7 @@ from .checkpointing import gradient_checkpointing
 from .ema import ema_weights, make_ema
 from .errors import LoraLabError, NonFiniteLossError, TrainingCrashed, TrainingError, TrainingOutOfMemory
 from .fingerprint import check_same_run, run_fingerprint
-from .frozen_layers import explain_inference_error, frozen_base, plain_fetch, torch_plain
+from .frozen_layers import explain_inference_error, frozen_base, plain_fetch, plain_stored, torch_plain
 from .injection import attached
 from .loss_options import LossOptions
 from .lora_weights import LoraWeights, split_component
@@ -445,7 +445,8 @@ def _loop(run: _Run, on_step, should_stop, interrupt_on, validate) -> TrainResul
         for tree in trees.values():
             stack.enter_context(_frozen(tree))
             stack.enter_context(frozen_base(tree, getattr(backend, "fetch_weight", plain_fetch),
-                                            getattr(backend, "is_plain", torch_plain)))
+                                            getattr(backend, "is_plain", torch_plain),
+                                            getattr(backend, "stored_weights", plain_stored)))
         stack.enter_context(attached(trees, run.adapters))
         modules = dict(backend.root.named_modules())
         stack.enter_context(gradient_checkpointing(backend.root, config.gradient_checkpointing, config.guard_inplace,

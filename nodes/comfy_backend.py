@@ -99,6 +99,20 @@ def comfy_fetch(module: torch.nn.Module, like: torch.Tensor):
     return weight, bias, lambda: comfy.ops.uncast_bias_weight(module, weight, bias, stream)
 
 
+def comfy_stored(module: torch.nn.Module, like: torch.Tensor):
+    """The stored weight and bias when ComfyUI's cast of them is a plain dtype conversion on like's device (no
+    LoRA patch functions, no scales, no quantized layout, no dynamic-VRAM lazy weights), so large layers may
+    be cast a slice at a time; else None (the whole cast goes through comfy_fetch)."""
+    weight, bias = module.weight, getattr(module, "bias", None)
+    if (hasattr(module, "_v") or getattr(module, "weight_function", None) or getattr(module, "bias_function", None)
+            or any(hasattr(module, a) for a in ("scale_weight", "scale_input", "weight_scale"))):
+        return None
+    if any(t is not None and (type(t) not in (torch.Tensor, torch.nn.Parameter) or t.device != like.device)
+           for t in (weight, bias)):
+        return None
+    return weight, bias
+
+
 def comfy_plain(module: torch.nn.Module) -> bool:
     """comfy.ops Linear/Conv (any cast mode) or torch's own: forward is the textbook linear/conv of its weight.
     Quantized mixed-precision layers scale their input first, so they keep autograd's own path."""
@@ -114,6 +128,7 @@ class ComfyBackend:
 
     fetch_weight = staticmethod(comfy_fetch)
     is_plain = staticmethod(comfy_plain)
+    stored_weights = staticmethod(comfy_stored)
 
     def __init__(self, patcher):
         self.patcher = patcher

@@ -130,7 +130,8 @@ def test_cast_in_forward_weights_are_not_kept_but_fetched_again():
     x = torch.randn(8, 256)
     kept, reference = _saved(net, x)
     calls = []
-    frozen, grad = _saved(net, x, fetch=_cast_fetch(calls), is_plain=lambda m: isinstance(m, CastLinear))
+    frozen, grad = _saved(net, x, fetch=_cast_fetch(calls), is_plain=lambda m: isinstance(m, CastLinear),
+                          stored=lambda m, like: None)  # a cast the backend must do: fetched whole
     weight_copies = 4 * 256 * 256 * 4  # the fp32 casts autograd keeps without the wrapper
     assert kept >= weight_copies
     assert frozen <= kept - weight_copies
@@ -149,20 +150,32 @@ def test_autograd_safe_alias_shares_memory_and_keeps_attributes():
     assert autograd_safe(normal) is normal
 
 
-@pytest.mark.parametrize("dims, stride, padding, dilation", [(1, 2, 1, 1), (2, 1, 1, 1), (2, 2, 0, 2), (3, 1, 1, 1)])
-def test_sliced_conv_input_grad_equals_the_whole(monkeypatch, dims, stride, padding, dilation):
+@pytest.mark.parametrize("stored", [True, False], ids=["stored-slices", "fetched-whole"])
+@pytest.mark.parametrize("dims, stride, padding, dilation", [(0, 1, 0, 1), (1, 2, 1, 1), (2, 1, 1, 1), (2, 2, 0, 2),
+                                                          (3, 1, 1, 1)])
+def test_sliced_layers_equal_the_whole(monkeypatch, dims, stride, padding, dilation, stored):
+    """Output and input gradient, computed one slice of output channels at a time, are the layer's own."""
     from lora_lab.lora_core import frozen_layers
 
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 6, *([9] * dims), generator=g, requires_grad=True)
-    weight = torch.randn(10, 6, *([3] * dims), generator=g)
-    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
-    y = conv(x, weight, None, stride, padding, dilation)
-    grad = torch.randn(y.shape, generator=g)
-    (reference,) = torch.autograd.grad(y, x, grad)
-    monkeypatch.setattr(frozen_layers, "CONV_SLICE_BYTES", weight.numel())  # 4 slices (fp32), uneven ones
-    sliced = frozen_layers.conv_input_grad(x.shape, weight, grad, stride, padding, dilation, 1)
-    torch.testing.assert_close(sliced, reference, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(1)
+    layer = nn.Linear(6, 10) if dims == 0 else \
+        {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims](6, 10, 3, stride, padding, dilation)
+    layer.requires_grad_(False)
+    x = torch.randn(2, 6, *([9] * dims)) if dims else torch.randn(2, 5, 6)
+    reference = x.clone().requires_grad_(True)
+    y_ref = layer(reference)
+    grad = torch.randn(y_ref.shape)
+    y_ref.backward(grad)
+    monkeypatch.setattr(frozen_layers, "SLICE_BYTES", layer.weight[0].numel() * 4 * 3)  # slices of 3, 3, 3, 1 rows
+    calls = []
+    sliced = x.clone().requires_grad_(True)
+    wrap = {} if stored else {"stored": lambda m, like: None, "fetch": _cast_fetch(calls)}
+    with frozen_base(layer, **wrap):
+        y = layer(sliced)
+        y.backward(grad)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sliced.grad, reference.grad, rtol=1e-5, atol=1e-5)
+    assert calls == ([] if stored else [layer])
 
 
 def _status_kb(field):
@@ -173,17 +186,23 @@ def _status_kb(field):
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak RSS")
-def test_conv_input_grad_keeps_no_whole_copy_of_a_large_weight():
-    """The backward of SD1.5's largest conv: its cast weight plus at most a slice more, not twice it."""
+def test_a_large_cast_layer_trains_through_a_slice_of_its_weight_at_a_time():
+    """SD1.5's largest conv stored in bf16, computed in fp32: forward and backward hold slices of the fp32
+    weight, never the whole 118 MB cast (nor oneDNN's whole copy of it)."""
     from pathlib import Path
 
-    from lora_lab.lora_core.frozen_layers import conv_input_grad
+    class CastConv(nn.Conv2d):  # casts its weight in forward, as ComfyUI's manual_cast layers do
+        def forward(self, x):
+            return self._conv_forward(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
 
-    weight = torch.randn(1280, 2560, 3, 3)  # 118 MB in fp32
-    grad = torch.randn(1, 1280, 8, 8)
+    conv = CastConv(2560, 1280, 3, padding=1).to(torch.bfloat16).requires_grad_(False)
+
+    x = torch.randn(1, 2560, 8, 8, requires_grad=True)
+    fp32_weight = conv.weight.numel() * 4
     resident = _status_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    dx = conv_input_grad((1, 2560, 8, 8), weight, grad, 1, 1, 1, 1)
+    with frozen_base(conv, is_plain=lambda m: True):
+        conv(x).sum().backward()
     growth = (_status_kb("VmHWM") - resident) * 1024
-    assert dx.shape == (1, 2560, 8, 8)
-    assert growth < 0.5 * weight.numel() * 4, growth / 2**20  # oneDNN's whole-weight copy would be 1x
+    assert x.grad.shape == x.shape
+    assert growth < 0.5 * fp32_weight, growth / 2**20  # a whole cast alone would be 1x

@@ -90,7 +90,7 @@ def _forward_backward(model, inputs, checkpointing: bool, guard: bool, measure_b
     from lora_lab.lora_core.frozen_layers import frozen_base
     from lora_lab.lora_core.injection import attached
     from lora_lab.lora_core.targets import select_targets
-    from lora_lab.nodes.comfy_backend import comfy_fetch, comfy_plain
+    from lora_lab.nodes.comfy_backend import comfy_fetch, comfy_plain, comfy_stored
     from lora_lab.nodes.rope_autograd import ensure_rope_autograd
 
     ensure_rope_autograd()  # as Train LoRA does: Flux and Wan back-propagate through comfy_kitchen's RoPE
@@ -108,7 +108,7 @@ def _forward_backward(model, inputs, checkpointing: bool, guard: bool, measure_b
         return t
 
     with torch.inference_mode(False), torch.enable_grad():
-        with frozen_base(model, comfy_fetch, comfy_plain), attached(model, adapters), \
+        with frozen_base(model, comfy_fetch, comfy_plain, comfy_stored), attached(model, adapters), \
                 gradient_checkpointing(model, checkpointing, guard, adapted=[modules[n] for n in names]):
             if measure_bytes:
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
