@@ -67,6 +67,8 @@ def test_cast_in_forward_model_trains_without_copying(parts, sd15_checkpoint, we
     dataset = call_node("LoraLabDataset", folder=str(images), resolution=64, trigger_word="", default_caption="")[0]
     comfy.model_management.load_models_gpu([model])
     _eval_loss(model, dataset, vae, clip)  # first call: encoders loaded, caches warm
+    import diffusers.optimization  # noqa: F401  Train LoRA's first call imports diffusers (get_scheduler): 167 MiB
+    # of library, once per process, which is not training memory
     resident = _status_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     before_loss = _eval_loss(model, dataset, vae, clip)
