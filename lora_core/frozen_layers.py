@@ -20,6 +20,7 @@ would be kept as full-size copies until backward. So, for the duration of traini
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -103,57 +104,73 @@ def _cast(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     return None if t is None else t.to(device=like.device, dtype=like.dtype)
 
 
-def _sliced_output(x: torch.Tensor, weight: torch.Tensor, bias, like_dim: int, apply) -> torch.Tensor:
-    """y = cat over output-channel slices s of apply(x, W[s], b[s]), each slice cast on its own."""
-    return torch.cat([apply(x, _cast(weight[s], x), _cast(None if bias is None else bias[s], x))
-                      for s in row_slices(weight, x.dtype)], dim=like_dim)
+def _worth_slicing(weight: torch.Tensor, x: torch.Tensor, conv: bool) -> bool:
+    """Slicing saves memory only where a whole copy would be made: a cast, or oneDNN's copy for a CPU conv."""
+    copies = weight.dtype != x.dtype or weight.device != x.device or (conv and x.device.type == "cpu")
+    return copies and len(row_slices(weight, x.dtype)) > 1
 
 
-def _sliced_input_grad(grad: torch.Tensor, weight: torch.Tensor, part) -> torch.Tensor:
-    """dx = sum over output-channel slices s of part(g[:, s], W[s]), each slice cast on its own."""
+def _sliced_output(x: torch.Tensor, weight: torch.Tensor, bias, dim: int, apply) -> torch.Tensor:
+    """y[s] = apply(x, W[s], b[s]) over output-channel slices s (dim: the output's channel axis), each slice
+    cast on its own and written into one output."""
+    out = None
+    for s in row_slices(weight, x.dtype):
+        piece = apply(x, _cast(weight[s], x), _cast(None if bias is None else bias[s], x))
+        if out is None:
+            shape = list(piece.shape)
+            shape[dim] = weight.shape[0]
+            out = piece.new_empty(shape)
+        out.narrow(dim, s.start, s.stop - s.start).copy_(piece)
+    return out
+
+
+def _linear_input_grad(grad: torch.Tensor, weight: torch.Tensor, sliced: bool) -> torch.Tensor:
+    """dx = g W, accumulated in place over output-channel slices of W when sliced."""
+    if not sliced:
+        return grad @ _cast(weight, grad)
+    g = grad.reshape(-1, grad.shape[-1])
+    dx = g.new_zeros(g.shape[0], weight.shape[1])
+    for s in row_slices(weight, grad.dtype):
+        dx.addmm_(g[:, s], _cast(weight[s], grad))
+    return dx.view(*grad.shape[:-1], weight.shape[1])
+
+
+def _conv_input_grad(ctx, grad: torch.Tensor, weight: torch.Tensor, sliced: bool) -> torch.Tensor:
+    """dx = conv_transpose(g, W), summed over output-channel slices of W when sliced."""
+    m, input_grad = ctx.module, _CONV_INPUT_GRAD[grad.dim() - 2]
+    if not sliced:
+        return input_grad(ctx.x_shape, _cast(weight, grad), grad, m.stride, m.padding, m.dilation, m.groups)
     dx = None
     for s in row_slices(weight, grad.dtype):
-        piece = part(grad, s, _cast(weight[s], grad))
+        piece = input_grad(ctx.x_shape, _cast(weight[s], grad), grad[:, s], m.stride, m.padding, m.dilation, 1)
         dx = piece if dx is None else dx.add_(piece)
     return dx
 
 
 class _FrozenLayer(torch.autograd.Function):
-    """y = layer(x) with nothing saved; backward fetches the weight again: from the stored tensors slice by
-    slice when the layer's cast is a plain conversion (stored), else whole through the backend's fetch."""
+    """y = layer(x) with nothing saved; backward fetches the weight again: from the stored tensors a slice at a
+    time when the layer's cast is a plain conversion (stored) and a whole copy would be made, else whole
+    through the backend's fetch."""
 
     @staticmethod
     def forward(ctx, x, run, module, fetch, stored):
-        ctx.module, ctx.fetch, ctx.stored, ctx.x_dtype, ctx.x_shape = module, fetch, stored, x.dtype, x.shape
-        if stored is None or len(row_slices(stored[0], x.dtype)) == 1:
-            return run(x)  # the layer's own forward, exactly
         linear = isinstance(module, nn.Linear)
+        ctx.module, ctx.fetch, ctx.x_dtype, ctx.x_shape, ctx.linear = module, fetch, x.dtype, x.shape, linear
+        ctx.stored = stored if stored is not None and _worth_slicing(stored[0], x, not linear) else None
+        if ctx.stored is None:
+            return run(x)  # the layer's own forward, exactly
         return _sliced_output(x, *stored, -1 if linear else 1, F.linear if linear else _conv_of(module))
 
     @staticmethod
     def backward(ctx, grad):
-        m = ctx.module
-        linear = isinstance(m, nn.Linear)
-        if linear:
-            def part(g, s, w):
-                return g[..., s] @ w
+        input_grad = _linear_input_grad if ctx.linear else functools.partial(_conv_input_grad, ctx)
+        if ctx.stored is not None:
+            dx = input_grad(grad, ctx.stored[0], sliced=True)
         else:
-            input_grad = _CONV_INPUT_GRAD[grad.dim() - 2]
-
-            def part(g, s, w):
-                return input_grad(ctx.x_shape, w, g[:, s], m.stride, m.padding, m.dilation, 1)
-        if not linear and m.groups != 1:
-            weight, _, release = ctx.fetch(m, grad)
-            try:
-                dx = _CONV_INPUT_GRAD[grad.dim() - 2](ctx.x_shape, weight, grad, m.stride, m.padding, m.dilation, m.groups)
-            finally:
-                release()
-        elif ctx.stored is not None:
-            dx = _sliced_input_grad(grad, ctx.stored[0], part)
-        else:
-            weight, _, release = ctx.fetch(m, grad)
-            try:
-                dx = _sliced_input_grad(grad, weight, part)
+            weight, _, release = ctx.fetch(ctx.module, grad)
+            try:  # a CPU conv copies its whole weight (oneDNN): slices of the fetched weight avoid that too
+                conv_copies = not ctx.linear and ctx.module.groups == 1 and grad.device.type == "cpu"
+                dx = input_grad(grad, weight, sliced=conv_copies and len(row_slices(weight, grad.dtype)) > 1)
             finally:
                 release()
         return dx.to(ctx.x_dtype), None, None, None, None
@@ -236,7 +253,8 @@ def frozen_base(root: nn.Module, fetch: WeightFetch = plain_fetch, is_plain: Pla
     try:
         for module in root.modules():
             original = module.forward
-            if isinstance(module, (nn.Linear, *_CONVS)) and is_plain(module):
+            overridden = "forward" in module.__dict__  # e.g. ComfyUI's bypass LoRA: its forward is not the formula
+            if isinstance(module, (nn.Linear, *_CONVS)) and is_plain(module) and not overridden:
                 wrapped = _formula_forward(module, original, fetch, stored)
                 stats.formula_layers += 1
             elif any(t is not None for t in (*module._parameters.values(), *module._buffers.values())):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -379,9 +380,10 @@ class _Run:
 
 
 def _copied(obj: Any) -> Any:
-    """Deep copy of a state dict's tensors (optimizers hand out their live state)."""
+    """Deep copy of a state dict's tensors (optimizers hand out their live state), on the CPU as a state file
+    holds them: taking it needs no device memory, which an out-of-memory stop lacks."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: _copied(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -497,6 +499,9 @@ def _crashed(error: BaseException, run: _Run, when: str) -> TrainingCrashed:
 def _raise_clearly(error: BaseException, run: _Run) -> None:
     if is_out_of_memory(error):
         run.optimizer.zero_grad(set_to_none=True)
+        traceback.clear_frames(error.__traceback__)  # the failed step's activations, held by its frames
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         raise TrainingOutOfMemory(f"out of memory at step {len(run.losses) + 1}; {OOM_ADVICE}",
                                   run.result(interrupted=True)) from error
     clear = explain_inference_error(error)

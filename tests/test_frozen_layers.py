@@ -150,11 +150,12 @@ def test_autograd_safe_alias_shares_memory_and_keeps_attributes():
     assert autograd_safe(normal) is normal
 
 
-@pytest.mark.parametrize("stored", [True, False], ids=["stored-slices", "fetched-whole"])
+@pytest.mark.parametrize("stored", [True, False], ids=["stored-cast-slices", "fetched-whole"])
 @pytest.mark.parametrize("dims, stride, padding, dilation", [(0, 1, 0, 1), (1, 2, 1, 1), (2, 1, 1, 1), (2, 2, 0, 2),
                                                           (3, 1, 1, 1)])
 def test_sliced_layers_equal_the_whole(monkeypatch, dims, stride, padding, dilation, stored):
-    """Output and input gradient, computed one slice of output channels at a time, are the layer's own."""
+    """Output and input gradient, computed one slice of output channels at a time (a cast from float64 storage,
+    or a fetched fp32 weight), are the layer's own."""
     from lora_lab.lora_core import frozen_layers
 
     torch.manual_seed(1)
@@ -162,20 +163,55 @@ def test_sliced_layers_equal_the_whole(monkeypatch, dims, stride, padding, dilat
         {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims](6, 10, 3, stride, padding, dilation)
     layer.requires_grad_(False)
     x = torch.randn(2, 6, *([9] * dims)) if dims else torch.randn(2, 5, 6)
-    reference = x.clone().requires_grad_(True)
-    y_ref = layer(reference)
+    reference = x.double().requires_grad_(True)
+    y_ref = layer.double()(reference)
     grad = torch.randn(y_ref.shape)
-    y_ref.backward(grad)
+    y_ref.backward(grad.double())
+    if not stored:
+        layer.float()  # computed as stored: no cast, the weight comes whole from the fetch
     monkeypatch.setattr(frozen_layers, "SLICE_BYTES", layer.weight[0].numel() * 4 * 3)  # slices of 3, 3, 3, 1 rows
-    calls = []
+    calls, pieces = [], []
+    monkeypatch.setattr(frozen_layers, "_cast", lambda t, like: pieces.append(t) or (None if t is None else t.to(like)))
     sliced = x.clone().requires_grad_(True)
     wrap = {} if stored else {"stored": lambda m, like: None, "fetch": _cast_fetch(calls)}
     with frozen_base(layer, **wrap):
         y = layer(sliced)
         y.backward(grad)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sliced.grad, reference.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y, y_ref.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sliced.grad, reference.grad.float(), rtol=1e-5, atol=1e-5)
     assert calls == ([] if stored else [layer])
+    weight_slices = [t for t in pieces if t is not None and t.dim() == layer.weight.dim()]
+    whole = not stored and dims == 0  # Linear: one matmul on the fetched weight, nothing to slice
+    assert [t.shape[0] for t in weight_slices] == ([10] if whole else [3, 3, 3, 1] * (2 if stored else 1))
+
+
+def test_layers_computed_as_stored_are_not_sliced(monkeypatch):
+    """A Linear whose weight is used as stored (no cast) runs its own forward: slicing would only cost memory."""
+    from lora_lab.lora_core import frozen_layers
+
+    layer = nn.Linear(64, 64).requires_grad_(False)
+    monkeypatch.setattr(frozen_layers, "SLICE_BYTES", 64 * 4)
+    monkeypatch.setattr(frozen_layers, "_sliced_output", lambda *a: pytest.fail("sliced without a cast"))
+    x = torch.randn(3, 64, requires_grad=True)
+    with frozen_base(layer):
+        layer(x).sum().backward()
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(3, 64))
+
+
+def test_an_instance_forward_keeps_its_own_path():
+    """A layer whose forward was replaced on the instance (ComfyUI's bypass LoRA) is not a textbook layer: it
+    keeps autograd's own path, so its extra term is in the output and in the gradient."""
+    layer = nn.Linear(4, 4).requires_grad_(False)
+    extra = torch.randn(4, 4)
+    layer.forward = lambda x: F.linear(x, layer.weight, layer.bias) + x @ extra
+    x = torch.randn(2, 4, requires_grad=True)
+    reference = x.detach().clone().requires_grad_(True)
+    (F.linear(reference, layer.weight, layer.bias) + reference @ extra).sum().backward()
+    with frozen_base(layer) as stats:
+        y = layer(x)
+        y.sum().backward()
+    assert stats.formula_layers == 0
+    torch.testing.assert_close(x.grad, reference.grad)
 
 
 def _status_kb(field):
