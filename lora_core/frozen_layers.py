@@ -169,8 +169,8 @@ class _FrozenLayer(torch.autograd.Function):
         else:
             weight, _, release = ctx.fetch(ctx.module, grad)
             try:  # a CPU conv copies its whole weight (oneDNN): slices of the fetched weight avoid that too
-                conv_copies = not ctx.linear and ctx.module.groups == 1 and grad.device.type == "cpu"
-                dx = input_grad(grad, weight, sliced=conv_copies and len(row_slices(weight, grad.dtype)) > 1)
+                sliced = not ctx.linear and ctx.module.groups == 1 and _worth_slicing(weight, grad, conv=True)
+                dx = input_grad(grad, weight, sliced=sliced)
             finally:
                 release()
         return dx.to(ctx.x_dtype), None, None, None, None

@@ -85,9 +85,13 @@ def concat_groups(conds: list[SampleCond]) -> list[list[int]]:
     return groups
 
 
+def _patched(module: torch.nn.Module) -> bool:
+    """ComfyUI applies weight/bias functions (LoRA or lowvram patches) to this layer's weight in forward."""
+    return bool(getattr(module, "weight_function", None) or getattr(module, "bias_function", None))
+
+
 def _casts_in_forward(module: torch.nn.Module, like: torch.Tensor) -> bool:
-    return bool(getattr(module, "comfy_cast_weights", False) or getattr(module, "weight_function", None)
-                or getattr(module, "bias_function", None) or module.weight.device != like.device)
+    return bool(getattr(module, "comfy_cast_weights", False) or _patched(module) or module.weight.device != like.device)
 
 
 def comfy_fetch(module: torch.nn.Module, like: torch.Tensor):
@@ -104,8 +108,7 @@ def comfy_stored(module: torch.nn.Module, like: torch.Tensor):
     LoRA patch functions, no scales, no quantized layout, no dynamic-VRAM lazy weights), so large layers may
     be cast a slice at a time; else None (the whole cast goes through comfy_fetch)."""
     weight, bias = module.weight, getattr(module, "bias", None)
-    if (hasattr(module, "_v") or getattr(module, "weight_function", None) or getattr(module, "bias_function", None)
-            or any(hasattr(module, a) for a in ("scale_weight", "scale_input", "weight_scale"))):
+    if hasattr(module, "_v") or _patched(module) or any(hasattr(module, a) for a in ("scale_weight", "scale_input", "weight_scale")):
         return None
     if any(t is not None and (type(t) not in (torch.Tensor, torch.nn.Parameter) or t.device != like.device)
            for t in (weight, bias)):
