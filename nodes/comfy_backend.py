@@ -72,17 +72,40 @@ def encode_sample_cond(patcher, conditioning: list, latent: torch.Tensor, seed: 
     return SampleCond(encoded[0]["model_conds"])
 
 
-def concat_groups(conds: list[SampleCond]) -> list[list[int]]:
-    """Indices grouped so that each group can be one model call (the sampler's can_concat rule)."""
+def concat_groups(conds: list[SampleCond], key=None) -> list[list[int]]:
+    """Indices grouped so that each group can be one model call (the sampler's can_concat rule), and, where
+    the model needs it, agree on ``key(cond)``."""
     groups: list[list[int]] = []
     for i, cond in enumerate(conds):
         for group in groups:
-            if conds[group[0]].can_concat(cond):
+            first = conds[group[0]]
+            if first.can_concat(cond) and (key is None or key(first) == key(cond)):
                 group.append(i)
                 break
         else:
             groups.append([i])
     return groups
+
+
+def masks_rows_with_second_caption(root: torch.nn.Module) -> bool:
+    """city96/ComfyUI_ExtraModels' SanaMS masks every row's caption with the second row's length
+    (``y_lens = [y_lens[1]] * bs``) and fails on a one-row call. Sampling with CFG always gives it two rows."""
+    return type(root).__name__ == "SanaMS" and "y_lens[1]" in _source(type(root))
+
+
+def _source(code) -> str:
+    import inspect
+
+    try:
+        return inspect.getsource(code)
+    except (OSError, TypeError):
+        return ""
+
+
+def caption_length(cond: SampleCond) -> int:
+    """Tokens up to the last non-zero one in the caption (SanaTextEncode zeroes the padding)."""
+    caption = cond.model_conds["c_crossattn"].cond
+    return int(((caption != 0).sum(-1) > 0).sum())
 
 
 def _patched(module: torch.nn.Module) -> bool:
@@ -141,6 +164,7 @@ class ComfyBackend:
         self.device = patcher.load_device
         self.prediction = prediction_kind(self.sampling)
         self.compute_dtype = self.model.manual_cast_dtype or self.model.get_dtype()
+        self.pair_rows = masks_rows_with_second_caption(self.root)
         # what the sampler adds before calling the model: the patcher's wrappers and callbacks
         self.model_options = comfy.model_patcher.create_model_options_clone(patcher.model_options)
         self.model_options.setdefault("transformer_options", {})
@@ -173,7 +197,7 @@ class ComfyBackend:
         # crossed with every latent as the sampler's cond batching would; conds that cannot share a call
         # (T5 captions of different lengths) are split into calls the way the sampler splits them.
         out: list[torch.Tensor | None] = [None] * len(conds)
-        for group in concat_groups(conds):
+        for group in concat_groups(conds, caption_length if self.pair_rows else None):
             index = torch.tensor(group, device=x_t.device)
             denoised = self._apply(x_t.index_select(0, index), sigma.index_select(0, index), [conds[i] for i in group])
             for row, i in enumerate(group):
@@ -181,6 +205,8 @@ class ComfyBackend:
         return torch.stack(out)
 
     def _apply(self, x: torch.Tensor, sigma: torch.Tensor, conds: list[SampleCond]) -> torch.Tensor:
+        if self.pair_rows and len(conds) == 1:  # a twin row, whose output is dropped: the model needs two
+            return self._apply(x.repeat(2, *[1] * (x.dim() - 1)), sigma.repeat(2), conds * 2)[:1]
         c = comfy.samplers.cond_cat([cond.inputs() for cond in conds])
         options = dict(self.model_options["transformer_options"])
         options.update(cond_or_uncond=[0] * len(conds), uuids=[], sigmas=sigma)

@@ -61,10 +61,45 @@ def gemma_stand_in(texts: list[str]) -> list:
 
 
 def sample(model, positive) -> torch.Tensor:
+    # cfg > 1 as users sample Sana: ExtraModels' SanaMS fails on a one-row call, which cfg 1.0 makes
     latent = {"samples": torch.zeros(1, 32, 2, 2)}  # 64x64 pixels in DC-AE's 32x, 32-channel space
-    (out,) = call_node("KSampler", model=model, seed=3, steps=3, cfg=1.0, sampler_name="euler", scheduler="simple",
+    (out,) = call_node("KSampler", model=model, seed=3, steps=3, cfg=2.0, sampler_name="euler", scheduler="simple",
                        positive=positive, negative=positive, latent_image=latent, denoise=1.0)
     return out["samples"]
+
+
+def _padded_caption(length: int, seed: int) -> list:
+    """A Gemma-width caption whose tokens after ``length`` are zero, as SanaTextEncode masks its padding."""
+    emb = torch.randn(1, 300, GEMMA_WIDTH, generator=torch.Generator().manual_seed(seed))
+    emb[:, length:] = 0
+    return [[emb, {}]]
+
+
+def test_each_row_keeps_its_own_caption_length(sana):
+    """SanaMS masks every row with the second row's caption length and fails on one row: the backend calls it
+    with rows of one caption length, a lone row paired with a twin, so a batch equals its rows one by one."""
+    import comfy.model_management
+
+    from lora_lab.nodes.comfy_backend import ComfyBackend, caption_length, concat_groups, encode_sample_cond
+
+    model = sana[0].clone()
+    comfy.model_management.load_models_gpu([model])
+    backend = ComfyBackend(model)
+    assert backend.pair_rows
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 32, 2, 2, generator=g)
+    conds = [encode_sample_cond(model, _padded_caption(n, i), x[i], 0) for i, n in enumerate([120, 40, 120])]
+    assert [caption_length(c) for c in conds] == [120, 40, 120]
+    assert concat_groups(conds, caption_length) == [[0, 2], [1]]
+    sigma = torch.tensor([0.3, 0.5, 0.7])
+    with torch.no_grad():
+        together = backend.denoise(x, sigma, conds)
+        alone = torch.cat([backend.denoise(x[i:i + 1], sigma[i:i + 1], [conds[i]]) for i in range(3)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+    # the property the grouping protects: one call with both lengths masks row 0 with row 1's length
+    with torch.no_grad():
+        mixed = backend._apply(x[:2], sigma[:2], conds[:2])
+    assert (mixed[0] - alone[0]).abs().max() > 1e-3
 
 
 def test_sana_trains_from_a_conditioning_list_and_loads_back(sana, tmp_path):
@@ -86,7 +121,7 @@ def test_sana_trains_from_a_conditioning_list_and_loads_back(sana, tmp_path):
 
     trained, lora, loss, _clip = call_node(
         "LoraLabTrain", model=model, vae=vae, dataset=dataset, conditioning=conds, steps=3, learning_rate=1e-3,
-        rank=4, alpha=4.0, target_preset="attention", batch_size=2, grad_accumulation=1, lr_schedule="constant",
+        rank=4, alpha=4.0, target_preset="attention", batch_size=1, grad_accumulation=1, lr_schedule="constant",
         warmup_steps=0, timestep_sampling="auto", precision="fp32", gradient_checkpointing=True, seed=0,
         output_name="sana_test")
     assert len(loss["loss"]) == 3 and all(np.isfinite(loss["loss"]))
