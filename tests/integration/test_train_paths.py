@@ -182,6 +182,10 @@ def test_model_with_a_lora_underneath_trains_and_records_it(sd15, loras, images)
     model, clip, vae = sd15
     _, first, _ = _train(model, clip, vae, images, "underneath", steps=2, seed=11)
     save_lora_file(loras / "underneath.safetensors", first.state_dict(), first.metadata)
+    # same keys, other content, listed first: the file is told by its tensors, not its key set
+    _, decoy, _ = _train(model, clip, vae, images, "decoy", steps=2, seed=13)
+    save_lora_file(loras / "a_decoy.safetensors", decoy.state_dict(), decoy.metadata)
+    assert set(decoy.state_dict()) == set(first.state_dict())
     base_model, base_clip = call_node("LoraLoader", model=model, clip=clip, lora_name="underneath.safetensors",
                                       strength_model=0.7, strength_clip=0.0)
     trained_model, lora, _ = _train(base_model, base_clip, vae, images, "on_top", steps=2, seed=12)
@@ -199,6 +203,27 @@ def test_model_with_a_lora_underneath_trains_and_records_it(sd15, loras, images)
     in_graph, from_file, base = sample(trained_model), sample(reloaded), sample(base_model)
     assert (in_graph - from_file).abs().max() <= 1e-3 * in_graph.abs().max()
     assert (in_graph - base).abs().max() > 1e-5
+
+
+def test_base_lora_records_name_identical_copies_and_unknown_content(sd15, loras, images):
+    import shutil
+
+    from lora_lab.lora_core.lora_file import save_lora_file
+    from lora_lab.nodes.base_loras import base_loras
+
+    model, clip, vae = sd15
+    _, first, _ = _train(model, clip, vae, images, "original", steps=1, seed=21)
+    save_lora_file(loras / "original.safetensors", first.state_dict(), first.metadata)
+    shutil.copy(loras / "original.safetensors", loras / "original_copy.safetensors")
+    carried = call_node("LoraLoaderModelOnly", model=model, lora_name="original.safetensors", strength_model=0.5)[0]
+    assert base_loras(carried) == [{"file": "original.safetensors", "strength": 0.5,
+                                    "same_content": ["original_copy.safetensors"]}]
+    # both files rewritten after loading: the keys still match, the content does not
+    _, other, _ = _train(model, clip, vae, images, "rewritten", steps=1, seed=22)
+    for name in ("original.safetensors", "original_copy.safetensors"):
+        save_lora_file(loras / name, other.state_dict(), other.metadata)
+    (entry,) = base_loras(carried)
+    assert entry["file"] is None and entry["strength"] == 0.5 and entry["unmatched_keys"] > 0
 
 
 # --- out of memory -------------------------------------------------------------------------------------------------
