@@ -87,7 +87,7 @@ class OutputSection:
     save_every: int = 0  # steps between saves with a state to resume from (0: only at the end)
     tensorboard: bool = False  # log to <dir>/tensorboard (needs the tensorboard package)
     loss_plot: bool = True
-    resume: str = ""  # a <name>.state.safetensors to continue from (any world size, same global batch)
+    resume: str = ""  # a <name>.state to continue from (any world size, same global batch)
 
 
 # TrainConfig fields the file may not set: objects, not values

@@ -2,8 +2,10 @@
 
 The state is taken between optimizer steps: adapter parameters, optimizer / scheduler / grad-scaler state,
 every RNG the run draws from (the run's own generator, torch's global CPU RNG for adapter dropout, the
-device RNG), the sample order, the step and the loss history. It is written beside the LoRA as
-<name>.state.safetensors (tensors) with a JSON header in the safetensors metadata (everything else), atomically.
+device RNG), the sample order, the step and the loss history. It is written beside the LoRA as <name>.state,
+a safetensors file (tensors, with a JSON header in its metadata for everything else), atomically. The name
+does not end in .safetensors, so ComfyUI's LoRA lists (which scan models/loras by extension) never offer it
+as a LoRA; states written as <name>.state.safetensors by earlier versions are still read.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 from .atomic import save_safetensors_atomic
 from .errors import TrainingError
 
-STATE_SUFFIX = ".state.safetensors"
+STATE_SUFFIX = ".state"
+LEGACY_STATE_SUFFIX = ".state.safetensors"
 _FORMAT = "lora_lab.train_state/1"
 
 
@@ -52,10 +55,22 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch
 
 
 def state_path(lora_path: str | os.PathLike) -> Path:
-    """The state file that belongs to a LoRA file (x.safetensors -> x.state.safetensors)."""
+    """The state file that belongs to a LoRA file (x.safetensors -> x.state)."""
     path = Path(lora_path)
     name = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.name
     return path.with_name(name + STATE_SUFFIX)
+
+
+def is_state_file(path: str | os.PathLike) -> bool:
+    name = Path(path).name
+    return name.endswith(STATE_SUFFIX) or name.endswith(LEGACY_STATE_SUFFIX)
+
+
+def existing_state_path(lora_path: str | os.PathLike) -> Path:
+    """state_path, or the earlier <name>.state.safetensors where only that exists."""
+    state = state_path(lora_path)
+    legacy = state.with_name(state.name[: -len(STATE_SUFFIX)] + LEGACY_STATE_SUFFIX)
+    return legacy if not state.exists() and legacy.exists() else state
 
 
 def _split_tensors(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:

@@ -10,14 +10,15 @@ import folder_paths
 
 from ..lora_core.errors import TrainingError
 from ..lora_core.lora_file import save_lora_file
-from ..lora_core.train_state import STATE_SUFFIX, TrainState, load_train_state, save_train_state, state_path
+from ..lora_core.train_state import (TrainState, existing_state_path, is_state_file, load_train_state,
+                                     save_train_state, state_path)
 from .comfy_paths import unused_lora_path
 
 log = logging.getLogger("lora_lab")
 
 
 def save_step(lora, state: TrainState | None, name: str, step: int) -> Path:
-    """<name>_stepNNNNN.safetensors (never overwriting) and, when given, its .state.safetensors beside it."""
+    """<name>_stepNNNNN.safetensors (never overwriting) and, when given, its .state beside it."""
     path = unused_lora_path(f"{name}_step{step:05d}")
     save_lora_file(path, lora.state_dict(), {**lora.metadata, "ss_output_name": path.stem})
     if state is not None:
@@ -34,10 +35,10 @@ def resolve_resume(resume_from: str) -> Path | None:
     if not path.is_absolute():
         candidates = [Path(d) / text for d in folder_paths.get_folder_paths("loras")]
         path = next((c for c in candidates if c.exists()), candidates[0])
-    if not path.name.endswith(STATE_SUFFIX):
+    if not is_state_file(path):
         if not path.exists() and not path.name.endswith(".safetensors"):
             path = path.with_name(path.name + ".safetensors")
-        state = state_path(path)
+        state = existing_state_path(path)
         if not state.exists():
             raise TrainingError(
                 f"resume_from: no training state beside {path} (expected {state.name}). Only LoRAs written by "

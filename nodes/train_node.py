@@ -206,7 +206,7 @@ class TrainLora(io.ComfyNode):
                                      "and its training state beside it (resume_from continues from it)."),
                 io.String.Input("resume_from", default="", optional=True,
                                 tooltip="Continue a run exactly: a LoRA written by save_every / cancel / NaN / OOM "
-                                        "(name under models/loras, or an absolute path) or its .state.safetensors. "
+                                        "(name under models/loras, or an absolute path) or its .state. "
                                         "Dataset and settings must match (steps may grow)."),
                 OPTIMIZER_OPTIONS.Input("optimizer_options", optional=True, tooltip="From 'LoRA Lab Optimizer'."),
                 LOSS_OPTIONS.Input("loss_options", optional=True, tooltip="From 'LoRA Lab Loss & Noise'."),

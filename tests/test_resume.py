@@ -120,7 +120,7 @@ def test_cancel_inside_step_four_then_resume_is_exact(unet, tmp_path):
     finally:
         handle.remove()
     assert cancelled.interrupted and cancelled.steps_done == 3
-    path = save_train_state(tmp_path / "x.state.safetensors", cancelled.state)
+    path = save_train_state(tmp_path / "x.state", cancelled.state)
     resumed = train(backend, samples, cfg, resume=load_train_state(path))
     assert lora_bytes(resumed, tmp_path, "b") == lora_bytes(straight, tmp_path, "a")
 
@@ -152,7 +152,7 @@ def test_a_crash_carries_the_last_completed_step_and_resumes_exactly(unet, tmp_p
     assert ("during step 4: Bug: 'boom'" if where == "forward" else "after step 3: OSError: disk full") in message
     crashed = info.value.result
     assert crashed.interrupted and crashed.steps_done == 3
-    path = save_train_state(tmp_path / "c.state.safetensors", crashed.state)
+    path = save_train_state(tmp_path / "c.state", crashed.state)
     resumed = train(backend, samples, cfg, resume=load_train_state(path))
     assert lora_bytes(resumed, tmp_path, "c") == lora_bytes(straight, tmp_path, "a")
 
@@ -175,7 +175,7 @@ def test_periodic_snapshot_resumes_exactly_and_previews_change_nothing(unet, tmp
     with_previews = train(backend, samples, cfg, on_step=on_step)
     assert len(previews) == 6 and all(map(math.isfinite, previews))
     assert lora_bytes(with_previews, tmp_path, "p") == lora_bytes(straight, tmp_path, "a")
-    path = save_train_state(tmp_path / "s.state.safetensors", snapshots[3].state)
+    path = save_train_state(tmp_path / "s.state", snapshots[3].state)
     resumed = train(backend, samples, cfg, resume=load_train_state(path))
     assert lora_bytes(resumed, tmp_path, "r") == lora_bytes(straight, tmp_path, "a")
 
@@ -184,7 +184,7 @@ def test_resume_refuses_other_data_or_settings_naming_them(unet, tmp_path):
     backend, samples = DDPMUNetBackend(unet), make_samples()
     done = []
     first = train(backend, samples, config(), on_step=lambda r: done.append(1), should_stop=lambda: len(done) >= 2)
-    state = load_train_state(save_train_state(tmp_path / "x.state.safetensors", first.state))
+    state = load_train_state(save_train_state(tmp_path / "x.state", first.state))
     with pytest.raises(TrainingError, match="dataset: the images, captions or their encoding"):
         train(backend, make_samples(shift=0.5), config(), resume=state)
     with pytest.raises(TrainingError, match="dataset: 4 samples in the state, 3 now"):
@@ -232,3 +232,19 @@ def test_text_encoder_lora_trains_with_its_own_lr_and_resumes(unet, tmp_path):
     resumed = stopped_then_resumed(backend, samples, cfg, tmp_path)
     assert lora_bytes(resumed, tmp_path, "b") == lora_bytes(straight, tmp_path, "a")
     assert not any(p.requires_grad for p in clip.parameters()) and not any(m._forward_hooks for m in clip.modules())
+
+
+def test_state_file_is_named_so_lora_lists_skip_it_and_earlier_names_still_resolve(tmp_path):
+    """x.safetensors -> x.state: no LoRA-list extension (ComfyUI lists models/loras by extension); a state
+    an earlier version wrote as x.state.safetensors is found when only it exists."""
+    from lora_lab.lora_core.train_state import existing_state_path, is_state_file, state_path
+
+    lora = tmp_path / "x_step00003.safetensors"
+    assert state_path(lora) == tmp_path / "x_step00003.state"
+    assert is_state_file(state_path(lora)) and is_state_file(tmp_path / "x.state.safetensors")
+    assert not is_state_file(lora)
+    assert existing_state_path(lora) == tmp_path / "x_step00003.state"  # neither exists: the new name
+    (tmp_path / "x_step00003.state.safetensors").write_bytes(b"")
+    assert existing_state_path(lora) == tmp_path / "x_step00003.state.safetensors"
+    (tmp_path / "x_step00003.state").write_bytes(b"")
+    assert existing_state_path(lora) == tmp_path / "x_step00003.state"

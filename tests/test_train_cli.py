@@ -103,7 +103,7 @@ def test_train_writes_a_lora_diffusers_loads(family, models, tmp_path):
 
     assert result.steps_done == 2 and all(torch.isfinite(torch.tensor(result.losses)))
     assert len(result.lora.modules) > 0
-    for name in ("lora.safetensors", "lora.diffusers.safetensors", "lora.state.safetensors", "lora_loss.png",
+    for name in ("lora.safetensors", "lora.diffusers.safetensors", "lora.state", "lora_loss.png",
                  "lora_report.json"):
         assert (out / name).is_file(), name
     comfy, meta = load_lora_file(out / "lora.safetensors")
@@ -133,7 +133,7 @@ def test_flags_override_the_file_and_resume_continues(models, tmp_path):
     # 2 steps, then 1 more from the state: the same file as 3 straight steps
     assert main(["train", str(cfg), "--set", "train.rank=2", "--out", str(tmp_path / "part")]) == 0
     assert main(["train", str(cfg), "--steps", "3", "--set", "train.rank=2", "--out", str(tmp_path / "rest"),
-                 "--resume", str(tmp_path / "part" / "lora.state.safetensors")]) == 0
+                 "--resume", str(tmp_path / "part" / "lora.state")]) == 0
     a, _ = load_lora_file(tmp_path / "full" / "lora.safetensors")
     b, _ = load_lora_file(tmp_path / "rest" / "lora.safetensors")
     assert a.keys() == b.keys()
@@ -155,7 +155,7 @@ def test_algorithms_and_optimizers_from_the_config(family, algorithm, optimizer,
     if algorithm == "lokr":
         with pytest.raises(LoraFormatError, match="no exact diffusers/PEFT LoRA form"):
             run_training(load_config(cfg), inspect_folder(folder))
-        assert (out / "lora.safetensors").is_file() and (out / "lora.state.safetensors").is_file()
+        assert (out / "lora.safetensors").is_file() and (out / "lora.state").is_file()
         result = run_training(load_config(cfg, ['output.formats=["comfyui"]']), inspect_folder(folder))
     else:
         result = run_training(load_config(cfg), inspect_folder(folder))

@@ -63,7 +63,7 @@ def test_resume_one_process_then_two(setup):
     if not (root / "one" / "lora.safetensors").is_file():
         _ok(run_cli([str(config), "--out", str(root / "one")], processes=1))
     _ok(run_cli([str(config), "--out", str(root / "first"), "--set", "output.save_every=2"], processes=1))
-    state = root / "first" / "lora-step000002.state.safetensors"
+    state = root / "first" / "lora-step000002.state"
     assert state.is_file() and (root / "first" / "lora-step000002.safetensors").is_file()
     _ok(run_cli([str(config), "--out", str(root / "rest"), "--resume", str(state)], processes=2))
     _assert_same_lora(root / "one" / "lora.safetensors", root / "rest" / "lora.safetensors")

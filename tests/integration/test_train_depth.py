@@ -130,7 +130,7 @@ def test_save_every_then_resume_is_byte_identical(sd15, dataset_dir, loras):
                                              dora_axis="input", dropout=0.1))
     _m, straight, loss, _c = _train(sd15, dataset, save_every=3, output_name="periodic", **common)
     step3 = loras / "periodic_step00003.safetensors"
-    assert step3.exists() and (loras / "periodic_step00003.state.safetensors").exists()
+    assert step3.exists() and (loras / "periodic_step00003.state").exists()
     _m, resumed, loss2, _c = _train(sd15, dataset, resume_from="periodic_step00003.safetensors",
                                     output_name="periodic", **common)
     assert loss2["loss"] == loss["loss"]
@@ -158,8 +158,8 @@ def test_cancel_at_step_three_then_resume_is_byte_identical(sd15, dataset_dir, l
     finally:
         monkeypatch.undo()
         comfy.model_management.interrupt_current_processing(False)
-    assert (loras / "cancelled_step00003.state.safetensors").exists()
-    _m, resumed, _l, _c = _train(sd15, dataset, resume_from=str(loras / "cancelled_step00003.state.safetensors"),
+    assert (loras / "cancelled_step00003.state").exists()
+    _m, resumed, _l, _c = _train(sd15, dataset, resume_from=str(loras / "cancelled_step00003.state"),
                                  **common)
     assert _file_bytes(resumed) == _file_bytes(straight)
 
@@ -193,7 +193,7 @@ def test_a_crash_mid_run_saves_a_loadable_lora_and_state_that_resume_exactly(sd1
         handle.remove()
         monkeypatch.undo()
     message = str(caught.value)
-    partial, state = loras / "crashed_step00002.safetensors", loras / "crashed_step00002.state.safetensors"
+    partial, state = loras / "crashed_step00002.safetensors", loras / "crashed_step00002.state"
     assert type(caught.value).__name__ == "TrainingCrashed", message
     assert "during step 3: KeyError" in message and str(partial) in message and str(state) in message
     sd = comfy.utils.load_torch_file(str(partial))

@@ -98,6 +98,11 @@ def test_cancel_leaves_a_loadable_partial_lora(comfy_server, sd15_checkpoint, da
     assert 1 <= steps < 500
     with safe_open(str(partial[0]), "pt") as handle:
         assert handle.metadata()["ss_steps"] == str(steps)
+    # the resumable state lies beside it, and ComfyUI's own LoRA list offers the LoRA, not the state
+    assert partial[0].with_suffix(".state").is_file()
+    offered = comfy_server.object_info("LoraLoader")["LoraLoader"]["input"]["required"]["lora_name"]
+    offered = offered[0] if isinstance(offered[0], list) else offered[1]["options"]
+    assert partial[0].name in offered and not any(".state" in name for name in offered), offered
 
     mark = comfy_server.log_mark()
     latent = saved_latent(comfy_server, comfy_server.run(checkpoint_sample_workflow(
