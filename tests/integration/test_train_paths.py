@@ -226,6 +226,36 @@ def test_base_lora_records_name_identical_copies_and_unknown_content(sd15, loras
     assert entry["file"] is None and entry["strength"] == 0.5 and entry["unmatched_keys"] > 0
 
 
+def test_base_lora_found_for_a_diffusers_lora_on_fused_qkv(sd3, loras):
+    """SD3's q, k and v are one fused weight in ComfyUI: a diffusers-format LoRA patches its slices. The file
+    is found among same-keyed files by the tensors of each slice's own names."""
+    import comfy.lora
+    from safetensors.torch import save_file
+
+    from lora_lab.nodes.base_loras import base_loras
+
+    model = sd3[0]
+    state = model.model.state_dict()
+    fused = sorted((prefix, target) for prefix, target in comfy.lora.model_lora_keys_unet(model.model, {}).items()
+                   if prefix.startswith("transformer.") and isinstance(target, tuple)
+                   and prefix.endswith((".attn.to_q", ".attn.to_k", ".attn.to_v")))[:6]
+    assert len({t[0] for _p, t in fused}) < len(fused)  # slices of shared weights
+
+    def lora_file(name: str, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        tensors = {}
+        for prefix, (weight_key, (_dim, _start, size), *_) in fused:
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(4, state[weight_key].shape[1], generator=g)
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(size, 4, generator=g)
+        save_file(tensors, str(loras / name))
+
+    lora_file("a_fused_decoy.safetensors", 1)
+    lora_file("fused_source.safetensors", 2)
+    carried = call_node("LoraLoaderModelOnly", model=model, lora_name="fused_source.safetensors",
+                        strength_model=0.8)[0]
+    assert base_loras(carried) == [{"file": "fused_source.safetensors", "strength": 0.8}]
+
+
 # --- out of memory -------------------------------------------------------------------------------------------------
 class _OOMAtStep:
     """Raises torch.OutOfMemoryError from inside a layer's forward once `step` steps have run."""
