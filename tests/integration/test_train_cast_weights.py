@@ -10,15 +10,14 @@ UNet: ComfyUI's own forward casts it whole, so inference alone grows by that) pl
 state and small activations. So: what training adds on top of the same forward without training stays under
 10% of the model, and the whole growth under half of it.
 
-glibc raises its mmap threshold to the size of each freed mmapped block (up to 32 MiB), after which blocks
-below it come from the heap and stay resident when freed; peak RSS then counts the allocator's history, not
-what is held (measured on January's fp8 UNet: +243 MiB peak with the dynamic threshold, +190 MiB with it
-fixed, polling RSS around each step of Train LoRA). The measurements here fix the threshold first, for inference and
-training alike, so they compare what each holds."""
+The memory is measured in a fresh process (cast_memory_probe.py): inside a long pytest process glibc keeps
+what earlier tests freed and training reuses it without raising RSS (the January suite measured 0 MiB that
+way), which would hide a copy of the model. The probe also fixes glibc's mmap threshold, so its peak counts
+what is held rather than the allocator's history (January fp8, polling RSS around each step: +243 MiB with
+the dynamic threshold, +190 MiB fixed)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -35,19 +34,16 @@ TRAIN = {
 }
 
 
-def _fix_mmap_threshold() -> None:
-    import ctypes
-    import platform
+def _probe(checkpoint: Path, weight_dtype: str, work: Path) -> dict:
+    import json
+    import subprocess
+    import sys
 
-    if platform.libc_ver()[0] == "glibc":
-        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: blocks of 1 MiB or more are mmapped, always
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
+    probe = Path(__file__).with_name("cast_memory_probe.py")
+    done = subprocess.run([sys.executable, str(probe), str(checkpoint), weight_dtype, str(work)],
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +61,13 @@ def parts(comfy, sd15_checkpoint, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("weight_dtype", ["fp8_e4m3fn", "bf16"])
-def test_cast_in_forward_model_trains_without_copying(parts, sd15_checkpoint, weight_dtype):
+def test_cast_in_forward_model_trains_without_copying(parts, sd15_checkpoint, weight_dtype, tmp_path):
     import comfy.model_management
     import comfy.sd
 
     from lora_lab.lora_core.lora_file import save_lora_file
 
     clip, vae, images, loras = parts
-    _fix_mmap_threshold()
     dtype = {"fp8_e4m3fn": torch.float8_e4m3fn, "bf16": torch.bfloat16}[weight_dtype]
     model = comfy.sd.load_diffusion_model(str(sd15_checkpoint), model_options={"dtype": dtype})
     layer = model.model.diffusion_model.input_blocks[1][1].transformer_blocks[0].attn1.to_q
@@ -80,28 +75,22 @@ def test_cast_in_forward_model_trains_without_copying(parts, sd15_checkpoint, we
     model_bytes = sum(p.numel() * p.element_size() for p in model.model.diffusion_model.parameters())
     largest_cast = max(p.numel() * 4 for p in model.model.diffusion_model.parameters())
     dataset = call_node("LoraLabDataset", folder=str(images), resolution=64, trigger_word="", default_caption="")[0]
-    comfy.model_management.load_models_gpu([model])
-    _eval_loss(model, dataset, vae, clip)  # first call: encoders loaded, caches warm
-    import diffusers.optimization  # noqa: F401  Train LoRA's first call imports diffusers (get_scheduler): 167 MiB
-    # of library, once per process, which is not training memory
-    resident = _status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    before_loss = _eval_loss(model, dataset, vae, clip)
-    inference_growth = (_status_kb("VmHWM") - resident) * 1024  # ComfyUI's own forward: one layer cast at a time
-
-    resident = _status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    trained, lora, loss, _clip = call_node("LoraLabTrain", model=model, clip=clip, vae=vae, dataset=dataset,
-                                           **dict(TRAIN, output_name=f"cast_{weight_dtype}"))
-    growth = (_status_kb("VmHWM") - resident) * 1024
-    after_loss = _eval_loss(trained, dataset, vae, clip)
-    print(f"\n{weight_dtype}: model {model_bytes / 2**20:.0f} MiB, peak growth while training "
+    memory = _probe(sd15_checkpoint, weight_dtype, tmp_path)
+    growth, inference_growth = memory["growth"], memory["inference_growth"]
+    print(f"\n{weight_dtype} (fresh process): model {model_bytes / 2**20:.0f} MiB, peak growth while training "
           f"{growth / 2**20:.0f} MiB ({growth / model_bytes:.1%}; largest single fp32 cast "
           f"{largest_cast / 2**20:.0f} MiB; the same forward without training grows {inference_growth / 2**20:.0f} MiB); "
-          f"eval loss {before_loss:.4f} -> {after_loss:.4f}")
+          f"eval loss {memory['loss_before']:.4f} -> {memory['loss_after']:.4f}")
+    assert memory["model_bytes"] == model_bytes and memory["loss_after"] < memory["loss_before"]
     assert growth - inference_growth < 0.10 * model_bytes  # what training adds to ComfyUI's own forward
     assert growth < 0.5 * model_bytes  # no copy (1x) and no kept casts (2-4x)
     assert growth < 4 * largest_cast  # a few layer casts at a time, whatever the model's size
+
+    comfy.model_management.load_models_gpu([model])
+    before_loss = _eval_loss(model, dataset, vae, clip)
+    trained, lora, loss, _clip = call_node("LoraLabTrain", model=model, clip=clip, vae=vae, dataset=dataset,
+                                           **dict(TRAIN, output_name=f"cast_{weight_dtype}"))
+    after_loss = _eval_loss(trained, dataset, vae, clip)
     assert after_loss < before_loss
     assert lora.metadata["lora_lab_compute_dtype"] == "fp32"
 
