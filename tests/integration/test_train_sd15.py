@@ -100,7 +100,7 @@ def test_cancel_leaves_a_loadable_partial_lora(comfy_server, sd15_checkpoint, da
         assert handle.metadata()["ss_steps"] == str(steps)
     # the resumable state lies beside it, and ComfyUI's own LoRA list offers the LoRA, not the state
     assert partial[0].with_suffix(".state").is_file()
-    offered = comfy_server.object_info("LoraLoader")["LoraLoader"]["input"]["required"]["lora_name"]
+    offered = comfy_server.object_info("LoraLoader")["input"]["required"]["lora_name"]
     offered = offered[0] if isinstance(offered[0], list) else offered[1]["options"]
     assert partial[0].name in offered and not any(".state" in name for name in offered), offered
 
