@@ -222,10 +222,14 @@ def _status_kb(field):
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak RSS")
-def test_a_large_cast_layer_trains_through_a_slice_of_its_weight_at_a_time(monkeypatch):
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["plain", "checkpointed"])
+def test_a_large_cast_layer_trains_through_a_slice_of_its_weight_at_a_time(monkeypatch, checkpointed):
     """SD1.5's largest conv stored in bf16, computed in fp32: forward and backward hold slices of the fp32
     weight, never the whole 118 MB cast (nor oneDNN's whole copy of it). Measured both ways in one process
-    after a warm-up, so the saving itself is asserted, not a machine-dependent absolute figure."""
+    after a warm-up, so the saving itself is asserted, not a machine-dependent absolute figure.
+
+    checkpointed: the layer runs inside a reentrant checkpoint, as every unit does with Train LoRA's default,
+    so its first pass runs under no_grad (where a whole cast once slipped through) and the second in backward."""
     from pathlib import Path
 
     from lora_lab.lora_core import frozen_layers
@@ -239,7 +243,8 @@ def test_a_large_cast_layer_trains_through_a_slice_of_its_weight_at_a_time(monke
         resident = _status_kb("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
         with frozen_base(conv, is_plain=lambda m: True):
-            conv(x).sum().backward()
+            y = torch.utils.checkpoint.checkpoint(conv, x, use_reentrant=True) if checkpointed else conv(x)
+            y.sum().backward()
         assert x.grad.shape == x.shape
         return (_status_kb("VmHWM") - resident) * 1024
 

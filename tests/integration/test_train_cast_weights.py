@@ -3,12 +3,12 @@ weight in forward, the code path that partial loading takes on a GPU) trains wit
 it learns, the in-graph MODEL and the saved file through the stock loader give the same latent, and resident
 memory grows by far less than the model (no copy of it, no cast kept for backward).
 
-The memory bound is set between what each failure costs and what training must hold: a copy of the stored
-model costs 1x its bytes, keeping every layer's fp32 cast for backward 2x (bf16) or 4x (fp8); doing it right
-still holds a few single-layer fp32 casts at once (SD1.5's largest conv is 118 MB in fp32, 14% of the fp8
-UNet: ComfyUI's own forward casts it whole, so inference alone grows by that) plus the LoRA, its optimizer
-state and small activations. So: what training adds on top of the same forward without training stays under
-10% of the model, and the whole growth under half of it.
+The memory bound is the issue's: resident memory grows by less than 10% of the stored model while training.
+A copy of the stored model costs 1x its bytes, keeping every layer's fp32 cast for backward 2x (bf16) or 4x
+(fp8), and even one whole cast of SD1.5's largest conv is 118 MB in fp32, 14% of the fp8 UNet (ComfyUI's
+own inference forward casts it whole and grows by that much). Training casts each large layer a slice at
+a time, in the checkpointed units' first pass too, so what it holds is the LoRA, its optimizer state,
+small activations and one slice.
 
 The memory is measured in a fresh process (cast_memory_probe.py): inside a long pytest process glibc keeps
 what earlier tests freed and training reuses it without raising RSS (the January suite measured 0 MiB that
@@ -82,9 +82,7 @@ def test_cast_in_forward_model_trains_without_copying(parts, sd15_checkpoint, we
           f"{largest_cast / 2**20:.0f} MiB; the same forward without training grows {inference_growth / 2**20:.0f} MiB); "
           f"eval loss {memory['loss_before']:.4f} -> {memory['loss_after']:.4f}")
     assert memory["model_bytes"] == model_bytes and memory["loss_after"] < memory["loss_before"]
-    assert growth - inference_growth < 0.10 * model_bytes  # what training adds to ComfyUI's own forward
-    assert growth < 0.5 * model_bytes  # no copy (1x) and no kept casts (2-4x)
-    assert growth < 4 * largest_cast  # a few layer casts at a time, whatever the model's size
+    assert growth < 0.10 * model_bytes  # no copy (1x), no kept casts (2-4x), no whole cast of a large layer
 
     comfy.model_management.load_models_gpu([model])
     before_loss = _eval_loss(model, dataset, vae, clip)
