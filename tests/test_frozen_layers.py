@@ -184,6 +184,14 @@ def test_sliced_layers_equal_the_whole(monkeypatch, dims, stride, padding, dilat
     whole = not stored and dims == 0  # Linear: one matmul on the fetched weight, nothing to slice
     assert [t.shape[0] for t in weight_slices] == ([10] if whole else [3, 3, 3, 1] * (2 if stored else 1))
 
+    # Without grad (a checkpointed unit's first pass), a stored cast is still sliced, with the same output.
+    pieces.clear()
+    with frozen_base(layer, **wrap), torch.no_grad():
+        y_no_grad = layer(x)
+    torch.testing.assert_close(y_no_grad, y_ref.float(), rtol=1e-5, atol=1e-5)
+    weight_slices = [t for t in pieces if t is not None and t.dim() == layer.weight.dim()]
+    assert [t.shape[0] for t in weight_slices] == ([3, 3, 3, 1] if stored else [])
+
 
 def test_layers_computed_as_stored_are_not_sliced(monkeypatch):
     """A Linear whose weight is used as stored (no cast) runs its own forward: slicing would only cost memory."""
