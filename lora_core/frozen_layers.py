@@ -156,12 +156,12 @@ class _FrozenLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, run, module, fetch, stored):
-        linear = isinstance(module, nn.Linear)
-        ctx.module, ctx.fetch, ctx.x_dtype, ctx.x_shape, ctx.linear = module, fetch, x.dtype, x.shape, linear
-        ctx.stored = stored if stored is not None and _worth_slicing(stored[0], x, not linear) else None
+        ctx.module, ctx.fetch, ctx.x_dtype, ctx.x_shape = module, fetch, x.dtype, x.shape
+        ctx.linear = isinstance(module, nn.Linear)
+        ctx.stored = _to_slice(module, x, stored)
         if ctx.stored is None:
             return run(x)  # the layer's own forward, exactly
-        return _sliced_output(x, *stored, -1 if linear else 1, F.linear if linear else _conv_of(module))
+        return _sliced_layer(module, x, ctx.stored)
 
     @staticmethod
     def backward(ctx, grad):
@@ -176,6 +176,18 @@ class _FrozenLayer(torch.autograd.Function):
             finally:
                 release()
         return dx.to(ctx.x_dtype), None, None, None, None
+
+
+def _to_slice(module: nn.Module, x: torch.Tensor, stored) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The stored weight and bias when the layer is to be computed a slice at a time for x, else None."""
+    return stored if stored is not None and _worth_slicing(stored[0], x, not isinstance(module, nn.Linear)) else None
+
+
+def _sliced_layer(module: nn.Module, x: torch.Tensor, stored: tuple) -> torch.Tensor:
+    """module(x) from its stored weight and bias, one slice of output channels at a time."""
+    if isinstance(module, nn.Linear):
+        return _sliced_output(x, *stored, -1, F.linear)
+    return _sliced_output(x, *stored, 1, _conv_of(module))
 
 
 def _conv_of(module: nn.Module):
@@ -208,10 +220,10 @@ def _formula_forward(module: nn.Module, original, fetch: WeightFetch, stored: St
             return _FrozenLayer.apply(x, original, module, fetch, stored(module, x))
         # Nothing to back-propagate through this call (a checkpointed unit's first pass runs under no_grad;
         # an input that needs no grad), but the cast is still made a slice at a time where that saves memory.
-        weights = stored(module, x)
-        if weights is not None and _worth_slicing(weights[0], x, dims is not None):
+        weights = _to_slice(module, x, stored(module, x))
+        if weights is not None:
             with torch.no_grad():
-                return _sliced_output(x, *weights, 1 if dims else -1, _conv_of(module) if dims else F.linear)
+                return _sliced_layer(module, x, weights)
         return _aliased_call(module, original, args, kwargs)
 
     return forward
