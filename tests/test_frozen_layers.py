@@ -8,6 +8,8 @@ from torch import nn
 
 from lora_lab.lora_core.frozen_layers import autograd_safe, frozen_base, plain_fetch
 
+import peak_rss
+
 
 class ScaleNorm(nn.Module):
     """A custom norm whose scale the forward uses directly (Flux's RMSNorm does this)."""
@@ -222,14 +224,7 @@ def test_an_instance_forward_keeps_its_own_path():
     torch.testing.assert_close(x.grad, reference.grad)
 
 
-def _status_kb(field):
-    from pathlib import Path
-
-    return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith(field + ":"))
-
-
-@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak RSS")
+@pytest.mark.skipif(not peak_rss.AVAILABLE, reason="needs Linux /proc peak RSS")
 @pytest.mark.parametrize("checkpointed", [False, True], ids=["plain", "checkpointed"])
 def test_a_large_cast_layer_trains_through_a_slice_of_its_weight_at_a_time(monkeypatch, checkpointed):
     """SD1.5's largest conv stored in bf16, computed in fp32: forward and backward hold slices of the fp32
@@ -238,8 +233,6 @@ def test_a_large_cast_layer_trains_through_a_slice_of_its_weight_at_a_time(monke
 
     checkpointed: the layer runs inside a reentrant checkpoint, as every unit does with Train LoRA's default,
     so its first pass runs under no_grad (where a whole cast once slipped through) and the second in backward."""
-    from pathlib import Path
-
     from lora_lab.lora_core import frozen_layers
 
     class CastConv(nn.Conv2d):  # casts its weight in forward, as ComfyUI's manual_cast layers do
@@ -248,13 +241,15 @@ def test_a_large_cast_layer_trains_through_a_slice_of_its_weight_at_a_time(monke
 
     def peak_growth(conv: nn.Module) -> int:
         x = torch.randn(1, conv.in_channels, 8, 8, requires_grad=True)
-        resident = _status_kb("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-        with frozen_base(conv, is_plain=lambda m: True):
-            y = torch.utils.checkpoint.checkpoint(conv, x, use_reentrant=True) if checkpointed else conv(x)
-            y.sum().backward()
+
+        def step():
+            with frozen_base(conv, is_plain=lambda m: True):
+                y = torch.utils.checkpoint.checkpoint(conv, x, use_reentrant=True) if checkpointed else conv(x)
+                y.sum().backward()
+
+        growth, _ = peak_rss.peak_growth(step)
         assert x.grad.shape == x.shape
-        return (_status_kb("VmHWM") - resident) * 1024
+        return growth
 
     peak_growth(CastConv(256, 128, 3, padding=1).to(torch.bfloat16).requires_grad_(False))  # oneDNN's own set-up
     conv = CastConv(2560, 1280, 3, padding=1).to(torch.bfloat16).requires_grad_(False)

@@ -23,18 +23,7 @@ if platform.libc_ver()[0] == "glibc":
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the integration helpers
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _peak_growth(run) -> tuple[int, object]:
-    resident = _status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    out = run()
-    return (_status_kb("VmHWM") - resident) * 1024, out
+from peak_rss import peak_growth  # noqa: E402
 
 
 def main(checkpoint: str, weight_dtype: str, work: str) -> dict:
@@ -64,8 +53,8 @@ def main(checkpoint: str, weight_dtype: str, work: str) -> dict:
     _eval_loss(model, dataset, vae, clip)  # first call: encoders loaded, caches warm
     import diffusers.optimization  # noqa: F401  Train LoRA's first call imports it (get_scheduler): library, once
 
-    inference, before = _peak_growth(lambda: _eval_loss(model, dataset, vae, clip))
-    training, outputs = _peak_growth(lambda: call_node(
+    inference, before = peak_growth(lambda: _eval_loss(model, dataset, vae, clip))
+    training, outputs = peak_growth(lambda: call_node(
         "LoraLabTrain", model=model, clip=clip, vae=vae, dataset=dataset, **dict(TRAIN, output_name="probe")))
     after = _eval_loss(outputs[0], dataset, vae, clip)
     return {"model_bytes": sum(p.numel() * p.element_size() for p in params),
