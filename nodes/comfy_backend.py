@@ -126,10 +126,20 @@ def comfy_fetch(module: torch.nn.Module, like: torch.Tensor):
     return weight, bias, lambda: comfy.ops.uncast_bias_weight(module, weight, bias, stream)
 
 
+def _run_every_op() -> None:
+    check = getattr(comfy.ops, "run_every_op", None)  # both supported snapshots have it; older ComfyUI may not
+    if check is not None:
+        check()
+
+
 def comfy_stored(module: torch.nn.Module, like: torch.Tensor):
     """The stored weight and bias when ComfyUI's cast of them is a plain dtype conversion on like's device (no
     LoRA patch functions, no scales, no quantized layout, no dynamic-VRAM lazy weights), so large layers may
-    be cast a slice at a time; else None (the whole cast goes through comfy_fetch)."""
+    be cast a slice at a time; else None (the whole cast goes through comfy_fetch).
+
+    Called on every call of the layer, before either path: the sliced path bypasses the layer's own forward, so
+    ComfyUI's per-op check (cancel from the queue) runs here."""
+    _run_every_op()
     weight, bias = module.weight, getattr(module, "bias", None)
     if hasattr(module, "_v") or _patched(module) or any(hasattr(module, a) for a in ("scale_weight", "scale_input", "weight_scale")):
         return None

@@ -105,3 +105,29 @@ def test_cast_in_forward_model_trains_without_copying(parts, sd15_checkpoint, we
     in_graph, from_file = sample(trained), sample(reloaded)
     assert (in_graph - from_file).abs().max() <= 1e-3 * in_graph.abs().max()
     assert layer.weight.dtype == dtype  # the shared model is exactly what it was
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["backprop", "no_grad"])
+def test_a_sliced_layer_honours_comfyui_cancel(comfy, grad):
+    """The sliced path computes a layer without calling its forward, so it must run ComfyUI's per-op cancel check
+    itself: a queue cancel set while a large bf16-stored layer runs stops it there."""
+    import comfy.model_management
+    import comfy.ops
+
+    from lora_lab.lora_core.frozen_layers import _to_slice, frozen_base
+    from lora_lab.nodes.comfy_backend import comfy_fetch, comfy_plain, comfy_stored
+
+    layer = comfy.ops.manual_cast.Linear(2048, 2048, dtype=torch.bfloat16)  # 16 MiB once cast to fp32: two slices
+    with torch.no_grad():  # comfy.ops layers skip initialisation
+        layer.weight.normal_(std=2048 ** -0.5)
+        layer.bias.normal_()
+    x = torch.randn(3, 2048, requires_grad=grad)
+    assert _to_slice(layer, x, comfy_stored(layer, x)) is not None  # the call below takes the sliced path
+    with frozen_base(layer, comfy_fetch, comfy_plain, comfy_stored), torch.set_grad_enabled(grad):
+        assert torch.allclose(layer(x), x @ layer.weight.float().t() + layer.bias.float(), atol=1e-5)
+        comfy.model_management.interrupt_current_processing(True)
+        try:
+            with pytest.raises(comfy.model_management.InterruptProcessingException):
+                layer(x)
+        finally:
+            comfy.model_management.interrupt_current_processing(False)
