@@ -38,6 +38,7 @@ from .lora_state import TrainedLora, trained_lora
 from .progress_events import ProgressStream, running_prompt_id, server_sender
 from .progress_log import RUN_LOG
 from .rope_autograd import ensure_rope_autograd
+from .training_mode import comfy_training_mode
 from .training_data import largest_latent_shape, prepare_training_data
 from .types import (ALGORITHM_OPTIONS, DATASET, LORA, LOSS, LOSS_OPTIONS, OPTIMIZER_OPTIONS, PREVIEW_OPTIONS,
                     TEXT_ENCODER_OPTIONS)
@@ -280,7 +281,7 @@ class TrainLora(io.ComfyNode):
                                   reload=lambda: load_for_training(patcher, backend, config, largest_latent_shape(data)))
         on_step = StepHooks(_Progress(steps, cls.hidden.unique_id), finished, name, save_every, previewer)
 
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), comfy_training_mode():
             ensure_rope_autograd()
             patcher.pre_run()  # as the sampler does: the model knows its patcher, pre-run callbacks fire
             try:

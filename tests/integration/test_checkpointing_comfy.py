@@ -64,7 +64,19 @@ def _wan():
     return model, dict(x=torch.randn(B, 16, 1, 16, 16), timestep=torch.tensor([500.0, 200.0]), context=torch.randn(B, 8, 32))
 
 
-FAMILIES = {"sd15": _unet, "sdxl": lambda: _unet(48), "flux": _flux, "sd3": _sd3, "wan": _wan}
+def _lumina():
+    """Lumina 2 / Z-Image's NextDiT with qk_norm: on August 2026 its attention takes a fused RMSNorm+RoPE kernel
+    with no backward unless ComfyUI's in_training switch is set."""
+    from comfy.ldm.lumina.model import NextDiT
+
+    model = NextDiT(patch_size=2, in_channels=4, dim=64, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2,
+                    multiple_of=16, qk_norm=True, cap_feat_dim=32, axes_dims=[8, 12, 12], axes_lens=[300, 512, 512],
+                    dtype=torch.float32, device="cpu", operations=_ops())
+    return model, dict(x=torch.randn(B, 4, 16, 16), timesteps=torch.tensor([0.5, 0.2]), context=torch.randn(B, 8, 32),
+                       num_tokens=8)
+
+
+FAMILIES = {"sd15": _unet, "sdxl": lambda: _unet(48), "flux": _flux, "sd3": _sd3, "wan": _wan, "lumina": _lumina}
 
 
 def _loaded_like_comfy(model):
@@ -92,6 +104,7 @@ def _forward_backward(model, inputs, checkpointing: bool, guard: bool, measure_b
     from lora_lab.lora_core.targets import select_targets
     from lora_lab.nodes.comfy_backend import comfy_fetch, comfy_plain, comfy_stored
     from lora_lab.nodes.rope_autograd import ensure_rope_autograd
+    from lora_lab.nodes.training_mode import comfy_training_mode
 
     ensure_rope_autograd()  # as Train LoRA does: Flux and Wan back-propagate through comfy_kitchen's RoPE
     modules = dict(model.named_modules())
@@ -107,14 +120,14 @@ def _forward_backward(model, inputs, checkpointing: bool, guard: bool, measure_b
         storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), comfy_training_mode():  # as Train LoRA runs
         with frozen_base(model, comfy_fetch, comfy_plain, comfy_stored), attached(model, adapters), \
                 gradient_checkpointing(model, checkpointing, guard, adapted=[modules[n] for n in names]):
             if measure_bytes:
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    out = model(**{k: v.clone() for k, v in inputs.items()})
+                    out = model(**{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
             else:
-                out = model(**{k: v.clone() for k, v in inputs.items()})
+                out = model(**{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
             out.float().pow(2).mean().backward()
     return {n: a.down.grad.clone() for n, a in adapters.items()}, sum(storages.values())
 

@@ -153,3 +153,25 @@ def test_lora_for_another_architecture_is_refused_with_counts(sd15, tmp_path):
         call_node("LoraLabLoadLora", model=model, clip=clip, lora_name="flux_like.safetensors",
                   strength_model=1.0, strength_clip=1.0)
     assert type(raised.value).__name__ == LoraFormatError.__name__
+
+
+def test_training_runs_in_comfyui_training_mode(sd15, dataset_dir):
+    """ComfyUI (August 2026 on) picks backward-capable kernels only while comfy.model_management.in_training is
+    set, as its native trainer sets it: every training forward sees it set, and it is restored afterwards. Seen
+    from inside the model's own call chain, through a model_function_wrapper (which training honours)."""
+    import comfy.model_management as mm
+
+    if not hasattr(mm, "in_training"):
+        pytest.skip("this ComfyUI has no in_training switch (January 2026)")
+    model, clip, vae = sd15
+    seen: list[bool] = []
+
+    def wrapper(apply_model, args):
+        seen.append(mm.in_training)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    patched = model.clone()
+    patched.set_model_unet_function_wrapper(wrapper)
+    call_node("LoraLabTrain", model=patched, clip=clip, vae=vae, dataset=_dataset(dataset_dir), **BASE)
+    assert seen and all(seen), seen
+    assert mm.in_training is False
