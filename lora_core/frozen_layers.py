@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import TrainingError
+from .layer_kinds import is_linear
 
 # (module, like) -> (weight, bias, release): the layer's effective weight and bias, cast to like's dtype and
 # device; release() is called once the backward no longer needs them.
@@ -69,7 +70,7 @@ def torch_plain(module: nn.Module) -> bool:
 
 def plain_geometry(module: nn.Module) -> bool:
     """Linear, or a conv whose padding the input-gradient formula takes (zeros, numeric)."""
-    if isinstance(module, nn.Linear):
+    if is_linear(module):
         return True
     return module.padding_mode == "zeros" and not isinstance(module.padding, str)
 
@@ -157,7 +158,7 @@ class _FrozenLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, run, module, fetch, stored):
         ctx.module, ctx.fetch, ctx.x_dtype, ctx.x_shape = module, fetch, x.dtype, x.shape
-        ctx.linear = isinstance(module, nn.Linear)
+        ctx.linear = is_linear(module)
         ctx.stored = _to_slice(module, x, stored)
         if ctx.stored is None:
             return run(x)  # the layer's own forward, exactly
@@ -180,12 +181,12 @@ class _FrozenLayer(torch.autograd.Function):
 
 def _to_slice(module: nn.Module, x: torch.Tensor, stored) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """The stored weight and bias when the layer is to be computed a slice at a time for x, else None."""
-    return stored if stored is not None and _worth_slicing(stored[0], x, not isinstance(module, nn.Linear)) else None
+    return stored if stored is not None and _worth_slicing(stored[0], x, not is_linear(module)) else None
 
 
 def _sliced_layer(module: nn.Module, x: torch.Tensor, stored: tuple) -> torch.Tensor:
     """module(x) from its stored weight and bias, one slice of output channels at a time."""
-    if isinstance(module, nn.Linear):
+    if is_linear(module):
         return _sliced_output(x, *stored, -1, F.linear)
     return _sliced_output(x, *stored, 1, _conv_of(module))
 
@@ -210,7 +211,7 @@ class FrozenStats:
 def _formula_forward(module: nn.Module, original, fetch: WeightFetch, stored: StoredWeights):
     if getattr(module, "groups", 1) != 1:
         stored = _no_stored  # grouped convolutions are not sliced
-    dims = None if isinstance(module, nn.Linear) else len(module.kernel_size) + 2
+    dims = None if is_linear(module) else len(module.kernel_size) + 2
 
     def forward(*args, **kwargs):
         if kwargs or len(args) != 1 or (dims is not None and args[0].dim() != dims):
@@ -276,7 +277,7 @@ def frozen_base(root: nn.Module, fetch: WeightFetch = plain_fetch, is_plain: Pla
         for module in root.modules():
             original = module.forward
             overridden = "forward" in module.__dict__  # e.g. ComfyUI's bypass LoRA: its forward is not the formula
-            if isinstance(module, (nn.Linear, *_CONVS)) and is_plain(module) and not overridden:
+            if (is_linear(module) or isinstance(module, _CONVS)) and is_plain(module) and not overridden:
                 wrapped = _formula_forward(module, original, fetch, stored)
                 stats.formula_layers += 1
             elif any(t is not None for t in (*module._parameters.values(), *module._buffers.values())):

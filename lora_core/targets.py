@@ -20,6 +20,7 @@ from torch import nn
 
 from .adapters import is_adaptable
 from .errors import TrainingError
+from .layer_kinds import is_linear
 
 _ATTENTION = [
     r"(^|\.)(attn|attn1|attn2|self_attn|cross_attn|img_attn|txt_attn|attention)\."
@@ -91,7 +92,7 @@ def _in_preset(preset: str, name: str, module: nn.Module) -> bool:
     if any(_EXCLUDED_PART.search(part) for part in name.split(".")):
         return False
     if preset == "all_linear":
-        return isinstance(module, nn.Linear)
+        return is_linear(module)
     if preset == "all_linear_conv":
         return True
     if preset == "text_encoder":

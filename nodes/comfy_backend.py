@@ -150,13 +150,16 @@ def comfy_stored(module: torch.nn.Module, like: torch.Tensor):
 
 
 def comfy_plain(module: torch.nn.Module) -> bool:
-    """comfy.ops Linear/Conv (any cast mode) or torch's own: forward is the textbook linear/conv of its weight.
-    Quantized mixed-precision layers scale their input first, so they keep autograd's own path."""
+    """comfy.ops Linear/Conv (any cast mode, quantized weights included) or torch's own: forward is the linear/conv
+    of its weight, so backward is dx = g W with W as the cast gives it (dequantized). For a quantized layer the
+    forward also rounds its input to the weight's format; passing the gradient straight through that rounding
+    is what ComfyUI's own training path (QuantLinearFunc) does. Layers that scale their input first
+    (pre_quant_scale, AWQ) keep autograd's own path."""
     if torch_plain(module):
         return True
     forward = type(module).forward
     return (getattr(forward, "__module__", "") == "comfy.ops" and plain_geometry(module)
-            and getattr(module, "pre_quant_scale", None) is None and getattr(module, "layout_type", None) is None)
+            and getattr(module, "pre_quant_scale", None) is None)
 
 
 class ComfyBackend:

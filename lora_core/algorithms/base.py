@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TrainingError
+from ..layer_kinds import is_linear
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -30,8 +31,8 @@ Fetch = Callable[[nn.Module, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | 
 
 
 def is_adaptable(module: nn.Module) -> bool:
-    """Linear or ungrouped Conv1/2/3d (comfy.ops layers subclass these)."""
-    if isinstance(module, nn.Linear):
+    """Linear (layer_kinds.is_linear) or ungrouped Conv1/2/3d (comfy.ops layers subclass these)."""
+    if is_linear(module):
         return True
     return isinstance(module, _CONVS) and module.groups == 1
 
@@ -66,7 +67,7 @@ class Geometry:
 
 def geometry(module: nn.Module) -> Geometry:
     """From module attributes, never from the weight (it may live elsewhere or be quantised)."""
-    if isinstance(module, nn.Linear):
+    if is_linear(module):
         return Geometry(int(module.out_features), int(module.in_features))
     if isinstance(module, _CONVS):
         if module.groups != 1:

@@ -37,6 +37,8 @@ Kinds (see MODEL_KINDS):
   wan21_t2v_small  Wan 2.1 T2V DiT (WanModel: 2 blocks, dim 128 = one head of 128, ffn 256, text_dim 4096 -
                 what detection assumes -, in/out 16), bf16 -> UNETLoader, detected as WAN21_T2V. Conditioning
                 (1, L, 4096) from LoraLabTestConditioning (umT5-XXL is too large to build here)
+  wan21_t2v_small_fp8_scaled  the same model in ComfyUI's "fp8_scaled" layout (block weights fp8 + scale_weight,
+                a scaled_fp8 marker) -> UNETLoader, loaded with ComfyUI's mixed-precision (quantized) ops
   flux_vae      16-channel KL VAE shaped like Flux's ae.safetensors -> VAELoader
   sd_vae        4-channel SD VAE -> VAELoader
   wan_vae       Wan 2.1 causal 3-D VAE (ComfyUI's WanVAE key layout, z 16, 8x spatial / 4x temporal) with
@@ -123,6 +125,7 @@ MODEL_KINDS = {
     "flux_vae": "flux_vae.safetensors",
     "sd_vae": "sd_vae.safetensors",
     "wan21_t2v_small": "wan21_t2v_small.safetensors",
+    "wan21_t2v_small_fp8_scaled": "wan21_t2v_small_fp8_scaled.safetensors",
     "wan_vae": "wan_vae.safetensors",
     "flux_dev_fp8": "flux_dev_fp8.safetensors",
 }
@@ -131,7 +134,8 @@ MODEL_FOLDER = {
     "sd15": "checkpoints", "sdxl_small": "checkpoints", "sdxl": "checkpoints",
     "flux_small": "diffusion_models", "sd3_small": "diffusion_models",
     "clip_l": "text_encoders", "flux_vae": "vae", "sd_vae": "vae",
-    "wan21_t2v_small": "diffusion_models", "wan_vae": "vae", "flux_dev_fp8": "diffusion_models",
+    "wan21_t2v_small": "diffusion_models", "wan21_t2v_small_fp8_scaled": "diffusion_models", "wan_vae": "vae",
+    "flux_dev_fp8": "diffusion_models",
 }
 # Full-size Flux-dev transformer (19 double + 38 single blocks, 12B parameters) for the GPU benchmark only,
 # stored in fp8; its text input is CLIP-L wide (768) like flux_small, since no T5-XXL is built here.
@@ -168,7 +172,8 @@ def _cast(state_dict: dict, dtype) -> dict:
 
 
 _ST_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
-              "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+              "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+              "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
 
 
 def _save(state_dict: dict, path: Path, metadata: dict | None = None) -> None:
@@ -351,6 +356,28 @@ def build_wan21_t2v_small(path: Path, seed: int = SEED) -> None:
           {"lora_lab_test_model": "wan21_t2v_small", "seed": str(seed)})
 
 
+def build_wan21_t2v_small_fp8_scaled(path: Path, seed: int = SEED) -> None:
+    """wan21_t2v_small in the layout of ComfyUI's "fp8_scaled" releases (e.g. wan2.1_t2v_1.3B_fp8_scaled): every
+    2-D weight inside the blocks in float8_e4m3fn with a per-tensor `.scale_weight` (max|W| / 448), a
+    `scaled_fp8` marker, the rest bf16. ComfyUI loads it with its mixed-precision (quantized) Linear ops."""
+    import torch
+    import comfy.ldm.wan.model
+    import comfy.ops
+
+    model = comfy.ldm.wan.model.WanModel(operations=comfy.ops.disable_weight_init, device="cpu",
+                                         dtype=torch.float32, **WAN21_SMALL_PARAMS)
+    fill_random_(model, seed)
+    out = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
+    for key, value in model.state_dict().items():
+        if key.startswith("blocks.") and key.endswith(".weight") and value.dim() == 2:
+            scale = value.abs().max().clamp(min=1e-12) / 448.0
+            out[key] = (value / scale).to(torch.float8_e4m3fn)
+            out[key[:-len("weight")] + "scale_weight"] = scale.reshape(1).float()
+        else:
+            out[key] = value.to(torch.bfloat16) if value.is_floating_point() else value
+    _save(out, path, {"lora_lab_test_model": "wan21_t2v_small_fp8_scaled", "seed": str(seed)})
+
+
 def build_wan_vae(path: Path, seed: int = SEED) -> None:
     """ComfyUI's Wan 2.1 VAE (comfy.ldm.wan.vae.WanVAE) with the config VAELoader builds, at a smaller width."""
     import torch
@@ -401,6 +428,8 @@ def build(kind: str, path: Path, seed: int = SEED) -> None:
         build_vae(path, 4, seed)
     elif kind == "wan21_t2v_small":
         build_wan21_t2v_small(path, seed)
+    elif kind == "wan21_t2v_small_fp8_scaled":
+        build_wan21_t2v_small_fp8_scaled(path, seed)
     elif kind == "wan_vae":
         build_wan_vae(path, seed)
     elif kind == "flux_dev_fp8":

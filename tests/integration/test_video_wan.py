@@ -67,8 +67,9 @@ def eval_loss(model, dataset, vae, conds) -> float:
     from lora_lab.nodes.comfy_backend import ComfyBackend
     from lora_lab.nodes.training_data import prepare_training_data
 
-    comfy.model_management.load_models_gpu([model])
-    data = prepare_training_data(model, dataset, vae, None, conds, 1, seed=0)
+    with torch.inference_mode():  # loading and encoding run as in ComfyUI's executor (a quantized model's
+        comfy.model_management.load_models_gpu([model])  # weights moved outside it cannot be unloaded inside it)
+        data = prepare_training_data(model, dataset, vae, None, conds, 1, seed=0)
     with torch.inference_mode(False):
         return ValidationLoss(ComfyBackend(model), data.samples, every=0, seed=99).evaluate()
 
