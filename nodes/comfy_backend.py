@@ -176,7 +176,8 @@ class ComfyBackend:
         self.sampling = patcher.get_model_object("model_sampling")
         self.device = patcher.load_device
         self.prediction = prediction_kind(self.sampling)
-        self.compute_dtype = self.model.manual_cast_dtype or self.model.get_dtype()
+        # from the patcher: a ModelComputeDtype node upstream sets it as an object patch
+        self.compute_dtype = patcher.get_model_object("manual_cast_dtype") or self.model.get_dtype()
         self.pair_rows = masks_rows_with_second_caption(self.root)
         # what the sampler adds before calling the model: the patcher's wrappers and callbacks
         self.model_options = comfy.model_patcher.create_model_options_clone(patcher.model_options)

@@ -120,6 +120,21 @@ def test_auto_sampling_is_logit_normal_for_flow_and_metadata_is_honest(sd3, lora
     assert _metadata(bf16)["lora_lab_compute_dtype"] == "bf16" and _metadata(bf16)["ss_mixed_precision"] == "bf16"
 
 
+
+def test_compute_dtype_node_upstream_is_what_runs_and_what_metadata_says(sd3, loras, images):
+    """ModelComputeDtype sets the model's cast dtype as an object patch on the patcher: with precision fp32 (no
+    autocast) the layers then compute in fp16, so training must see fp16 there (loss scaling on) and say so."""
+    from lora_lab.nodes.comfy_backend import ComfyBackend
+
+    model, clip, vae = sd3
+    fp16_model = call_node("ModelComputeDtype", model=model, dtype="fp16")[0]
+    assert ComfyBackend(fp16_model).compute_dtype == torch.float16
+    assert ComfyBackend(model).compute_dtype != torch.float16
+    _, lora, loss = _train(fp16_model, clip, vae, images, "compute_fp16", steps=1, precision="fp32")
+    assert _metadata(lora)["lora_lab_compute_dtype"] == "fp16"
+    assert all(torch.isfinite(torch.tensor(loss["loss"])))
+
+
 # --- batches -----------------------------------------------------------------------------------------------
 def _sd3_samples(model, lengths, shapes):
     from lora_lab.lora_core.trainer import TrainSample
