@@ -468,7 +468,7 @@ def _loop(run: _Run, on_step, should_stop, interrupt_on, validate) -> TrainResul
                 raise  # NaN (carries its result) or a named bad input
             except Exception as error:
                 if isinstance(error, RuntimeError):
-                    _raise_clearly(error, run)
+                    _raise_clearly(error, run, "during")
                 raise _crashed(error, run, "during") from error
             step = len(run.losses)
             if on_step is not None or validate is not None:  # validation also without a progress listener
@@ -485,25 +485,42 @@ def _loop(run: _Run, on_step, should_stop, interrupt_on, validate) -> TrainResul
                 except LoraLabError:
                     raise
                 except Exception as error:  # a failed save or preview: the step itself is complete
+                    if isinstance(error, RuntimeError):
+                        _raise_clearly(error, run, "after")
                     raise _crashed(error, run, "after") from error
     return run.result()
 
 
+def _when(run: _Run, when: str) -> str:
+    """Where in the run an error struck. Inside the optimizer update the LoRA is partly updated and matches no
+    step, so nothing can be kept from memory (the result is None then): the message says so."""
+    done = len(run.losses)
+    if when == "after":
+        return f"after step {done}"
+    if run.updating:
+        return (f"while updating the LoRA for step {done + 1} (the LoRA was partly updated and matches no step, "
+                f"so this run cannot be saved from memory; files save_every wrote stand)")
+    return f"during step {done + 1}"
+
+
+def _kept(run: _Run) -> TrainResult | None:
+    return None if run.updating else run.result(interrupted=True)
+
+
 def _crashed(error: BaseException, run: _Run, when: str) -> TrainingCrashed:
     """Any unexpected exception: carry the last completed step so the host can save it and its state."""
-    step = len(run.losses) + (1 if when == "during" else 0)
-    result = None if run.updating else run.result(interrupted=True)
-    return TrainingCrashed(f"training failed {when} step {step}: {type(error).__name__}: {error}", result)
+    return TrainingCrashed(f"training failed {_when(run, when)}: {type(error).__name__}: {error}", _kept(run))
 
 
-def _raise_clearly(error: BaseException, run: _Run) -> None:
+def _raise_clearly(error: BaseException, run: _Run, when: str) -> None:
     if is_out_of_memory(error):
         run.optimizer.zero_grad(set_to_none=True)
         traceback.clear_frames(error.__traceback__)  # the failed step's activations, held by its frames
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        raise TrainingOutOfMemory(f"out of memory at step {len(run.losses) + 1}; {OOM_ADVICE}",
-                                  run.result(interrupted=True)) from error
+        advice = OOM_ADVICE + ("; or validate and preview less often or smaller (validation_every, previews)"
+                               if when == "after" else "")
+        raise TrainingOutOfMemory(f"out of memory {_when(run, when)}; {advice}", _kept(run)) from error
     clear = explain_inference_error(error)
     if clear is not None:
         raise clear from error

@@ -294,7 +294,9 @@ class TrainLora(io.ComfyNode):
             except (NonFiniteLossError, TrainingOutOfMemory, TrainingCrashed) as error:
                 kind = {NonFiniteLossError: "loss became non-finite", TrainingOutOfMemory: "out of memory"}.get(
                     type(error), "training failed")
-                if error.result is None or error.result.steps_done == 0:
+                if error.result is None:  # struck inside an optimizer update: the message says why
+                    raise type(error)(f"LoRA Lab: {error}. Nothing was saved.") from error
+                if error.result.steps_done == 0:
                     raise type(error)(f"LoRA Lab: {error}. No step was completed, so nothing was saved.") from error
                 done = error.result.steps_done
                 path = _save_partial(finished(error.result), name, error.result, kind)

@@ -157,6 +157,55 @@ def test_a_crash_carries_the_last_completed_step_and_resumes_exactly(unet, tmp_p
     assert lora_bytes(resumed, tmp_path, "c") == lora_bytes(straight, tmp_path, "a")
 
 
+def test_out_of_memory_after_a_step_keeps_that_step_and_advises(unet, tmp_path):
+    """OOM in what runs after a step (validation, a preview, a save) is an out-of-memory error with advice, and
+    the step it followed is complete: its result is carried and resumes to the uninterrupted run's bytes."""
+    from lora_lab.lora_core.errors import TrainingOutOfMemory
+
+    backend, samples = DDPMUNetBackend(unet), make_samples()
+    cfg = config()
+    straight = train(backend, samples, cfg)
+
+    def preview_runs_out_of_memory(report):
+        if report.step == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB (simulated preview)")
+
+    with pytest.raises(TrainingOutOfMemory) as info:
+        train(backend, samples, cfg, on_step=preview_runs_out_of_memory)
+    message = str(info.value)
+    assert "out of memory after step 3" in message and "validation_every" in message and "batch_size" in message
+    assert info.value.result.steps_done == 3
+    path = save_train_state(tmp_path / "o.state", info.value.result.state)
+    resumed = train(backend, samples, cfg, resume=load_train_state(path))
+    assert lora_bytes(resumed, tmp_path, "o") == lora_bytes(straight, tmp_path, "a")
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory (simulated)"), OSError("bus error")],
+                         ids=["oom", "other"])
+def test_an_error_inside_the_optimizer_update_never_passes_a_half_updated_lora_as_a_step(unet, monkeypatch, error):
+    """The update of step 4 changes one tensor, then fails: the LoRA matches no step, so no result is carried
+    (nothing could be saved honestly) and the message says where it struck and why nothing is kept."""
+    from lora_lab.lora_core.errors import TrainingOutOfMemory
+
+    backend, samples = DDPMUNetBackend(unet), make_samples()
+    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def step(self, closure=None):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].add_(1.0)  # partly updated
+            raise error
+        return real_step(self, closure)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    expected = TrainingOutOfMemory if isinstance(error, torch.OutOfMemoryError) else TrainingCrashed
+    with pytest.raises(expected) as info:
+        train(backend, samples, config(steps=6))
+    assert info.value.result is None
+    assert "while updating the LoRA for step 4" in str(info.value) and "partly updated" in str(info.value)
+
+
 def test_periodic_snapshot_resumes_exactly_and_previews_change_nothing(unet, tmp_path):
     backend, samples = DDPMUNetBackend(unet), make_samples()
     cfg = config()

@@ -298,7 +298,7 @@ def test_out_of_memory_leaves_a_loadable_lora_and_state(sd3, loras, images):
         oom.handle.remove()
     message = str(caught.value)
     assert type(caught.value).__name__ == "TrainingOutOfMemory", message
-    assert "out of memory at step 2" in message and "after step 1" in message and "batch_size" in message and "gradient_checkpointing" in message
+    assert "out of memory during step 2" in message and "after step 1" in message and "batch_size" in message and "gradient_checkpointing" in message
     partial = loras / "oom_step00001.safetensors"
     state = loras / "oom_step00001.state"
     assert str(partial) in message and partial.is_file() and state.is_file()
