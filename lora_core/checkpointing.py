@@ -15,6 +15,8 @@ input in place (ComfyUI's Flux: `x += ...`) cannot corrupt the copy kept for rec
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
@@ -65,15 +67,24 @@ def _split(args: tuple, kwargs: dict) -> tuple[list[torch.Tensor], Callable[[lis
     the outer graph and reach other checkpointed units twice.
     """
     leaves, spec = tree_flatten((args, kwargs))
-    where = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+    # (leaf index, dataclass field or None): dataclasses are pytree leaves, but blocks get tensors in them
+    # (Chroma's and Flux 2's ModulationOut), which need grad once the modulation layers carry a LoRA
+    where = [(i, None) for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+    where += [(i, f.name) for i, leaf in enumerate(leaves) if dataclasses.is_dataclass(leaf) and not isinstance(leaf, type)
+              for f in dataclasses.fields(leaf) if isinstance(getattr(leaf, f.name, None), torch.Tensor)]
 
     def rebuild(values: list[torch.Tensor]) -> tuple[tuple, dict]:
         new = list(leaves)
-        for i, value in zip(where, values):
-            new[i] = value
+        for (i, field), value in zip(where, values):
+            if field is None:
+                new[i] = value
+                continue
+            if new[i] is leaves[i]:
+                new[i] = copy.copy(leaves[i])  # the caller's instance is left as it was
+            object.__setattr__(new[i], field, value)  # frozen dataclasses too
         return tree_unflatten(new, spec)
 
-    return [leaves[i] for i in where], rebuild
+    return [leaves[i] if field is None else getattr(leaves[i], field) for i, field in where], rebuild
 
 
 def _checkpointed(forward: Callable[..., Any], clone_inputs: bool, learns: bool) -> Callable[..., Any]:

@@ -164,3 +164,49 @@ def test_parameters_inside_a_unit_get_grads_when_no_input_needs_grad():
     with gradient_checkpointing(net, enabled=True):
         net(x).pow(2).sum().backward()
     assert net.blocks[0].fc.weight.grad is not None and net.blocks[0].fc.weight.grad.abs().sum() > 0
+
+
+def test_tensors_handed_to_a_block_inside_a_dataclass_carry_gradient():
+    """Chroma and Flux 2 hand their blocks modulation tensors in a dataclass (ModulationOut); with a LoRA on the
+    layers that make them, those tensors need grad. Every block is still recomputed once, the gradient that
+    reaches the modulation layer is the plain one, and the caller's dataclass is left as it was."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Modulation:
+        scale: torch.Tensor
+        label: str = "m"
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = CountingLinear(8, 8)
+
+        def forward(self, x, mods):
+            return x + self.lin(x) * mods[0].scale
+
+    class Root(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mod = nn.Linear(8, 8)
+            self.blocks = nn.ModuleList([Block(), Block(), Block()])
+
+        def forward(self, x, t):
+            mods = (Modulation(torch.tanh(self.mod(t))),)
+            for block in self.blocks:
+                x = block(x, mods)
+            self.seen = mods[0]
+            return x
+
+    torch.manual_seed(0)
+    net, x, t = Root(), torch.randn(2, 8), torch.randn(2, 8)
+    CountingLinear.calls = 0
+    net(x, t).square().sum().backward()
+    reference, plain_calls = net.mod.weight.grad.clone(), CountingLinear.calls
+    net.zero_grad()
+    CountingLinear.calls = 0
+    with gradient_checkpointing(net, True, guard_inplace=True):
+        net(x, t).square().sum().backward()
+    torch.testing.assert_close(net.mod.weight.grad, reference)
+    assert plain_calls == 3 and CountingLinear.calls == 2 * plain_calls  # each block once more in backward
+    assert net.seen.scale.grad_fn is not None and "Checkpoint" not in type(net.seen.scale.grad_fn).__name__
