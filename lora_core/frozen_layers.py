@@ -262,6 +262,13 @@ def _aliasing_forward(module: nn.Module, original):
 _MISSING = object()
 
 
+def _overridden(module: nn.Module) -> bool:
+    """An instance forward other than the class's own (ComfyUI's bypass LoRA: not the formula). One that is just
+    the class's forward bound to the module, as ComfyUI leaves behind after ejecting a bypass LoRA, is not."""
+    own = module.__dict__.get("forward")
+    return own is not None and getattr(own, "__func__", None) is not type(module).forward
+
+
 @contextlib.contextmanager
 def frozen_base(root: nn.Module, fetch: WeightFetch = plain_fetch, is_plain: PlainTest = torch_plain,
                 stored: StoredWeights = plain_stored) -> Iterator[FrozenStats]:
@@ -276,7 +283,7 @@ def frozen_base(root: nn.Module, fetch: WeightFetch = plain_fetch, is_plain: Pla
     try:
         for module in root.modules():
             original = module.forward
-            overridden = "forward" in module.__dict__  # e.g. ComfyUI's bypass LoRA: its forward is not the formula
+            overridden = _overridden(module)
             if (is_linear(module) or isinstance(module, _CONVS)) and is_plain(module) and not overridden:
                 wrapped = _formula_forward(module, original, fetch, stored)
                 stats.formula_layers += 1

@@ -224,6 +224,20 @@ def test_an_instance_forward_keeps_its_own_path():
     torch.testing.assert_close(x.grad, reference.grad)
 
 
+def test_an_instance_forward_that_is_the_class_forward_takes_the_formula():
+    """After ComfyUI ejects a bypass LoRA it writes the layer's original bound forward back on the instance:
+    that is the textbook layer again, so it gets the formula (no weight saved), and is restored as it was."""
+    layer = nn.Linear(4, 4).requires_grad_(False)
+    layer.forward = layer.forward  # what eject leaves: the class's forward, bound, in the instance dict
+    left = layer.__dict__["forward"]
+    x = torch.randn(2, 4, requires_grad=True)
+    with frozen_base(layer) as stats:
+        layer(x).sum().backward()
+    assert stats.formula_layers == 1
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(2, 4))
+    assert layer.__dict__["forward"] is left
+
+
 @pytest.mark.skipif(not peak_rss.AVAILABLE, reason="needs Linux /proc peak RSS")
 @pytest.mark.parametrize("checkpointed", [False, True], ids=["plain", "checkpointed"])
 def test_a_large_cast_layer_trains_through_a_slice_of_its_weight_at_a_time(monkeypatch, checkpointed):
