@@ -4,7 +4,8 @@ Activations scale with what the host estimates for one inference forward of the 
 ComfyUI's SD1.5 (bench/training_memory.py, 64-256 px, batch 1-4): a forward keeps 3.2-3.5x that estimate
 for backward without checkpointing, and 0.24-0.27x with it (block inputs only). On top comes the transient
 of backward itself (about one inference forward), and with checkpointing the one block being recomputed:
-hence 4.0x and 1.5x. The LoRA needs its fp32 weights, their gradients and the optimizer state.
+hence 4.0x and 1.5x. The LoRA needs its fp32 weights, their gradients and the optimizer state (the chosen
+optimizer's own size: OptimizerSpec.state_slots, from AdamW8bit's 0.55 to Prodigy's 4 values per weight).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ ACTIVATIONS_KEPT = 4.0
 ACTIVATIONS_CHECKPOINTED = 1.5
 
 
-def training_memory(inference_bytes: float, checkpointing: bool, lora_params: int, optimizer_slots: int = 2) -> int:
+def training_memory(inference_bytes: float, checkpointing: bool, lora_params: int, optimizer_slots: float = 2.0) -> int:
     """Bytes for one step: inference_bytes is the host's estimate for a forward of the same batch."""
     activations = inference_bytes * (ACTIVATIONS_CHECKPOINTED if checkpointing else ACTIVATIONS_KEPT)
     lora = lora_params * 4 * (2 + optimizer_slots)  # fp32 weight + grad + optimizer state slots

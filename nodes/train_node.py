@@ -18,7 +18,7 @@ from ..lora_core.errors import NonFiniteLossError, TrainingCrashed, TrainingErro
 from ..lora_core.lora_file import save_lora_file
 from ..lora_core.lr_schedule import LR_SCHEDULES
 from ..lora_core.memory_estimate import training_memory
-from ..lora_core.optimizers import OPTIMIZERS
+from ..lora_core.optimizers import OPTIMIZERS, optimizer_spec
 from ..lora_core.targets import select_targets
 from ..lora_core.timesteps import METHODS as TIMESTEP_METHODS
 from ..lora_core.train_state import save_train_state, state_path
@@ -140,7 +140,7 @@ def load_for_training(patcher, backend: ComfyBackend, config: TrainConfig, laten
     """
     shape = (config.batch_size,) + tuple(latent_shape)
     needed = training_memory(patcher.memory_required(shape), config.gradient_checkpointing,
-                             _lora_parameter_count(backend, config))
+                             _lora_parameter_count(backend, config), optimizer_spec(config.optimizer).state_slots)
     comfy.model_management.load_models_gpu([patcher], memory_required=needed)
     return needed
 

@@ -25,4 +25,5 @@ SPEC = OptimizerSpec(
     defaults={"eps": (1e-30, 1e-3), "clip_threshold": 1.0, "decay_rate": -0.8, "beta1": None, "weight_decay": 0.0,
               "scale_parameter": False, "relative_step": False, "warmup_init": False},
     self_scheduled=lambda settings: bool(settings["relative_step"]),
+    state_slots=0.25,  # factored second moment: a row and a column per matrix
 )

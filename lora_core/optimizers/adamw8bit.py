@@ -19,4 +19,5 @@ def _build(groups, settings) -> torch.optim.Optimizer:
 SPEC = OptimizerSpec(
     name="adamw8bit", summary="AdamW with 8-bit state (bitsandbytes)", build=_build,
     defaults={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "min_8bit_size": 4096},
+    state_slots=0.55,  # two 8-bit moments and their block scales
 )

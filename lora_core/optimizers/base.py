@@ -32,6 +32,9 @@ class OptimizerSpec:
     schedule_free: bool = False  # needs optimizer.train()/.eval(); its averaged weights are the result
     estimates_lr: bool = False  # the learning rate multiplies the optimizer's own step-size estimate (Prodigy)
     self_scheduled: Callable[[dict[str, Any]], bool] = lambda settings: False  # drives its own LR (Adafactor relative_step)
+    # optimizer state per trained value, in fp32 values (AdamW: exp_avg + exp_avg_sq = 2), for the memory plan;
+    # tests/test_optimizers.py measures each against the real optimizer on LoRA-shaped tensors
+    state_slots: float = 2.0
 
 
 def require(module: str, pip: str, optimizer: str) -> ModuleType:

@@ -17,4 +17,5 @@ def _build(groups, settings) -> torch.optim.Optimizer:
 SPEC = OptimizerSpec(
     name="came", summary="CAME (pytorch_optimizer)", build=_build,
     defaults={"betas": (0.9, 0.999, 0.9999), "weight_decay": 0.0, "eps1": 1e-30, "eps2": 1e-16, "clip_threshold": 1.0},
+    state_slots=1.5,  # first moment and factored second moment / residual
 )

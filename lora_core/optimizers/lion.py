@@ -15,4 +15,5 @@ def _build(groups, settings) -> torch.optim.Optimizer:
 SPEC = OptimizerSpec(
     name="lion", summary="Lion (pytorch_optimizer)", build=_build,
     defaults={"betas": (0.9, 0.99), "weight_decay": 0.01},
+    state_slots=1.0,  # one momentum
 )

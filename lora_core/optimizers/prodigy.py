@@ -28,4 +28,5 @@ SPEC = OptimizerSpec(
     defaults={"betas": (0.9, 0.999), "weight_decay": 0.01, "use_bias_correction": True, "safeguard_warmup": True,
               "d0": 1e-6, "d_coef": 1.0},
     estimates_lr=True,
+    state_slots=4.0,  # exp_avg, exp_avg_sq, s and the initial weights p0
 )

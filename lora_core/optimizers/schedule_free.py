@@ -54,4 +54,5 @@ SPEC = OptimizerSpec(
     defaults={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "warmup_steps": 0, "r": 0.0,
               "weight_lr_power": 2.0},
     schedule_free=True,
+    state_slots=2.0,  # z and exp_avg_sq
 )

@@ -135,6 +135,28 @@ def test_compute_dtype_node_upstream_is_what_runs_and_what_metadata_says(sd3, lo
     assert all(torch.isfinite(torch.tensor(loss["loss"])))
 
 
+
+def test_memory_asked_of_comfyui_counts_the_chosen_optimizers_state(sd3):
+    """load_for_training asks ComfyUI for activations + LoRA weights, grads and the optimizer's own state: Prodigy
+    keeps 4 fp32 values per LoRA weight, AdamW 2, AdamW8bit about 0.5, and the request differs by exactly that."""
+    from lora_lab.lora_core.optimizers import OPTIMIZERS
+    from lora_lab.lora_core.trainer import TrainConfig
+    from lora_lab.nodes.comfy_backend import ComfyBackend
+    from lora_lab.nodes.train_node import _lora_parameter_count, load_for_training
+
+    model = sd3[0].clone()
+    backend = ComfyBackend(model)
+    asked = {}
+    for name in ("adamw", "prodigy", "adamw8bit"):
+        config = TrainConfig(steps=1, learning_rate=1e-4, rank=16, alpha=16.0, targets="attention", optimizer=name)
+        asked[name] = load_for_training(model, backend, config, (16, 8, 8))
+    params = _lora_parameter_count(backend, config)
+    assert params > 0
+    for name in ("prodigy", "adamw8bit"):
+        expected = params * 4 * (OPTIMIZERS[name].state_slots - OPTIMIZERS["adamw"].state_slots)
+        assert abs(asked[name] - asked["adamw"] - expected) <= 2, (name, asked, expected)
+
+
 # --- batches -----------------------------------------------------------------------------------------------
 def _sd3_samples(model, lengths, shapes):
     from lora_lab.lora_core.trainer import TrainSample
