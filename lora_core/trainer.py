@@ -167,13 +167,38 @@ def make_adapters(backend: Backend, config: TrainConfig, generator: torch.Genera
         for a in adapters.values():
             a.dropout = torch.nn.Dropout(config.dropout) if config.dropout > 0 else torch.nn.Identity()
     else:
-        names = [n for n in select_targets(backend.root, config.targets)]
-        for component, tree in trees.items():
-            if component:
-                names += [f"{component}:{n}" for n in select_targets(tree, config.text_encoder_targets)]
         adapters = {n: new_adapter(modules[n], config.rank, config.alpha, config.dropout, generator, config.algorithm,
-                                   fetch, n, **config.algorithm_options) for n in names}
+                                   fetch, n, **config.algorithm_options) for n in target_names(backend, config)}
     return {n: a.to(backend.device).train() for n, a in adapters.items()}
+
+
+def target_names(backend: Backend, config: TrainConfig) -> list[str]:
+    """The layers that get a new adapter: the diffusion model's targets, then each text encoder's as component:name."""
+    names = list(select_targets(backend.root, config.targets))
+    for component, tree in roots(backend, config).items():
+        if component:
+            names += [f"{component}:{n}" for n in select_targets(tree, config.text_encoder_targets)]
+    return names
+
+
+def adapter_parameter_count(backend: Backend, config: TrainConfig) -> int:
+    """Trainable values the run will have, for the memory plan, without allocating them: each adapter is built on
+    the meta device from its layer's geometry. DoRA reads its layer's weight norms when built, so it is counted
+    as its LoRA plus one magnitude per channel of its axis."""
+    trees = roots(backend, config)
+    modules = {(f"{c}:{n}" if c else n): m for c, tree in trees.items() for n, m in tree.named_modules()}
+    algorithm = "lora" if config.algorithm == "dora" else config.algorithm
+    options = {} if config.algorithm == "dora" else config.algorithm_options
+    total = 0
+    for name in target_names(backend, config):
+        with torch.device("meta"):
+            adapter = new_adapter(modules[name], config.rank, config.alpha, 0.0, torch.Generator(), algorithm,
+                                  None, name, **options)
+        total += sum(p.numel() for p in adapter.parameters())
+        if config.algorithm == "dora":
+            geo = adapter.geometry
+            total += geo.out_features if config.algorithm_options.get("axis", "input") == "output" else geo.in_features
+    return total
 
 
 def param_groups(adapters: dict[str, Adapter], config: TrainConfig) -> list[dict[str, Any]]:

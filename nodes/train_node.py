@@ -19,10 +19,9 @@ from ..lora_core.lora_file import save_lora_file
 from ..lora_core.lr_schedule import LR_SCHEDULES
 from ..lora_core.memory_estimate import training_memory
 from ..lora_core.optimizers import OPTIMIZERS, optimizer_spec
-from ..lora_core.targets import select_targets
 from ..lora_core.timesteps import METHODS as TIMESTEP_METHODS
 from ..lora_core.train_state import save_train_state, state_path
-from ..lora_core.trainer import StepReport, TrainConfig, train
+from ..lora_core.trainer import StepReport, TrainConfig, adapter_parameter_count, train
 from ..lora_core.validation import ValidationLoss
 from . import text_encoders
 from .previews import Previewer
@@ -121,17 +120,6 @@ def _save_partial(lora: TrainedLora, name: str, result, reason: str) -> Path:
     return path
 
 
-def _lora_parameter_count(backend: ComfyBackend, config: TrainConfig) -> int:
-    modules = dict(backend.root.named_modules())
-    total = 0
-    for name in select_targets(backend.root, config.targets):
-        m = modules[name]
-        fan_in = getattr(m, "in_features", None) or m.in_channels * int(torch.tensor(m.kernel_size).prod())
-        fan_out = getattr(m, "out_features", None) or m.out_channels
-        total += config.rank * (fan_in + fan_out)
-    return total
-
-
 def load_for_training(patcher, backend: ComfyBackend, config: TrainConfig, latent_shape: tuple[int, ...]) -> int:
     """Load the model through ComfyUI's memory manager, asking for the room one training step needs.
 
@@ -140,7 +128,7 @@ def load_for_training(patcher, backend: ComfyBackend, config: TrainConfig, laten
     """
     shape = (config.batch_size,) + tuple(latent_shape)
     needed = training_memory(patcher.memory_required(shape), config.gradient_checkpointing,
-                             _lora_parameter_count(backend, config), optimizer_spec(config.optimizer).state_slots)
+                             adapter_parameter_count(backend, config), optimizer_spec(config.optimizer).state_slots)
     comfy.model_management.load_models_gpu([patcher], memory_required=needed)
     return needed
 

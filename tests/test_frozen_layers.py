@@ -240,18 +240,32 @@ def test_an_instance_forward_that_is_the_class_forward_takes_the_formula():
 
 @pytest.mark.skipif(not peak_rss.AVAILABLE, reason="needs Linux /proc peak RSS")
 @pytest.mark.parametrize("checkpointed", [False, True], ids=["plain", "checkpointed"])
-def test_a_large_cast_layer_trains_through_a_slice_of_its_weight_at_a_time(monkeypatch, checkpointed):
+def test_a_large_cast_layer_trains_through_a_slice_of_its_weight_at_a_time(checkpointed):
     """SD1.5's largest conv stored in bf16, computed in fp32: forward and backward hold slices of the fp32
-    weight, never the whole 118 MB cast (nor oneDNN's whole copy of it). Measured both ways in one process
-    after a warm-up, so the saving itself is asserted, not a machine-dependent absolute figure.
+    weight, never the whole 118 MB cast (nor oneDNN's whole copy of it). Measured both ways in one fresh
+    process after a warm-up (a long test process reuses memory it freed earlier, which hides growth), so the
+    saving itself is asserted, not a machine-dependent absolute figure.
 
     checkpointed: the layer runs inside a reentrant checkpoint, as every unit does with Train LoRA's default,
     so its first pass runs under no_grad (where a whole cast once slipped through) and the second in backward."""
-    from lora_lab.lora_core import frozen_layers
+    import multiprocessing
 
-    class CastConv(nn.Conv2d):  # casts its weight in forward, as ComfyUI's manual_cast layers do
-        def forward(self, x):
-            return self._conv_forward(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        sliced, whole, fp32_weight = pool.apply(_sliced_and_whole_growth, (checkpointed,))
+    print(f"peak growth: sliced {sliced / 2**20:.1f} MiB, whole {whole / 2**20:.1f} MiB, fp32 weight {fp32_weight / 2**20:.1f} MiB")
+    assert whole > fp32_weight, (whole / 2**20, "a whole cast must cost at least the fp32 weight")
+    assert whole - sliced > 0.75 * fp32_weight, (sliced / 2**20, whole / 2**20)
+    assert sliced < 0.75 * fp32_weight, sliced / 2**20
+
+
+class _CastConv(nn.Conv2d):  # casts its weight in forward, as ComfyUI's manual_cast layers do
+    def forward(self, x):
+        return self._conv_forward(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+
+def _sliced_and_whole_growth(checkpointed: bool) -> tuple[int, int, int]:
+    """(peak growth sliced, peak growth with one slice = the whole cast, fp32 weight bytes), in this process."""
+    from lora_lab.lora_core import frozen_layers
 
     def peak_growth(conv: nn.Module) -> int:
         x = torch.randn(1, conv.in_channels, 8, 8, requires_grad=True)
@@ -265,13 +279,8 @@ def test_a_large_cast_layer_trains_through_a_slice_of_its_weight_at_a_time(monke
         assert x.grad.shape == x.shape
         return growth
 
-    peak_growth(CastConv(256, 128, 3, padding=1).to(torch.bfloat16).requires_grad_(False))  # oneDNN's own set-up
-    conv = CastConv(2560, 1280, 3, padding=1).to(torch.bfloat16).requires_grad_(False)
-    fp32_weight = conv.weight.numel() * 4
+    peak_growth(_CastConv(256, 128, 3, padding=1).to(torch.bfloat16).requires_grad_(False))  # oneDNN's own set-up
+    conv = _CastConv(2560, 1280, 3, padding=1).to(torch.bfloat16).requires_grad_(False)
     sliced = peak_growth(conv)
-    monkeypatch.setattr(frozen_layers, "SLICE_BYTES", 2**40)  # one slice: the whole cast, as without slicing
-    whole = peak_growth(conv)
-    print(f"peak growth: sliced {sliced / 2**20:.1f} MiB, whole {whole / 2**20:.1f} MiB, fp32 weight {fp32_weight / 2**20:.1f} MiB")
-    assert whole > fp32_weight, (whole / 2**20, "a whole cast must cost at least the fp32 weight")
-    assert whole - sliced > 0.75 * fp32_weight, (sliced / 2**20, whole / 2**20)
-    assert sliced < 0.75 * fp32_weight, sliced / 2**20
+    frozen_layers.SLICE_BYTES = 2**40  # one slice: the whole cast, as without slicing (this process only)
+    return sliced, peak_growth(conv), conv.weight.numel() * 4

@@ -325,3 +325,15 @@ def test_a_model_that_computes_in_fp16_gets_loss_scaling_without_autocast(unet):
     assert result.compute_dtype == "fp16" and result.state.scaler  # a live GradScaler's state
     plain = train(DDPMUNetBackend(unet), make_samples(2), config(steps=2, precision="fp32"))
     assert plain.compute_dtype == "fp32" and not plain.state.scaler
+
+
+@pytest.mark.parametrize("algorithm", ["lora", "loha", "lokr", "dora"])
+def test_memory_plan_counts_the_adapters_the_run_will_have(unet, algorithm):
+    """adapter_parameter_count (for the memory plan, nothing allocated) equals the real adapters' size."""
+    from lora_lab.lora_core.trainer import adapter_parameter_count, make_adapters
+
+    backend, cfg = DDPMUNetBackend(unet), config(algorithm=algorithm)
+    counted = adapter_parameter_count(backend, cfg)
+    real = sum(p.numel() for a in make_adapters(backend, cfg, torch.Generator().manual_seed(0)).values()
+               for p in a.parameters())
+    assert counted == real

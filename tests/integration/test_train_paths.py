@@ -142,7 +142,8 @@ def test_memory_asked_of_comfyui_counts_the_chosen_optimizers_state(sd3):
     from lora_lab.lora_core.optimizers import OPTIMIZERS
     from lora_lab.lora_core.trainer import TrainConfig
     from lora_lab.nodes.comfy_backend import ComfyBackend
-    from lora_lab.nodes.train_node import _lora_parameter_count, load_for_training
+    from lora_lab.lora_core.trainer import adapter_parameter_count
+    from lora_lab.nodes.train_node import load_for_training
 
     model = sd3[0].clone()
     backend = ComfyBackend(model)
@@ -150,7 +151,7 @@ def test_memory_asked_of_comfyui_counts_the_chosen_optimizers_state(sd3):
     for name in ("adamw", "prodigy", "adamw8bit"):
         config = TrainConfig(steps=1, learning_rate=1e-4, rank=16, alpha=16.0, targets="attention", optimizer=name)
         asked[name] = load_for_training(model, backend, config, (16, 8, 8))
-    params = _lora_parameter_count(backend, config)
+    params = adapter_parameter_count(backend, config)
     assert params > 0
     for name in ("prodigy", "adamw8bit"):
         expected = params * 4 * (OPTIMIZERS[name].state_slots - OPTIMIZERS["adamw"].state_slots)
