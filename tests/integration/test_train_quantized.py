@@ -14,26 +14,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .comfy_inprocess import call_node, register_lora_lab_nodes
-from .sample_data import assert_latents_close
-from .test_video_wan import conditioning, eval_loss, sample, write_clip
+from .test_video_wan import assert_file_matches_in_graph, clip_dataset, eval_loss, load_wan, train_on_clips
 
-pytest.importorskip("av", reason="PyAV reads the training clips")
 
 
 @pytest.fixture(scope="module")
 def wan_fp8(comfy, model_file, tmp_path_factory):
-    import folder_paths
-
-    register_lora_lab_nodes()
-    unet, vae = model_file("wan21_t2v_small_fp8_scaled"), model_file("wan_vae")
-    folder_paths.add_model_folder_path("diffusion_models", str(unet.parent))
-    folder_paths.add_model_folder_path("vae", str(vae.parent))
-    loras = tmp_path_factory.mktemp("loras")
-    folder_paths.add_model_folder_path("loras", str(loras), is_default=True)
-    (model,) = call_node("UNETLoader", unet_name=unet.name, weight_dtype="default")
-    (wan_vae,) = call_node("VAELoader", vae_name=vae.name)
-    return model, wan_vae
+    return load_wan("wan21_t2v_small_fp8_scaled", model_file, tmp_path_factory)[:2]
 
 
 def _quantized(module) -> bool:
@@ -41,8 +28,6 @@ def _quantized(module) -> bool:
 
 
 def test_fp8_scaled_model_trains_with_defaults(wan_fp8, tmp_path, capsys):
-    from pathlib import Path
-
     from lora_lab.lora_core.targets import select_targets
 
     model, vae = wan_fp8
@@ -53,23 +38,10 @@ def test_fp8_scaled_model_trains_with_defaults(wan_fp8, tmp_path, capsys):
     targets = select_targets(diffusion, "attention")  # Train LoRA's default preset
     assert targets and set(targets) <= quantized, set(targets) - quantized
 
-    folder = tmp_path / "clips"
-    folder.mkdir()
-    for i in range(2):
-        write_clip(folder / f"clip{i}.mp4", frames=12, seed=i)
-        (folder / f"clip{i}.txt").write_text(f"moving pattern number {i}")
-    dataset, _summary, captions = call_node(
-        "LoraLabVideoDataset", folder=str(folder), resolution=64, frames=9, frame_sampling="head", target_fps=0.0,
-        clips_per_video=1, aspect_buckets=True, include_images=False, short_videos="fewer_frames", trigger_word="",
-        caption_template="", default_caption="", validation=0.0, cache_folder="")
-    conds = conditioning(captions)
+    dataset, _summary, conds = clip_dataset(tmp_path)
 
     before = eval_loss(model, dataset, vae, conds)
-    trained, lora, loss, _clip = call_node(
-        "LoraLabTrain", model=model, vae=vae, dataset=dataset, conditioning=conds, steps=25, learning_rate=5e-3,
-        rank=8, alpha=8.0, target_preset="attention", batch_size=2, grad_accumulation=1, lr_schedule="constant",
-        warmup_steps=0, timestep_sampling="auto", precision="auto", gradient_checkpointing=True, seed=0,
-        output_name="wan_fp8_scaled")
+    trained, lora, loss, _clip = train_on_clips(model, vae, dataset, conds, "wan_fp8_scaled")  # the node's defaults
     after = eval_loss(trained, dataset, vae, conds)
     with capsys.disabled():
         print(f"\nWan fp8_scaled: {len(targets)} quantized layers trained; fixed-noise loss {before:.4f} -> {after:.4f}")
@@ -81,12 +53,7 @@ def test_fp8_scaled_model_trains_with_defaults(wan_fp8, tmp_path, capsys):
     assert all(torch.isfinite(torch.tensor(loss["loss"])))
     assert after < 0.9 * before
 
-    (path,) = call_node("LoraLabSaveLora", lora=lora, name="wan_fp8_scaled")
-    (from_file,) = call_node("LoraLoaderModelOnly", model=model, lora_name=Path(path).name, strength_model=1.0)
-    positive = conds[0]
-    in_graph, loaded, base = sample(trained, positive), sample(from_file, positive), sample(model, positive)
-    assert_latents_close(in_graph, loaded, "Wan fp8_scaled: in-graph vs from-file (LoraLoaderModelOnly)")
-    assert (in_graph - base).abs().max() > 10 * (in_graph - loaded).abs().max()
+    assert_file_matches_in_graph(model, trained, lora, "wan_fp8_scaled", conds[0])
 
 
 def test_gradient_passes_through_quantized_layers_as_through_their_dequantized_weights(comfy):

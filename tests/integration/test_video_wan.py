@@ -23,10 +23,15 @@ def wan(comfy, model_file, tmp_path_factory):
 
     if "wan21_t2v_small" not in comfy_models.MODEL_KINDS or "wan_vae" not in comfy_models.MODEL_KINDS:
         pytest.skip("needs the harness' Wan kinds (wan21_t2v_small, wan_vae) in tests/integration/comfy_models.py")
+    return load_wan("wan21_t2v_small", model_file, tmp_path_factory)
+
+
+def load_wan(kind: str, model_file, tmp_path_factory) -> tuple:
+    """(MODEL from UNETLoader, VAE from VAELoader, the loras folder), the stock loaders reading built files."""
     import folder_paths
 
     register_lora_lab_nodes()
-    unet, vae = model_file("wan21_t2v_small"), model_file("wan_vae")
+    unet, vae = model_file(kind), model_file("wan_vae")
     folder_paths.add_model_folder_path("diffusion_models", str(unet.parent))
     folder_paths.add_model_folder_path("vae", str(vae.parent))
     loras = tmp_path_factory.mktemp("loras")
@@ -34,6 +39,14 @@ def wan(comfy, model_file, tmp_path_factory):
     (model,) = call_node("UNETLoader", unet_name=unet.name, weight_dtype="default")
     (wan_vae,) = call_node("VAELoader", vae_name=vae.name)
     return model, wan_vae, loras
+
+
+def train_on_clips(model, vae, dataset, conds, name: str, **inputs) -> tuple:
+    """Train LoRA, 25 steps at batch 2 on the clips; inputs override (target_preset, precision, ...)."""
+    settings = dict(steps=25, learning_rate=5e-3, rank=8, alpha=8.0, target_preset="attention", batch_size=2,
+                    grad_accumulation=1, lr_schedule="constant", warmup_steps=0, timestep_sampling="auto",
+                    precision="auto", gradient_checkpointing=True, seed=0, output_name=name)
+    return call_node("LoraLabTrain", model=model, vae=vae, dataset=dataset, conditioning=conds, **{**settings, **inputs})
 
 
 def write_clip(path: Path, frames: int, seed: int, size=(64, 64)) -> None:
@@ -81,8 +94,8 @@ def sample(model, positive, seed=5) -> torch.Tensor:
     return out["samples"]
 
 
-def test_wan_trains_on_clips_and_its_file_matches_in_graph(wan, tmp_path, capsys):
-    model, vae, loras = wan
+def clip_dataset(tmp_path: Path) -> tuple:
+    """Two captioned 12-frame clips read as 9-frame samples: (dataset, summary, one conditioning per caption)."""
     folder = tmp_path / "clips"
     folder.mkdir()
     for i in range(2):
@@ -92,15 +105,26 @@ def test_wan_trains_on_clips_and_its_file_matches_in_graph(wan, tmp_path, capsys
         "LoraLabVideoDataset", folder=str(folder), resolution=64, frames=9, frame_sampling="head", target_fps=0.0,
         clips_per_video=1, aspect_buckets=True, include_images=False, short_videos="fewer_frames", trigger_word="",
         caption_template="", default_caption="", validation=0.0, cache_folder="")
+    return dataset, summary, conditioning(captions)
+
+
+def assert_file_matches_in_graph(model, trained, lora, name: str, positive) -> None:
+    """The saved file through the stock LoraLoaderModelOnly samples the in-graph trained MODEL's latent."""
+    (path,) = call_node("LoraLabSaveLora", lora=lora, name=name)
+    (from_file,) = call_node("LoraLoaderModelOnly", model=model, lora_name=Path(path).name, strength_model=1.0)
+    in_graph, loaded, base = sample(trained, positive), sample(from_file, positive), sample(model, positive)
+    assert_latents_close(in_graph, loaded, f"{name}: in-graph vs from-file (LoraLoaderModelOnly)")
+    assert (in_graph - base).abs().max() > 10 * (in_graph - loaded).abs().max()
+
+
+def test_wan_trains_on_clips_and_its_file_matches_in_graph(wan, tmp_path, capsys):
+    model, vae, loras = wan
+    dataset, summary, conds = clip_dataset(tmp_path)
     assert [c.frame_count for c in dataset.images] == [9, 9] and "9 frames" in summary
-    conds = conditioning(captions)
 
     before = eval_loss(model, dataset, vae, conds)
-    trained, lora, loss, _clip = call_node(
-        "LoraLabTrain", model=model, vae=vae, dataset=dataset, conditioning=conds, steps=25, learning_rate=5e-3,
-        rank=8, alpha=8.0, target_preset="all_linear", batch_size=2, grad_accumulation=1, lr_schedule="constant",
-        warmup_steps=0, timestep_sampling="auto", precision="fp32", gradient_checkpointing=True, seed=0,
-        output_name="wan_clips")
+    trained, lora, loss, _clip = train_on_clips(model, vae, dataset, conds, "wan_clips", target_preset="all_linear",
+                                                precision="fp32")
     after = eval_loss(trained, dataset, vae, conds)
     with capsys.disabled():
         print(f"\nWan clips: fixed-noise loss {before:.4f} -> {after:.4f}; train losses {[round(x, 4) for x in loss['loss']]}")
@@ -111,9 +135,4 @@ def test_wan_trains_on_clips_and_its_file_matches_in_graph(wan, tmp_path, capsys
     shapes = {tuple(s.latent.shape) for s in prepare_training_data(model, dataset, vae, None, conds, 1, 0).samples}
     assert shapes == {(16, 3, 8, 8)}  # 5-D: 9 frames -> 3 latent frames of 64/8 x 64/8
 
-    (path,) = call_node("LoraLabSaveLora", lora=lora, name="wan_clips")
-    (from_file,) = call_node("LoraLoaderModelOnly", model=model, lora_name=Path(path).name, strength_model=1.0)
-    positive = conds[0]
-    in_graph, loaded, base = sample(trained, positive), sample(from_file, positive), sample(model, positive)
-    assert_latents_close(in_graph, loaded, "Wan: in-graph vs from-file (LoraLoaderModelOnly)")
-    assert (in_graph - base).abs().max() > 10 * (in_graph - loaded).abs().max()
+    assert_file_matches_in_graph(model, trained, lora, "wan_clips", conds[0])
