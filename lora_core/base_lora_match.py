@@ -25,6 +25,7 @@ class LoadedLora:
     keys: set[str]  # the file keys the loader read
     # per patched weight: the LoRA key prefixes that name it (any format), and the adapter's tensors
     samples: list[tuple[list[str], list[torch.Tensor]]] = field(default_factory=list)
+    mode: str = "patch"  # "bypass": added in forward by a hook (ComfyUI's Load LoRA (Bypass)), weights untouched
 
 
 def file_keys(path: str | os.PathLike) -> set[str]:
@@ -62,7 +63,7 @@ def identify(loads: list[LoadedLora], files: dict[str, str | os.PathLike]) -> li
     {"file": name, "strength": s} and, for several files holding the compared tensors, "same_content";
     {"file": None, "strength": s, "unmatched_keys": n} where no file holds its keys and tensors;
     {"file": None, "strength": s, "candidates": [...]} where several files share its keys and no tensors
-    could be compared."""
+    could be compared. A bypass load's record also says "mode": "bypass"."""
     headers = {name: file_keys(path) for name, path in files.items()}
     found = []
     for load in sorted(loads, key=lambda l: l.strength):
@@ -81,4 +82,6 @@ def identify(loads: list[LoadedLora], files: dict[str, str | os.PathLike]) -> li
             if len(matching) > 1:
                 entry["same_content"] = matching[1:]
             found.append(entry)
+        if load.mode != "patch":
+            found[-1]["mode"] = load.mode
     return found

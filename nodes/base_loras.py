@@ -2,7 +2,8 @@
 
 ComfyUI keeps a loaded LoRA as weight patches; the adapters of one load share one set of the file keys it
 read (so a load is told by that set's identity), and each patch carries its weight key and offset (a fused
-qkv weight has one per q/k/v slice). ComfyUI's key map, reversed, names each patched slice's LoRA keys in
+qkv weight has one per q/k/v slice). August 2026's "Load LoRA (Bypass)" keeps its adapters instead in forward
+hooks (nodes/bypass_adapters.py). ComfyUI's key map, reversed, names each patched slice's LoRA keys in
 every format. The matching itself is lora_core.base_lora_match.
 """
 
@@ -15,6 +16,7 @@ import torch
 import folder_paths
 
 from ..lora_core.base_lora_match import SAMPLES, LoadedLora, identify
+from .bypass_adapters import bypass_adapters
 
 _MAX_FILES = 2000  # header reads are cheap, but a huge loras folder should not stall the run
 
@@ -33,18 +35,21 @@ def _lora_names(model) -> dict[tuple, list[str]]:
 def _loads(patcher) -> list[LoadedLora]:
     loads: dict[int, LoadedLora] = {}
     names = None
-    for weight_key, patches in patcher.patches.items():
-        for strength, patch, _strength_model, offset, *_ in patches:
-            keys = getattr(patch, "loaded_keys", None)
-            if not keys:
-                continue
-            load = loads.setdefault(id(keys), LoadedLora(float(strength), set(keys)))
-            tensors = [w for w in getattr(patch, "weights", ()) if isinstance(w, torch.Tensor) and w.dim() > 0]
-            if tensors and len(load.samples) < SAMPLES:  # references to ComfyUI's tensors, no copies
-                names = _lora_names(patcher.model) if names is None else names
-                prefixes = [p for p in names.get((weight_key, offset), ()) if any(k.startswith(p + ".") for k in keys)]
-                if prefixes:
-                    load.samples.append((prefixes, tensors))
+    patched = [(weight_key, patch, strength, offset, "patch")
+               for weight_key, patches in patcher.patches.items()
+               for strength, patch, _strength_model, offset, *_ in patches]
+    patched += [(key, adapter, strength, None, "bypass") for key, adapter, strength in bypass_adapters(patcher)]
+    for weight_key, patch, strength, offset, mode in patched:
+        keys = getattr(patch, "loaded_keys", None)
+        if not keys:
+            continue
+        load = loads.setdefault(id(keys), LoadedLora(float(strength), set(keys), mode=mode))
+        tensors = [w for w in getattr(patch, "weights", ()) if isinstance(w, torch.Tensor) and w.dim() > 0]
+        if tensors and len(load.samples) < SAMPLES:  # references to ComfyUI's tensors, no copies
+            names = _lora_names(patcher.model) if names is None else names
+            prefixes = [p for p in names.get((weight_key, offset), ()) if any(k.startswith(p + ".") for k in keys)]
+            if prefixes:
+                load.samples.append((prefixes, tensors))
     return list(loads.values())
 
 

@@ -29,6 +29,7 @@ from .run_files import load_resume
 from .step_hooks import StepHooks
 from .train_options import config_fields
 from .base_loras import base_loras
+from .bypass_adapters import trainable_bypass_adapters
 from .comfy_backend import ComfyBackend
 from .comfy_paths import lora_output_name, unused_lora_path
 from .family import model_family
@@ -269,7 +270,8 @@ class TrainLora(io.ComfyNode):
                                   reload=lambda: load_for_training(patcher, backend, config, largest_latent_shape(data)))
         on_step = StepHooks(_Progress(steps, cls.hidden.unique_id), finished, name, save_every, previewer)
 
-        with torch.inference_mode(False), torch.enable_grad(), comfy_training_mode():
+        with torch.inference_mode(False), torch.enable_grad(), comfy_training_mode(), \
+                trainable_bypass_adapters(patcher, clip.patcher if encoders else None):
             ensure_rope_autograd()
             patcher.pre_run()  # as the sampler does: the model knows its patcher, pre-run callbacks fire
             try:

@@ -82,3 +82,13 @@ def test_zero_strength_is_not_recorded_and_undecidable_ties_say_so(tmp_path):
     assert identify([_load(a, samples=False)], files) == [
         {"file": None, "strength": 1.0, "candidates": ["a.safetensors", "b.safetensors"]}]
     assert identify([_load(a)], {}) == [{"file": None, "strength": 1.0, "unmatched_keys": 6}]
+
+
+def test_a_bypass_load_is_found_and_says_it_is_bypass(tmp_path):
+    source, other = _lora(1), _lora(2)
+    files = _files(tmp_path, other=other, source=source)
+    bypass = _load(source, 0.6)
+    bypass.mode = "bypass"
+    assert identify([bypass, _load(other, 0.9)], files) == [
+        {"file": "source.safetensors", "strength": 0.6, "mode": "bypass"},
+        {"file": "other.safetensors", "strength": 0.9}]

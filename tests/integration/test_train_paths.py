@@ -243,6 +243,47 @@ def test_model_with_a_lora_underneath_trains_and_records_it(sd15, loras, images)
     assert (in_graph - base).abs().max() > 1e-5
 
 
+def test_model_with_a_bypass_lora_underneath_trains_and_records_it(sd15, loras, images):
+    """August's "Load LoRA (Bypass)" keeps the LoRA out of the weights, as a forward hook with its own tensors
+    (loaded under inference mode): training runs through it, the metadata names it, and the trained file on top
+    of the same bypass LoRA gives the in-graph MODEL's latent."""
+    import nodes
+
+    from lora_lab.lora_core.lora_file import save_lora_file
+
+    if "LoraLoaderBypass" not in nodes.NODE_CLASS_MAPPINGS:
+        try:
+            load_builtin_extras(("nodes_lora_debug.py",))
+        except Exception:  # noqa: BLE001 - January has no such file
+            pass
+    if "LoraLoaderBypass" not in nodes.NODE_CLASS_MAPPINGS:
+        pytest.skip("this ComfyUI has no Load LoRA (Bypass) node (added after January 2026)")
+    model, clip, vae = sd15
+    _, first, _ = _train(model, clip, vae, images, "bypass_base", steps=2, seed=31)
+    save_lora_file(loras / "bypass_base.safetensors", first.state_dict(), first.metadata)
+    base_model = call_node("LoraLoaderBypassModelOnly", model=model, lora_name="bypass_base.safetensors",
+                           strength_model=0.6)[0]
+    trained_model, lora, _ = _train(base_model, clip, vae, images, "on_bypass", steps=2, seed=32)
+    ups = [t for k, t in lora.state_dict().items() if k.endswith("lora_up.weight")]
+    assert ups and all(torch.isfinite(t).all() for t in ups) and any(t.abs().max() > 0 for t in ups)
+    assert json.loads(_metadata(lora)["lora_lab_base_loras"]) == [
+        {"file": "bypass_base.safetensors", "strength": 0.6, "mode": "bypass"}]
+    save_lora_file(loras / "on_bypass.safetensors", lora.state_dict(), lora.metadata)
+    reloaded = call_node("LoraLoaderModelOnly", model=base_model, lora_name="on_bypass.safetensors",
+                         strength_model=1.0)[0]
+    positive = call_node("CLIPTextEncode", text="a photo", clip=clip)[0]
+    latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
+
+    def sample(m):
+        return call_node("KSampler", model=m, seed=3, steps=2, cfg=1.0, sampler_name="euler", scheduler="normal",
+                         positive=positive, negative=positive, latent_image=latent, denoise=1.0)[0]["samples"]
+
+    in_graph, from_file, base, plain = sample(trained_model), sample(reloaded), sample(base_model), sample(model)
+    assert (in_graph - from_file).abs().max() <= 1e-3 * in_graph.abs().max()
+    assert (in_graph - base).abs().max() > 1e-5
+    assert (base - plain).abs().max() > 1e-5  # the bypass LoRA really acts under both
+
+
 def test_base_lora_records_name_identical_copies_and_unknown_content(sd15, loras, images):
     import shutil
 
