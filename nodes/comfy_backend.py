@@ -87,6 +87,17 @@ def concat_groups(conds: list[SampleCond], key=None) -> list[list[int]]:
     return groups
 
 
+def split_by_sigma(groups: list[list[int]], sigma: torch.Tensor) -> list[list[int]]:
+    """Each group split into runs of rows with one sigma (first-seen order kept)."""
+    split = []
+    for group in groups:
+        by_value: dict[float, list[int]] = {}
+        for i in group:
+            by_value.setdefault(float(sigma[i]), []).append(i)
+        split += by_value.values()
+    return split
+
+
 def masks_rows_with_second_caption(root: torch.nn.Module) -> bool:
     """city96/ComfyUI_ExtraModels' SanaMS masks every row's caption with the second row's length
     (``y_lens = [y_lens[1]] * bs``) and fails on a one-row call. Sampling with CFG always gives it two rows."""
@@ -179,6 +190,9 @@ class ComfyBackend:
         # from the patcher: a ModelComputeDtype node upstream sets it as an object patch
         self.compute_dtype = patcher.get_model_object("manual_cast_dtype") or self.model.get_dtype()
         self.pair_rows = masks_rows_with_second_caption(self.root)
+        # Mean-flow models (HunyuanVideo 1.5 step-distilled) embed a second time r, one per call: rows of a
+        # call must then share their sigma.
+        self.mean_flow = getattr(self.root, "time_r_in", None) is not None
         # what the sampler adds before calling the model: the patcher's wrappers and callbacks
         self.model_options = comfy.model_patcher.create_model_options_clone(patcher.model_options)
         self.model_options.setdefault("transformer_options", {})
@@ -211,7 +225,8 @@ class ComfyBackend:
         # crossed with every latent as the sampler's cond batching would; conds that cannot share a call
         # (T5 captions of different lengths) are split into calls the way the sampler splits them.
         out: list[torch.Tensor | None] = [None] * len(conds)
-        for group in concat_groups(conds, caption_length if self.pair_rows else None):
+        groups = concat_groups(conds, caption_length if self.pair_rows else None)
+        for group in split_by_sigma(groups, sigma) if self.mean_flow else groups:
             index = torch.tensor(group, device=x_t.device)
             denoised = self._apply(x_t.index_select(0, index), sigma.index_select(0, index), [conds[i] for i in group])
             for row, i in enumerate(group):
@@ -223,7 +238,10 @@ class ComfyBackend:
             return self._apply(x.repeat(2, *[1] * (x.dim() - 1)), sigma.repeat(2), conds * 2)[:1]
         c = comfy.samplers.cond_cat([cond.inputs() for cond in conds])
         options = dict(self.model_options["transformer_options"])
-        options.update(cond_or_uncond=[0] * len(conds), uuids=[], sigmas=sigma)
+        # The sampler also passes its schedule. Training has one sigma: [sigma, sigma] makes the "next" sigma the
+        # current one, so a mean-flow model averages over an empty interval (r = t), which is the instantaneous
+        # velocity the flow loss trains; hooks that read the schedule see this sigma as its start.
+        options.update(cond_or_uncond=[0] * len(conds), uuids=[], sigmas=sigma, sample_sigmas=sigma[:1].repeat(2))
         c["transformer_options"] = options
         wrapper = self.model_options.get("model_function_wrapper")
         if wrapper is not None:

@@ -213,6 +213,70 @@ def test_accumulation_over_mixed_latent_shapes(sd3):
         train(backend, samples, TrainConfig(steps=1, batch_size=2, rank=4, alpha=4.0))
 
 
+# --- a mean-flow model ----------------------------------------------------------------------------------------------
+def _hunyuan_video_15_mean_flow():
+    """ComfyUI's HunyuanVideo 1.5 (step-distilled: time_r_in), tiny, as a ModelPatcher on the CPU."""
+    import comfy.model_detection
+    import comfy.model_management
+    import comfy.model_patcher
+
+    from .comfy_models import fill_random_
+
+    config = dict(image_model="hunyuan_video", in_channels=65, out_channels=32, vec_in_dim=None, context_in_dim=32,
+                  hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12],
+                  theta=256, patch_size=[1, 1, 1], qkv_bias=True, guidance_embed=False, byt5=False, meanflow=True,
+                  use_cond_type_embedding=False, vision_in_dim=1152, meanflow_sum=True)
+    model_config = comfy.model_detection.model_config_from_unet_config(config)
+    assert type(model_config).__name__ == "HunyuanVideo15"
+    model = model_config.get_model({})
+    fill_random_(model.diffusion_model, 5)
+    device = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+def test_mean_flow_model_trains_its_instantaneous_velocity(comfy):
+    """HunyuanVideo 1.5's distilled model reads the sampler's schedule (sample_sigmas) to embed the next sigma r
+    beside t; training has no schedule (it was a KeyError). Each call now gets r = t, the mean flow over an empty
+    interval: the instantaneous velocity that the flow loss trains. Rows of one call share t, so r is theirs."""
+    from lora_lab.lora_core.trainer import TrainConfig, TrainSample, train
+    from lora_lab.nodes.comfy_backend import ComfyBackend, encode_sample_cond
+    from lora_lab.nodes.rope_autograd import ensure_rope_autograd
+    from lora_lab.nodes.training_mode import comfy_training_mode
+
+    patcher = _hunyuan_video_15_mean_flow()
+    backend = ComfyBackend(patcher)
+    assert backend.mean_flow and backend.prediction == "flow"
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode(False):
+        samples = []
+        for i in range(3):
+            latent = torch.randn(32, 1, 4, 4, generator=g)
+            cond = [[torch.randn(1, 8, 32, generator=g), {"pooled_output": torch.zeros(1, 768)}]]
+            samples.append(TrainSample(latent, encode_sample_cond(patcher, cond, latent, 0), f"clip {i}"))
+        x = torch.stack([s.latent for s in samples])
+        sigma = torch.tensor([0.3, 0.8, 0.3])
+        conds = [s.cond for s in samples]
+
+        def sampler_call(i, schedule):
+            import comfy.samplers
+
+            c = comfy.samplers.cond_cat([conds[i].inputs()])
+            c["transformer_options"] = {"sigmas": sigma[i:i + 1], "sample_sigmas": schedule,
+                                        "cond_or_uncond": [0], "uuids": []}
+            return patcher.model.apply_model(x[i:i + 1], sigma[i:i + 1], **c)
+
+        with torch.no_grad():
+            together = backend.denoise(x, sigma, conds)
+            r_is_t = torch.cat([sampler_call(i, sigma[i:i + 1].repeat(2)) for i in range(3)])
+            r_is_zero = torch.cat([sampler_call(i, torch.stack([sigma[i], torch.tensor(0.0)])) for i in range(3)])
+        torch.testing.assert_close(together, r_is_t, rtol=1e-4, atol=1e-5)
+        assert (r_is_t - r_is_zero).abs().max() > 1e-3 * r_is_t.abs().max()  # r really enters the model
+    with comfy_training_mode():  # as Train LoRA runs it: the fused RoPE kernel has no backward
+        ensure_rope_autograd()
+        result = train(backend, samples, TrainConfig(steps=2, batch_size=3, rank=4, alpha=4.0, learning_rate=1e-3))
+    assert result.steps_done == 2 and all(v == v for v in result.losses)
+
+
 # --- a model that already carries a LoRA -------------------------------------------------------------------------
 def test_model_with_a_lora_underneath_trains_and_records_it(sd15, loras, images):
     from lora_lab.lora_core.lora_file import save_lora_file
