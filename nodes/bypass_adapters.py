@@ -14,6 +14,8 @@ from typing import Iterator
 
 import torch
 
+from ..lora_core.trainer import usable_in_autograd
+
 
 def bypass_adapters(patcher) -> list[tuple[str, object, float]]:
     """(weight key, adapter, strength) of every bypass hook in the patcher's injections; [] on older ComfyUI."""
@@ -29,31 +31,20 @@ def bypass_adapters(patcher) -> list[tuple[str, object, float]]:
     return found
 
 
-def _ordinary(weights):
-    """The same weights with every inference tensor replaced by an ordinary copy (None: nothing to replace)."""
-    if isinstance(weights, torch.Tensor):
-        return weights.clone() if weights.is_inference() else None
-    if isinstance(weights, (list, tuple)) and any(isinstance(w, torch.Tensor) and w.is_inference() for w in weights):
-        copies = [w.clone() if isinstance(w, torch.Tensor) and w.is_inference() else w for w in weights]
-        return tuple(copies) if isinstance(weights, tuple) else copies
-    return None
-
-
 @contextlib.contextmanager
-def trainable_bypass_adapters(*patchers) -> Iterator[int]:
-    """Inside: every bypass adapter of these patchers holds ordinary tensors (yields how many were swapped).
-    Call outside inference mode. The originals are put back on exit unless ComfyUI replaced them meanwhile."""
+def trainable_bypass_adapters(*patchers) -> Iterator[None]:
+    """Inside: every bypass adapter of these patchers holds ordinary tensors. Call outside inference mode.
+    The originals are put back on exit unless ComfyUI replaced them meanwhile."""
     swapped = []
     for patcher in patchers:
         for _key, adapter, _strength in bypass_adapters(patcher) if patcher is not None else ():
-            if isinstance(adapter, torch.nn.Module):
+            if isinstance(adapter, torch.nn.Module) or getattr(adapter, "weights", None) is None:
                 continue  # a training adapter's parameters are ordinary already
-            copies = _ordinary(getattr(adapter, "weights", None))
-            if copies is not None:
-                swapped.append((adapter, adapter.weights, copies))
-                adapter.weights = copies
+            copies = usable_in_autograd(adapter.weights)
+            swapped.append((adapter, adapter.weights, copies))
+            adapter.weights = copies
     try:
-        yield len(swapped)
+        yield
     finally:
         for adapter, original, copies in swapped:
             if adapter.weights is copies:
