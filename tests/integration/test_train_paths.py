@@ -278,6 +278,15 @@ def test_mean_flow_model_trains_its_instantaneous_velocity(comfy):
 
 
 # --- a model that already carries a LoRA -------------------------------------------------------------------------
+def _sample(clip, *models) -> list[torch.Tensor]:
+    """Each model's latent from the stock KSampler: same caption, seed and empty 64x64 latent."""
+    positive = call_node("CLIPTextEncode", text="a photo", clip=clip)[0]
+    latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
+    return [call_node("KSampler", model=m, seed=3, steps=2, cfg=1.0, sampler_name="euler", scheduler="normal",
+                      positive=positive, negative=positive, latent_image=latent, denoise=1.0)[0]["samples"]
+            for m in models]
+
+
 def test_model_with_a_lora_underneath_trains_and_records_it(sd15, loras, images):
     from lora_lab.lora_core.lora_file import save_lora_file
 
@@ -295,14 +304,7 @@ def test_model_with_a_lora_underneath_trains_and_records_it(sd15, loras, images)
     assert json.loads(meta["lora_lab_base_loras"]) == [{"file": "underneath.safetensors", "strength": 0.7}]
     save_lora_file(loras / "on_top.safetensors", lora.state_dict(), lora.metadata)
     reloaded = call_node("LoraLoaderModelOnly", model=base_model, lora_name="on_top.safetensors", strength_model=1.0)[0]
-    positive = call_node("CLIPTextEncode", text="a photo", clip=clip)[0]
-    latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
-
-    def sample(m):
-        return call_node("KSampler", model=m, seed=3, steps=2, cfg=1.0, sampler_name="euler", scheduler="normal",
-                         positive=positive, negative=positive, latent_image=latent, denoise=1.0)[0]["samples"]
-
-    in_graph, from_file, base = sample(trained_model), sample(reloaded), sample(base_model)
+    in_graph, from_file, base = _sample(clip, trained_model, reloaded, base_model)
     assert (in_graph - from_file).abs().max() <= 1e-3 * in_graph.abs().max()
     assert (in_graph - base).abs().max() > 1e-5
 
@@ -335,14 +337,7 @@ def test_model_with_a_bypass_lora_underneath_trains_and_records_it(sd15, loras, 
     save_lora_file(loras / "on_bypass.safetensors", lora.state_dict(), lora.metadata)
     reloaded = call_node("LoraLoaderModelOnly", model=base_model, lora_name="on_bypass.safetensors",
                          strength_model=1.0)[0]
-    positive = call_node("CLIPTextEncode", text="a photo", clip=clip)[0]
-    latent = call_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
-
-    def sample(m):
-        return call_node("KSampler", model=m, seed=3, steps=2, cfg=1.0, sampler_name="euler", scheduler="normal",
-                         positive=positive, negative=positive, latent_image=latent, denoise=1.0)[0]["samples"]
-
-    in_graph, from_file, base, plain = sample(trained_model), sample(reloaded), sample(base_model), sample(model)
+    in_graph, from_file, base, plain = _sample(clip, trained_model, reloaded, base_model, model)
     assert (in_graph - from_file).abs().max() <= 1e-3 * in_graph.abs().max()
     assert (in_graph - base).abs().max() > 1e-5
     assert (base - plain).abs().max() > 1e-5  # the bypass LoRA really acts under both
