@@ -10,6 +10,7 @@ between steps (cancel, NaN, out of memory) can continue exactly from its TrainSt
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import traceback
 from dataclasses import dataclass, field
@@ -122,6 +123,8 @@ class TrainResult:
     interrupted: bool = False
     state: TrainState | None = None  # to continue the run exactly (taken after the last completed step)
     compute_dtype: str = "fp32"  # the dtype the model's layers actually computed in
+    checkpointing: str = "off"  # what gradient checkpointing did: off, on (N units), or nothing to wrap
+    warnings: list[str] = field(default_factory=list)
 
 
 def _validate(backend: Backend, samples: list[TrainSample], config: TrainConfig, order_given: bool) -> None:
@@ -272,6 +275,8 @@ class _Run:
         self.order = order or EpochShuffle(len(samples), int(self.gen.initial_seed()) + 1)
         self.losses: list[float] = []
         self.updating = False
+        self.checkpointing = "off"
+        self.warnings: list[str] = []
         torch.manual_seed(config.seed)  # adapter dropout uses the global RNG (forked by the caller)
         if resume is not None:
             self._restore(resume)
@@ -340,7 +345,8 @@ class _Run:
         with self.final_weights():
             lora = LoraWeights({n: a.weights() for n, a in self.adapters.items()})
         return TrainResult(lora=lora, losses=list(self.losses), steps_done=len(self.losses), interrupted=interrupted,
-                           state=state, compute_dtype=dtype_name(self.compute_dtype))
+                           state=state, compute_dtype=dtype_name(self.compute_dtype), checkpointing=self.checkpointing,
+                           warnings=list(self.warnings))
 
     # --- one optimizer step ---------------------------------------------------------------------------
     def _draw(self) -> list[tuple[list[int], list[torch.Tensor], torch.Tensor, list[Any]]]:
@@ -476,8 +482,11 @@ def _loop(run: _Run, on_step, should_stop, interrupt_on, validate) -> TrainResul
                                             getattr(backend, "stored_weights", plain_stored)))
         stack.enter_context(attached(trees, run.adapters))
         modules = dict(backend.root.named_modules())
-        stack.enter_context(gradient_checkpointing(backend.root, config.gradient_checkpointing, config.guard_inplace,
-                                                   adapted=[modules[n] for n in run.adapters if ":" not in n]))
+        units = stack.enter_context(gradient_checkpointing(backend.root, config.gradient_checkpointing,
+                                                           config.guard_inplace,
+                                                           adapted=[modules[n] for n in run.adapters if ":" not in n]))
+        if config.gradient_checkpointing:
+            _note_checkpointing(run, units, type(backend.root).__name__)
         for component, tree in trees.items():  # text encoders: no checkpointing, but ComfyUI's CLIP adds in place
             if component:
                 stack.enter_context(gradient_checkpointing(tree, False, config.guard_inplace))
@@ -514,6 +523,16 @@ def _loop(run: _Run, on_step, should_stop, interrupt_on, validate) -> TrainResul
                         _raise_clearly(error, run, "after")
                     raise _crashed(error, run, "after") from error
     return run.result()
+
+
+def _note_checkpointing(run: _Run, units: int, model: str) -> None:
+    """Record what checkpointing did; wrapping nothing (an architecture it does not know) is said, not hidden."""
+    run.checkpointing = f"on ({units} units)" if units else "requested, but no block was found to wrap"
+    if not units:
+        warning = (f"gradient checkpointing wrapped nothing: no block list was found in {model}, so this run keeps "
+                   "every activation (as with checkpointing off)")
+        run.warnings.append(warning)
+        logging.getLogger("lora_lab").warning("LoRA Lab: %s", warning)
 
 
 def _when(run: _Run, when: str) -> str:

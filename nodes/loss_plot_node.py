@@ -28,7 +28,8 @@ class PlotTrainingLoss(io.ComfyNode):
 
     @classmethod
     def execute(cls, loss, width, height) -> io.NodeOutput:
-        picture = plot_losses(loss["loss"], width=width, height=height, title=f"loss: {loss.get('name', '')}",
+        title = "; ".join([f"loss: {loss.get('name', '')}", *loss.get("warnings", ())])  # e.g. checkpointing did nothing
+        picture = plot_losses(loss["loss"], width=width, height=height, title=title,
                               validation=[tuple(point) for point in loss.get("validation", ())])
         image = torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0)[None]
         return io.NodeOutput(image, ui=ui.PreviewImage(image, cls=cls))

@@ -306,7 +306,7 @@ class TrainLora(io.ComfyNode):
         te = lora.has_text_encoder
         trained_model, trained_clip, _ = apply_lora(patcher, clip if te else None, lora.state_dict(), 1.0,
                                                     1.0 if te else 0.0, f"trained '{name}'")
-        outputs = (trained_model, lora, {"loss": result.losses, "name": name,
+        outputs = (trained_model, lora, {"loss": result.losses, "name": name, "warnings": result.warnings,
                                          "validation": validate.history if validate else []},
                    trained_clip if te else clip)
         if previewer is not None and previewer.latest:

@@ -337,3 +337,34 @@ def test_memory_plan_counts_the_adapters_the_run_will_have(unet, algorithm):
     real = sum(p.numel() for a in make_adapters(backend, cfg, torch.Generator().manual_seed(0)).values()
                for p in a.parameters())
     assert counted == real
+
+
+class _FlatDenoiser(torch.nn.Module):
+    """A denoiser without a block list: an architecture gradient checkpointing finds nothing to wrap in."""
+
+    def __init__(self):
+        super().__init__()
+        self.to_q = torch.nn.Linear(4, 4)
+
+    def forward(self, x, t, encoder_hidden_states=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=self.to_q(x.movedim(1, -1)).movedim(-1, 1))
+
+
+def test_checkpointing_says_what_it_did(unet, caplog):
+    from lora_lab.lora_core.checkpointing import checkpoint_units
+    from lora_lab.lora_core.lora_file import training_metadata
+
+    flat = train(DDPMUNetBackend(_FlatDenoiser().requires_grad_(False)), make_samples(2),
+                 config(steps=1, targets=["to_q"], gradient_checkpointing=True))
+    assert flat.checkpointing == "requested, but no block was found to wrap"
+    assert len(flat.warnings) == 1 and "checkpointing wrapped nothing" in flat.warnings[0]
+    assert "checkpointing wrapped nothing" in caplog.text and "_FlatDenoiser" in caplog.text
+    meta = training_metadata(family="x", rank=4, alpha=4, learning_rate=1e-3, max_steps=1, steps_done=1,
+                             num_images=2, gradient_checkpointing=flat.checkpointing)
+    assert meta["ss_gradient_checkpointing"] == "False" and meta["lora_lab_gradient_checkpointing"] == flat.checkpointing
+
+    on = train(DDPMUNetBackend(unet), make_samples(2), config(steps=1, gradient_checkpointing=True))
+    assert on.checkpointing == f"on ({len(checkpoint_units(unet))} units)" and on.warnings == []
+    assert train(DDPMUNetBackend(unet), make_samples(2), config(steps=1)).checkpointing == "off"
