@@ -20,6 +20,13 @@ from .train_options import OPTION_NODES
 from .video_dataset_node import LoadTrainingVideos
 
 
+class EmptyExtension(ComfyExtension):
+    """What a second copy of the pack gives ComfyUI: nothing to register (the first copy's nodes are in use)."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return []
+
+
 class LoraLabExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         # GET /lora_lab/progress (a page reloaded mid-run restores its chart). Here, not in on_load: the January

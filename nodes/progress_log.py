@@ -46,18 +46,18 @@ class RunLog:
 RUN_LOG = RunLog()
 
 
-_REGISTERED: set[int] = set()
+ROUTE = "/lora_lab/progress"
 
 
 def register_routes(routes, log: RunLog = RUN_LOG) -> None:
-    """Add GET /lora_lab/progress to ComfyUI's aiohttp route table (before the server starts); once per table."""
+    """Add GET /lora_lab/progress to ComfyUI's aiohttp route table (before the server starts), unless the table
+    has it already: adding a route twice stops the server at start-up, whoever added the first."""
     from aiohttp import web
 
-    if id(routes) in _REGISTERED:
+    if any(getattr(route, "path", None) == ROUTE for route in routes):
         return
-    _REGISTERED.add(id(routes))
 
-    @routes.get("/lora_lab/progress")
+    @routes.get(ROUTE)
     async def lora_lab_progress(request):
         query = request.rel_url.query
         return web.json_response({"runs": log.runs(query.get("prompt_id"), query.get("node_id"))})
