@@ -68,8 +68,12 @@ def find_files(root: Path, accept: Callable[[Path], bool], caption_extension: st
 
 
 def normal_extension(extension: str) -> str:
+    """".txt" from "txt" or ".txt"; a file-name ending only: captions are read beside their image, never elsewhere."""
     extension = extension.strip() or ".txt"
-    return extension if extension.startswith(".") else "." + extension
+    extension = extension if extension.startswith(".") else "." + extension
+    if "/" in extension or "\\" in extension or ".." in extension or ":" in extension:
+        raise DatasetError(f"caption_extension {extension!r} is not a file-name ending such as '.txt' or '.caption'")
+    return extension
 
 
 def _repeat_folders(root: Path, accept: Callable[[Path], bool], warnings: list[str], what: str) -> list[tuple[Path, int]]:

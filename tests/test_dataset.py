@@ -121,6 +121,18 @@ def test_uppercase_extension_and_custom_caption_extension(tmp_path):
     assert load_image_folder(tmp_path, 8).images[0].caption == "from .txt"
 
 
+@pytest.mark.parametrize("extension", ["/../../secret.txt", "..\\secret.txt", ".txt/../../x", "C:x.txt"])
+def test_a_caption_extension_never_reaches_outside_the_dataset(tmp_path, extension):
+    from lora_lab.lora_core.errors import DatasetError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    solid(data / "a.png")
+    (tmp_path / "secret.txt").write_text("not a caption")
+    with pytest.raises(DatasetError, match="caption_extension .* is not a file-name ending"):
+        load_image_folder(data, 8, caption_extension=extension)
+
+
 # ---- captions and trigger words -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, trigger, expected", [
