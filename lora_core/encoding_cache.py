@@ -1,12 +1,15 @@
 """Content-addressed cache of encodings (latents, caption conditionings): in memory and in a folder.
 
-    <folder>/CACHEDIR.TAG                        marks the folder as a cache (backup tools skip it)
+    <folder>/CACHEDIR.TAG                        marks the folder as LoRA Lab's cache (backup tools skip it too)
     <folder>/<kind>/<key[:2]>/<key>.safetensors  one encoding: tensors + JSON structure in the header
 
 The key (cache_keys.make_key) names every input of the encoding, so entries are never invalidated, only
 missed. Files are written atomically; a file that cannot be read, or whose header names another key, is
 reported and re-encoded, never trusted. The memory layer is shared by the whole process (ComfyUI runs
 many prompts in one), bounded in bytes, least recently used first out.
+
+Clearing deletes only what the cache can prove it wrote: the folder must carry the cache's tag (written when
+the cache makes the folder, or takes an empty one), and each file's header must name the format and its key.
 """
 
 from __future__ import annotations
@@ -180,11 +183,15 @@ def _load(path: Path, key: str) -> Any:
 
 
 def ensure_writable(folder: Path) -> None:
-    """Create the cache folder (and its CACHEDIR.TAG) or raise a DatasetError naming it and why."""
+    """Create the cache folder with its tag (or take an empty one, or one the cache made) or raise a DatasetError
+    naming it and why: a folder holding other files is never taken, so clearing can only ever touch the cache."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tag = folder / CACHEDIR_TAG
-        if not tag.exists():
+        if not is_cache_folder(folder):
+            if any(folder.iterdir()):
+                raise DatasetError(f"The cache folder {folder} already holds files that are not a LoRA Lab cache: "
+                                   "choose a new or empty folder for cache_folder")
             tag.write_text(_TAG_TEXT)
         probe = folder / f".write_test_{os.getpid()}_{threading.get_ident()}"
         probe.write_bytes(b"")
@@ -193,6 +200,14 @@ def ensure_writable(folder: Path) -> None:
         raise DatasetError(
             f"The cache folder {folder} is not writable ({_reason(error)}): choose another cache_folder, "
             "or leave it empty to cache in memory only") from error
+
+
+def is_cache_folder(folder: Path) -> bool:
+    """The folder carries the tag this cache writes (its text names LoRA Lab, not only the CACHEDIR standard)."""
+    try:
+        return (folder / CACHEDIR_TAG).read_text() == _TAG_TEXT
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _reason(error: BaseException) -> str:
@@ -212,7 +227,7 @@ class CacheUsage:
 
 
 def _entries(folder: Path) -> list[tuple[str, Path]]:
-    """(kind, path) of every file this cache wrote under `folder`: entries and leftover temp files only."""
+    """(kind, path) of every file where this cache puts entries and temp files (clear_cache still checks each)."""
     found = []
     for kind_dir in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
         for shard in sorted(p for p in kind_dir.iterdir() if p.is_dir() and len(p.name) == 2):
@@ -236,18 +251,58 @@ def cache_usage(folder: str | Path) -> CacheUsage:
     return usage
 
 
-def clear_cache(folder: str | Path, memory: MemoryStore | None = SHARED_MEMORY) -> CacheUsage:
-    """Delete every cache file under `folder` (nothing else there) and the memory layer; returns what was freed."""
-    usage = cache_usage(folder)
-    for _, path in _entries(usage.folder):
+@dataclass
+class Cleared:
+    freed: CacheUsage
+    left: list[Path] = field(default_factory=list)  # files where entries go that the cache cannot prove it wrote
+
+    def __str__(self) -> str:
+        text = str(self.freed)
+        if self.left:
+            shown = ", ".join(str(p) for p in self.left[:5]) + (", ..." if len(self.left) > 5 else "")
+            text += f"; left {_files(len(self.left))} the cache did not write: {shown}"
+        return text
+
+
+def clear_cache(folder: str | Path, memory: MemoryStore | None = SHARED_MEMORY) -> Cleared:
+    """Delete the cache's own files under `folder` (tagged folder, own header in each) and the memory layer;
+    returns what was freed and what was left. A folder without the cache's tag is refused: nothing is deleted."""
+    folder = Path(folder).expanduser()
+    if not is_cache_folder(folder):
+        raise DatasetError(f"{folder} is not a LoRA Lab encoding cache (it has no {CACHEDIR_TAG} written by the "
+                           "cache): nothing was deleted")
+    cleared = Cleared(CacheUsage(folder))
+    for kind, path in _entries(folder):
+        if not _wrote(path):
+            cleared.left.append(path)
+            continue
+        size = path.stat().st_size
+        n, b = cleared.freed.by_kind.get(kind, (0, 0))
+        cleared.freed.by_kind[kind] = (n + 1, b + size)
+        cleared.freed.files += 1
+        cleared.freed.bytes += size
         path.unlink(missing_ok=True)
-    for kind_dir in [p for p in usage.folder.iterdir() if p.is_dir()] if usage.folder.is_dir() else []:
+    for kind_dir in [p for p in folder.iterdir() if p.is_dir()]:
         for shard in [p for p in kind_dir.iterdir() if p.is_dir()]:
             _rmdir_if_empty(shard)
         _rmdir_if_empty(kind_dir)
     if memory is not None:
         memory.clear()
-    return usage
+    return cleared
+
+
+def _wrote(path: Path) -> bool:
+    """The file's header names this cache's format and the key its name carries (a leftover temp file never
+    does: its key is the entry's, read from the name between the leading dot and '.safetensors')."""
+    from safetensors import safe_open
+
+    key = path.name[1:].split(".safetensors", 1)[0] if path.name.startswith(".") else path.stem
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - unreadable: not provably ours
+        return False
+    return meta.get("format") == FORMAT and meta.get("key") == key
 
 
 def _rmdir_if_empty(path: Path) -> None:

@@ -164,10 +164,61 @@ def test_usage_and_clear_touch_only_cache_files(tmp_path):
 
     memory = MemoryStore()
     memory.put("latents/x", torch.ones(1))
-    freed = clear_cache(tmp_path, memory=memory)
-    assert freed.files == 4 and cache_usage(tmp_path).files == 0
+    cleared = clear_cache(tmp_path, memory=memory)
+    assert cleared.freed.files == 4 and cleared.left == [] and cache_usage(tmp_path).files == 0
     assert mine.exists() and stray.exists() and memory.get("latents/x") is None
     assert not (tmp_path / "text").exists()
+
+
+def _listing(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def test_clear_deletes_only_files_whose_header_proves_them_the_caches(tmp_path):
+    from safetensors.torch import save_file
+
+    cache = EncodingCache(tmp_path, memory=MemoryStore())
+    key = "cd" * 20
+    cache.get_or_encode("latents", key, lambda: torch.ones(4))
+    foreign = tmp_path / "latents" / "cd" / "cd_not_ours.safetensors"  # where entries go, named like one
+    save_file({"x": torch.zeros(2)}, str(foreign), metadata={"format": "someone.else/1", "key": "cd_not_ours"})
+    forged = tmp_path / "latents" / "cd" / ("cd" + "0" * 38 + ".safetensors")  # our format, another key
+    save_file({"x": torch.zeros(2)}, str(forged), metadata={"format": "lora_lab.encoding/1", "key": key})
+    crashed_temp = tmp_path / "latents" / "cd" / f".{key}.safetensors.abc123.tmp"
+    crashed_temp.write_bytes(b"\x10\x00")  # a write that died in its header: not provably ours
+    kept = {p: p.read_bytes() for p in (foreign, forged, crashed_temp)}
+
+    cleared = clear_cache(tmp_path, memory=MemoryStore())
+    assert cleared.freed.files == 1 and not cache.path("latents", key).exists()
+    assert sorted(cleared.left) == sorted(kept) and all(p.read_bytes() == b for p, b in kept.items())
+    assert "left 3 files the cache did not write" in str(cleared) and str(foreign) in str(cleared)
+
+
+def test_clear_refuses_a_folder_the_cache_did_not_make(tmp_path):
+    from lora_lab.lora_core.errors import DatasetError
+
+    shard = tmp_path / "latents" / "cd"
+    shard.mkdir(parents=True)
+    (shard / "cd_photo.safetensors").write_bytes(b"not a cache file")
+    (tmp_path / "CACHEDIR.TAG").write_text("Signature: 8a477f597d28d172789f06886806bc55\n# another tool\n")
+    before = _listing(tmp_path)
+    with pytest.raises(DatasetError, match="not a LoRA Lab encoding cache.*nothing was deleted"):
+        clear_cache(tmp_path, memory=MemoryStore())
+    assert _listing(tmp_path) == before
+
+
+def test_the_cache_never_takes_a_folder_holding_other_files(tmp_path):
+    from lora_lab.lora_core.errors import DatasetError
+
+    (tmp_path / "holiday.jpg").write_bytes(b"jpg")
+    with pytest.raises(DatasetError, match="already holds files that are not a LoRA Lab cache"):
+        EncodingCache(tmp_path, memory=MemoryStore())
+    assert not (tmp_path / "CACHEDIR.TAG").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    EncodingCache(empty, memory=MemoryStore())  # an empty folder is taken and tagged
+    EncodingCache(empty, memory=MemoryStore())  # and taken again once it holds the cache
+    assert (empty / "CACHEDIR.TAG").is_file()
 
 
 def test_keys_change_with_every_input(tmp_path):
