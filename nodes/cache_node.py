@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..lora_core.errors import DatasetError
 from ..lora_core.encoding_cache import cache_usage, clear_cache
-from .dataset_inputs import DEFAULT_CACHE, resolve_cache_folder
+from .comfy_paths import resolve_cache_folder
+from .dataset_inputs import DEFAULT_CACHE, validate_paths
 
 
 class EncodingCacheNode(io.ComfyNode):
@@ -15,12 +17,13 @@ class EncodingCacheNode(io.ComfyNode):
             node_id="LoraLabCache",
             display_name="Encoding Cache",
             category="LoRA Lab/dataset",
-            description="Reports the size of a latent / caption-encoding cache folder, or clears it (only the cache's "
-                        "own files are deleted). The same as `lora-lab cache FOLDER [--clear]`.",
+            description="Reports the size of a latent / caption-encoding cache folder, or clears it: only files the "
+                        "cache can prove it wrote are deleted (its tag on the folder, its header in each file); anything "
+                        "else is left and named. The same as `lora-lab cache FOLDER [--clear]`.",
             is_output_node=True,
             inputs=[
                 io.String.Input("cache_folder", default=DEFAULT_CACHE,
-                                tooltip="As on the dataset node: a name under ComfyUI's user folder, or an absolute path."),
+                                tooltip="As on the dataset node: a folder name under ComfyUI's user directory."),
                 io.Combo.Input("action", options=["report", "clear"], default="report"),
             ],
             outputs=[io.String.Output(display_name="report")],
@@ -31,6 +34,10 @@ class EncodingCacheNode(io.ComfyNode):
         return float("nan")  # the folder changes behind ComfyUI's back: always run
 
     @classmethod
+    def validate_inputs(cls, cache_folder=None):
+        return validate_paths(cache_folder=cache_folder)
+
+    @classmethod
     def execute(cls, cache_folder, action) -> io.NodeOutput:
         folder = resolve_cache_folder(cache_folder)
         if folder is None:
@@ -38,5 +45,8 @@ class EncodingCacheNode(io.ComfyNode):
         if not folder.is_dir():
             return io.NodeOutput(f"{folder}: no cache there yet.")
         if action == "clear":
-            return io.NodeOutput(f"Cleared {clear_cache(folder)}")
+            try:
+                return io.NodeOutput(f"Cleared {clear_cache(folder)}")
+            except DatasetError as error:
+                raise DatasetError(f"cache_folder {cache_folder!r}: {error}") from None
         return io.NodeOutput(str(cache_usage(folder)))

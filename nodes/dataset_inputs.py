@@ -7,15 +7,37 @@ import logging
 import os
 from pathlib import Path
 
-import folder_paths
 from comfy_api.latest import io
 
 from ..lora_core.buckets import BucketConfig
+from ..lora_core.errors import LoraLabError
+from .comfy_paths import dataset_folder_options, resolve_cache_folder, resolve_dataset_folder
 from .dataset_options import BUCKET_DEFAULTS, CAPTION_DEFAULTS, caption_transforms
 from .types import AUGMENTATION, BUCKET_OPTIONS, CAPTION_OPTIONS, DATASET
 
 DEFAULT_CACHE = "lora_lab_cache"
 log = logging.getLogger("lora_lab")
+
+
+def folder_input(what: str) -> io.Combo.Input:
+    """The dataset folder: a dropdown of input/ (and datasets) subfolders; a typed name is checked by
+    validate_paths instead of ComfyUI's list check, so a folder made after the page loaded still works."""
+    return io.Combo.Input("folder", options=dataset_folder_options(),
+                          tooltip=f"A folder of {what} under ComfyUI's input directory (or its datasets folders, "
+                                  "marked [datasets]). Paths outside those folders are refused.")
+
+
+def validate_paths(folder: str | None = None, cache_folder: str | None = None) -> bool | str:
+    """ComfyUI's validate_inputs: every path the prompt names stays inside ComfyUI's folders (values arriving
+    through links are checked when the node runs)."""
+    try:
+        if isinstance(folder, str):
+            resolve_dataset_folder(folder)
+        if isinstance(cache_folder, str):
+            resolve_cache_folder(cache_folder)
+    except LoraLabError as error:
+        return str(error)
+    return True
 
 
 def caption_inputs() -> list:
@@ -35,8 +57,8 @@ def common_inputs() -> list:
                        tooltip="Held out for validation loss, never trained on: a fraction of the files (below 1) or "
                                "a number of files (1 or more). 0 = none."),
         io.String.Input("cache_folder", default=DEFAULT_CACHE,
-                        tooltip="Where latents and caption encodings are cached (a name under ComfyUI's user folder, "
-                                "or an absolute path). Empty: memory only. Clear it with 'Encoding Cache'."),
+                        tooltip="Where latents and caption encodings are cached: a folder name under ComfyUI's user "
+                                "directory. Empty: memory only. Clear it with 'Encoding Cache'."),
         BUCKET_OPTIONS.Input("bucket_options", optional=True, tooltip="From 'Bucket Options' (defaults otherwise)."),
         CAPTION_OPTIONS.Input("caption_options", optional=True, tooltip="From 'Caption Options'."),
         AUGMENTATION.Input("augmentation", optional=True, tooltip="From 'Augmentation' (none otherwise)."),
@@ -51,14 +73,6 @@ def dataset_outputs() -> list:
                          tooltip="One caption per file (training, then validation): connect it to any text encoder "
                                  "(CLIPTextEncode, SanaTextEncode, ...) and its output to Train LoRA's conditioning."),
     ]
-
-
-def resolve_cache_folder(text: str) -> Path | None:
-    text = text.strip()
-    if not text:
-        return None
-    path = Path(text).expanduser()
-    return path if path.is_absolute() else Path(folder_paths.get_user_directory()) / path
 
 
 def bucket_config(aspect_buckets: bool, resolution: int, options: dict | None) -> BucketConfig | None:
@@ -93,14 +107,18 @@ def dataset_output(dataset, what: str) -> io.NodeOutput:
     return io.NodeOutput(dataset, dataset.summary(), dataset.captions())
 
 
-def folder_fingerprint(folder: Path) -> str:
+def folder_fingerprint(folder: str) -> str:
     """Changes when any file under the folder (two levels, plus frame folders) is added, removed or modified,
     so ComfyUI runs the dataset node again instead of reusing its cached output."""
+    try:
+        root = resolve_dataset_folder(folder)
+    except LoraLabError as error:  # refused: the node's run says why
+        return f"refused:{error}"
     h = hashlib.blake2b(digest_size=16)
     try:
-        for dirpath, dirnames, filenames in os.walk(folder):
+        for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
-            if Path(dirpath).relative_to(folder).parts.__len__() > 2:
+            if len(Path(dirpath).relative_to(root).parts) > 2:
                 continue
             for name in sorted(filenames):
                 stat = os.stat(os.path.join(dirpath, name))

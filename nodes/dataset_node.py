@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..lora_core.dataset import load_image_folder
 from .comfy_paths import resolve_dataset_folder
 from .dataset_inputs import (caption_inputs, common_inputs, dataset_output, dataset_outputs, folder_fingerprint,
-                             loader_options)
+                             folder_input, loader_options, validate_paths)
 
 
 class LoadTrainingImages(io.ComfyNode):
@@ -21,8 +21,7 @@ class LoadTrainingImages(io.ComfyNode):
                         "their images N times. Images are placed in aspect-ratio buckets; pixels are decoded only when "
                         "Train LoRA encodes them, and encodings are cached.",
             inputs=[
-                io.String.Input("folder", default="training",
-                                tooltip="A folder under ComfyUI's input directory, or an absolute path."),
+                folder_input("images"),
                 io.Int.Input("resolution", default=512, min=64, max=4096, step=8,
                              tooltip="Base training resolution: buckets hold about resolution² pixels. With aspect "
                                      "buckets off, images are resized (shorter side) and center-cropped to it."),
@@ -37,7 +36,11 @@ class LoadTrainingImages(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, folder, **kwargs):
-        return folder_fingerprint(resolve_dataset_folder(folder))
+        return folder_fingerprint(folder)
+
+    @classmethod
+    def validate_inputs(cls, folder=None, cache_folder=None):  # no **kwargs: ComfyUI keeps checking the rest
+        return validate_paths(folder, cache_folder)
 
     @classmethod
     def execute(cls, folder, resolution, trigger_word, default_caption, aspect_buckets=True, caption_template="",

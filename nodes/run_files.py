@@ -6,13 +6,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import folder_paths
-
 from ..lora_core.errors import TrainingError
 from ..lora_core.lora_file import save_lora_file
 from ..lora_core.train_state import (TrainState, existing_state_path, is_state_file, load_train_state,
                                      save_train_state, state_path)
-from .comfy_paths import unused_lora_path
+from .comfy_paths import loras_directories, resolve_in_loras, unused_lora_path
 
 log = logging.getLogger("lora_lab")
 
@@ -26,15 +24,22 @@ def save_step(lora, state: TrainState | None, name: str, step: int) -> Path:
     return path
 
 
+def resumable_states() -> list[str]:
+    """Training states under the loras folders, as names relative to their folder (resume_from's dropdown)."""
+    names = set()
+    for root in loras_directories():
+        for path in root.rglob("*") if root.is_dir() else []:
+            if is_state_file(path) and path.is_file():
+                names.add(path.relative_to(root).as_posix())
+    return sorted(names)
+
+
 def resolve_resume(resume_from: str) -> Path | None:
-    """The training-state file named by resume_from: absolute or under models/loras; a LoRA or its state."""
+    """The training-state file named by resume_from, under models/loras: a LoRA or its state."""
     text = resume_from.strip()
     if not text:
         return None
-    path = Path(text).expanduser()
-    if not path.is_absolute():
-        candidates = [Path(d) / text for d in folder_paths.get_folder_paths("loras")]
-        path = next((c for c in candidates if c.exists()), candidates[0])
+    path = resolve_in_loras(text, "resume_from")
     if not is_state_file(path):
         if not path.exists() and not path.name.endswith(".safetensors"):
             path = path.with_name(path.name + ".safetensors")

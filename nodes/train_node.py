@@ -14,7 +14,8 @@ from comfy_api.latest import io, ui
 
 from ..lora_core.adapters import ALGORITHMS
 from ..lora_core.dataset_metadata import dataset_fingerprint
-from ..lora_core.errors import NonFiniteLossError, TrainingCrashed, TrainingError, TrainingOutOfMemory
+from ..lora_core.errors import (LoraLabError, NonFiniteLossError, TrainingCrashed, TrainingError,
+                                TrainingOutOfMemory)
 from ..lora_core.lora_file import save_lora_file
 from ..lora_core.lr_schedule import LR_SCHEDULES
 from ..lora_core.memory_estimate import training_memory
@@ -25,7 +26,7 @@ from ..lora_core.trainer import StepReport, TrainConfig, adapter_parameter_count
 from ..lora_core.validation import ValidationLoss
 from . import text_encoders
 from .previews import Previewer
-from .run_files import load_resume
+from .run_files import load_resume, resolve_resume, resumable_states
 from .step_hooks import StepHooks
 from .train_options import config_fields
 from .base_loras import base_loras
@@ -194,10 +195,10 @@ class TrainLora(io.ComfyNode):
                 io.Int.Input("save_every", default=0, min=0, max=1_000_000, optional=True,
                              tooltip="0 = off. Every N steps write models/loras/<output_name>_stepNNNNN.safetensors "
                                      "and its training state beside it (resume_from continues from it)."),
-                io.String.Input("resume_from", default="", optional=True,
-                                tooltip="Continue a run exactly: a LoRA written by save_every / cancel / NaN / OOM "
-                                        "(name under models/loras, or an absolute path) or its .state. "
-                                        "Dataset and settings must match (steps may grow)."),
+                io.Combo.Input("resume_from", options=["", *resumable_states()], default="", optional=True,
+                               tooltip="Continue a run exactly: a training state under models/loras (written with a "
+                                       "LoRA by save_every / cancel / NaN / OOM), or that LoRA's name. "
+                                       "Dataset and settings must match (steps may grow)."),
                 OPTIMIZER_OPTIONS.Input("optimizer_options", optional=True, tooltip="From 'LoRA Lab Optimizer'."),
                 LOSS_OPTIONS.Input("loss_options", optional=True, tooltip="From 'LoRA Lab Loss & Noise'."),
                 ALGORITHM_OPTIONS.Input("algorithm_options", optional=True, tooltip="From 'LoRA Lab Algorithm'."),
@@ -215,6 +216,17 @@ class TrainLora(io.ComfyNode):
             hidden=[io.Hidden.unique_id],
             is_input_list=True,  # the conditioning list arrives whole; every other input is a list of one
         )
+
+    @classmethod
+    def validate_inputs(cls, resume_from=None):
+        """resume_from stays under models/loras (a typed name that is not in the dropdown is checked here)."""
+        for text in resume_from if isinstance(resume_from, list) else [resume_from]:
+            if isinstance(text, str):
+                try:
+                    resolve_resume(text)
+                except LoraLabError as error:
+                    return str(error)
+        return True
 
     @classmethod
     def execute(cls, **inputs) -> io.NodeOutput:

@@ -8,7 +8,7 @@ from ..lora_core.frame_sampling import SAMPLING_MODES
 from ..lora_core.video_dataset import SHORT_VIDEO_POLICIES, load_video_folder
 from .comfy_paths import resolve_dataset_folder
 from .dataset_inputs import (caption_inputs, common_inputs, dataset_output, dataset_outputs, folder_fingerprint,
-                             loader_options)
+                             folder_input, loader_options, validate_paths)
 
 
 class LoadTrainingVideos(io.ComfyNode):
@@ -22,8 +22,7 @@ class LoadTrainingVideos(io.ComfyNode):
                         "same-name caption files. Clips have 4N+1 frames (Wan's VAE rule) and are bucketed by size and "
                         "frame count; frames are decoded only when Train LoRA encodes them.",
             inputs=[
-                io.String.Input("folder", default="training_videos",
-                                tooltip="A folder under ComfyUI's input directory, or an absolute path."),
+                folder_input("videos"),
                 io.Int.Input("resolution", default=480, min=64, max=4096, step=8,
                              tooltip="Base resolution: buckets hold about resolution² pixels per frame "
                                      "(480 ~ Wan's 832x480 area is 624)."),
@@ -50,7 +49,11 @@ class LoadTrainingVideos(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, folder, **kwargs):
-        return folder_fingerprint(resolve_dataset_folder(folder))
+        return folder_fingerprint(folder)
+
+    @classmethod
+    def validate_inputs(cls, folder=None, cache_folder=None):  # no **kwargs: ComfyUI keeps checking the rest
+        return validate_paths(folder, cache_folder)
 
     @classmethod
     def execute(cls, folder, resolution, frames, frame_sampling, target_fps, clips_per_video, aspect_buckets,

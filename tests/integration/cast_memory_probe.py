@@ -37,12 +37,13 @@ def main(checkpoint: str, weight_dtype: str, work: str) -> dict:
     import comfy.model_management
     import comfy.sd
 
-    from integration.comfy_inprocess import call_node, register_lora_lab_nodes
+    from integration.comfy_inprocess import call_node, register_lora_lab_nodes, use_input_and_user_dirs
     from integration.sample_data import make_image_folder
     from integration.test_train_cast_weights import TRAIN
     from integration.test_train_inprocess import _eval_loss
 
     register_lora_lab_nodes()
+    use_input_and_user_dirs(work_dir)
     dtype = {"fp8_e4m3fn": torch.float8_e4m3fn, "bf16": torch.bfloat16}[weight_dtype]
     _, clip, vae = comfy.sd.load_checkpoint_guess_config(checkpoint, output_vae=True, output_clip=True)[:3]
     model = comfy.sd.load_diffusion_model(checkpoint, model_options={"dtype": dtype})

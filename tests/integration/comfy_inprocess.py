@@ -13,6 +13,15 @@ import inspect
 from pathlib import Path
 
 
+def use_input_and_user_dirs(root: Path) -> None:
+    """ComfyUI's input and user directories at `root` (a test's temp tree): datasets and caches the tests make
+    there lie inside ComfyUI's folders, where the pack requires a prompt's paths to stay."""
+    import folder_paths
+
+    folder_paths.set_input_directory(str(root))
+    folder_paths.set_user_directory(str(root))
+
+
 def load_checkpoint(path: Path):
     """(MODEL, CLIP, VAE) of a checkpoint file, as CheckpointLoaderSimple returns them."""
     import comfy.sd

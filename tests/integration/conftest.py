@@ -127,7 +127,8 @@ def running_server(server_root: Path, comfy_cache: Path, loras_dir: Path, custom
 def comfy_server(server_root, comfy_cache, loras_dir, dataset_dir):
     """A real ComfyUI (main.py --cpu) for the whole session; its log is server_root/server.log."""
     custom_nodes = {"lora_lab": REPO_ROOT, "lora_lab_test_nodes": HERE / "test_nodes"}
-    with running_server(server_root, comfy_cache, loras_dir, custom_nodes) as server:
+    datasets = {"datasets": server_root / "datasets"}  # a datasets folder, as extra_model_paths.yaml may add
+    with running_server(server_root, comfy_cache, loras_dir, custom_nodes, datasets) as server:
         yield server
 
 
@@ -136,6 +137,9 @@ def comfy(tmp_path_factory):
     """In-process ComfyUI (args.cpu=True before any comfy import); `import nodes, folder_paths` work after it."""
     mm = import_comfy()
     ensure_lora_lab_importable(tmp_path_factory.mktemp("pkg_link"))
+    from .comfy_inprocess import use_input_and_user_dirs
+
+    use_input_and_user_dirs(tmp_path_factory.getbasetemp())  # every tmp_path is then inside input/ and user/
     return mm
 
 

@@ -108,3 +108,61 @@ def test_cache_node_reports_and_clears(nodes_ready, tmp_path):
     assert report.startswith("Cleared") and not list((tmp_path / "c").rglob("*.safetensors"))
     (report,) = call_node("LoraLabCache", cache_folder="", action="report")
     assert "memory only" in report
+
+
+def test_dataset_paths_are_checked_with_links_followed(nodes_ready, tmp_path, tmp_path_factory, monkeypatch):
+    """Inside input/ (by name or absolute) is taken, a link out of it is refused, and folders the operator lists
+    in $LORA_LAB_DATASET_ROOTS are offered as "name [datasets]" and taken; validate_inputs gives the same verdict."""
+    import folder_paths
+
+    from .comfy_inprocess import node_class
+
+    LoadTrainingImages = node_class("LoraLabDataset")
+    input_dir = Path(folder_paths.get_input_directory())
+    inside = images(tmp_path / "inside", [(64, 64)])
+    name = inside.relative_to(input_dir).as_posix()
+    outside_root = Path(os.path.realpath(tmp_path_factory.getbasetemp())).parent / f"lora_lab_outside_{os.getpid()}"
+    outside = images(outside_root / "data", [(64, 64)])
+    try:
+        for folder in (name, str(inside)):
+            assert LoadTrainingImages.validate_inputs(folder=folder) is True
+            assert len(call_node("LoraLabDataset", **dataset_inputs(folder))[0]) == 1
+        link = tmp_path / "link_out"
+        link.symlink_to(outside, target_is_directory=True)
+        assert "outside the folders datasets may be read from" in LoadTrainingImages.validate_inputs(folder=str(link))
+        with pytest.raises(Exception, match="folder .*link_out.* outside") as refused:
+            call_node("LoraLabDataset", **dataset_inputs(link))
+        assert type(refused.value).__name__ == "PathNotAllowed"
+        assert f"{name}" in offered_folders()
+        monkeypatch.setenv("LORA_LAB_DATASET_ROOTS", str(outside_root))
+        assert "data [datasets]" in offered_folders()
+        assert len(call_node("LoraLabDataset", **dataset_inputs("data [datasets]"))[0]) == 1
+        assert len(call_node("LoraLabDataset", **dataset_inputs(outside))[0]) == 1
+    finally:
+        import shutil
+
+        shutil.rmtree(outside_root, ignore_errors=True)
+
+
+def offered_folders() -> list[str]:
+    """The dataset node's folder dropdown, as ComfyUI reads it."""
+    from .comfy_inprocess import node_class
+
+    return node_class("LoraLabDataset").INPUT_TYPES()["required"]["folder"][1]["options"]
+
+
+def test_cache_folder_stays_in_the_user_directory(nodes_ready, tmp_path):
+    import folder_paths
+
+    from .comfy_inprocess import node_class
+
+    EncodingCacheNode = node_class("LoraLabCache")
+    user = Path(folder_paths.get_user_directory())
+    folder = images(tmp_path / "data", [(64, 64)])
+    for bad in ("/", "..", str(user), str(Path(os.path.realpath(user)).parent / "elsewhere")):
+        assert "not a folder inside ComfyUI's user directory" in EncodingCacheNode.validate_inputs(cache_folder=bad)
+        with pytest.raises(Exception, match="cache_folder") as refused:
+            call_node("LoraLabDataset", **dataset_inputs(folder, cache_folder=bad))
+        assert type(refused.value).__name__ == "PathNotAllowed"
+    assert EncodingCacheNode.validate_inputs(cache_folder="") is True
+    assert EncodingCacheNode.validate_inputs(cache_folder="a_cache/under_user") is True
