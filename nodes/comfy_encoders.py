@@ -25,7 +25,8 @@ def clip_identity(clip) -> str:
     model = clip.cond_stage_model
     extra = {"class": type(model).__name__, "layer_idx": getattr(clip, "layer_idx", None),
              "tokenizer_options": repr(sorted(getattr(clip, "tokenizer_options", {}).items())),
-             "patches": _patches_fingerprint(getattr(clip, "patcher", None))}
+             "patches": _patches_fingerprint(getattr(clip, "patcher", None)),
+             "compute_dtype": str(_compute_dtype(getattr(clip, "patcher", None)))}
     return weights_fingerprint(model.state_dict().items(), extra=extra)
 
 
@@ -55,6 +56,14 @@ def with_size_conditioning(conditioning: list, original: tuple[int, int], crop: 
 def uses_size_conditioning(patcher) -> bool:
     """SDXL and its refiner embed (original size, crop, target size); their model classes say so."""
     return any(cls.__name__ in ("SDXL", "SDXLRefiner") for cls in type(patcher.model).__mro__)
+
+
+def _compute_dtype(patcher) -> Any:
+    """The dtype a patcher's layers compute in when ComfyUI casts them (set_model_compute_dtype; None: stored)."""
+    try:
+        return patcher.get_model_object("manual_cast_dtype")
+    except (AttributeError, KeyError):
+        return None
 
 
 def _patches_fingerprint(patcher) -> list:

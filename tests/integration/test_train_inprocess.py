@@ -175,3 +175,14 @@ def test_training_runs_in_comfyui_training_mode(sd15, dataset_dir):
     call_node("LoraLabTrain", model=patched, clip=clip, vae=vae, dataset=_dataset(dataset_dir), **BASE)
     assert seen and all(seen), seen
     assert mm.in_training is False
+
+
+def test_caption_cache_identity_includes_the_text_encoders_compute_dtype(sd15):
+    """The same CLIP computing in another dtype gives other encodings: it must not read the first one's cache."""
+    from lora_lab.nodes.comfy_encoders import clip_identity
+
+    _model, clip, _vae = sd15
+    other = clip.clone()
+    other.patcher.set_model_compute_dtype(torch.bfloat16)
+    assert clip_identity(other) != clip_identity(clip)
+    assert clip_identity(clip.clone()) == clip_identity(clip)
