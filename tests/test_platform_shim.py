@@ -22,10 +22,12 @@ assert pack_os is not os, "the pack's os was not swapped"
 assert not hasattr(pack_os, "preadv") and getattr(pack_os, "fchmod", None) is None
 assert hasattr(os, "preadv") and hasattr(shutil.os, "fchmod"), "the real os lost functions"
 assert pack_os.path.join("a", "b") == os.path.join("a", "b") and pack_os.replace is os.replace
-real_replace = os.replace
-pack_os.replace = "patched"  # monkeypatching the pack's os patches the real one, as tests expect
+import pytest
+real_replace, patch = os.replace, pytest.MonkeyPatch()
+patch.setattr(pack_os, "replace", "patched")  # patching the pack's os patches the real one, as without the shim
 assert os.replace == "patched"
-pack_os.replace = real_replace
+patch.undo()
+assert os.replace is real_replace
 
 import types, sitecustomize
 class BindsPreadv:  # a pack module doing `from os import preadv` fails to import, as on Windows

@@ -35,7 +35,12 @@ WINDOWS_LACKS = frozenset({
 
 
 class _WindowsOs(types.ModuleType):
-    """The real `os` minus WINDOWS_LACKS. Assignments go to the real module, so monkeypatching works as usual."""
+    """The real `os` minus WINDOWS_LACKS. Assignments go to the real module, and `__dict__` shows its contents
+    (pytest's monkeypatch reads the old value there), so patching the pack's `os` works as without the shim."""
+
+    @property  # type: ignore[override]
+    def __dict__(self):
+        return {k: v for k, v in vars(os).items() if k not in WINDOWS_LACKS}
 
     def __getattr__(self, name: str):
         if name in WINDOWS_LACKS:
