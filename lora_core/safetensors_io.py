@@ -289,7 +289,9 @@ class _Writer(threading.Thread):
 
     def __init__(self, fd: int, depth: int = 4):
         super().__init__(name="lora-lab-safetensors-writer", daemon=True)
-        self.fd, self.queue, self.error = fd, queue.Queue(maxsize=depth), None
+        self.fd = fd
+        self.queue: queue.Queue[Tensor | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
 
     def run(self) -> None:
         while (t := self.queue.get()) is not None:
@@ -323,11 +325,11 @@ def write_streaming(path: str | os.PathLike, entries: list[Entry], metadata: dic
     header = header_bytes(entries, metadata)
     total = len(header) + sum(nbytes(dtype, shape) for _, dtype, shape in entries)
     fd, tmp = new_temp_file(path)
-    writer = None
+    writer: _Writer | None = None
     try:
         reserve_space(fd, path, total)
         _write_all(fd, torch.frombuffer(bytearray(header), dtype=torch.uint8))
-        writer = _Writer(fd, depth)
+        writer = pending = _Writer(fd, depth)
         writer.start()
         it: Iterator = iter(tensors)
         for key, dtype, shape in entries:
@@ -339,7 +341,7 @@ def write_streaming(path: str | os.PathLike, entries: list[Entry], metadata: dic
             if data.numel():
                 writer.put(data)
             t = data = None  # the writer holds it now; do not keep it alive while the next one is produced
-        writer, pending = None, writer
+        writer = None
         pending.finish()
         os.fsync(fd)
         os.close(fd)
