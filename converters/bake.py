@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..lora_core.errors import LoraFormatError
+from ..lora_core.safetensors_io import write_streaming
 from .bake_targets import Target, locate
 from .convert import DTYPES, check_output_path
 from .delta import weight_delta
@@ -25,7 +26,6 @@ from .lora_modules import read_lora_modules
 from .merge import module_label
 from .module_weights import ModuleWeights, as_matrix
 from .report import UnmatchedKey
-from .safetensors_stream import write_streaming
 from .source import SafetensorsSource, open_source
 from .torch_threads import torch_threads
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..lora_core.errors import LoraFormatError
+from ..lora_core.safetensors_io import write_streaming
 from .analyse import Analysis, analyse
 from .comfyui_keys import comfyui_tensors
 from .conversion_error import ConversionError
@@ -25,7 +26,6 @@ from .diffusers_keys import adapter_metadata, diffusers_tensors
 from .peft_metadata import LORA_ADAPTER_METADATA_KEY
 from .plan import Group, build_plan, run_group
 from .report import ConvertReport, UnmatchedKey
-from .safetensors_stream import write_streaming
 from .source import DictSource, TensorSource, open_source
 from .torch_threads import torch_threads
 

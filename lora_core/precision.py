@@ -11,6 +11,7 @@ import contextlib
 
 import torch
 
+from .devices import autocast_available, supports_bf16
 from .errors import TrainingError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -27,6 +28,11 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     _check(precision)
     if precision == "fp32":
         return contextlib.nullcontext()
+    if not autocast_available(device.type):  # torch would only warn and run in fp32
+        raise TrainingError(f"{precision} autocast is not available on {device.type} with torch {torch.__version__}: "
+                            f"use precision fp32 (the model's own dtype computes) or a newer torch")
+    if precision == "bf16" and not supports_bf16(device):
+        raise TrainingError(f"this {device.type} device cannot compute in bf16: use precision fp16 or fp32")
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 

@@ -97,9 +97,11 @@ def _run(args: argparse.Namespace) -> int:
 def _device(config: RunConfig, dist: Distributed | None) -> torch.device:
     if dist is not None:
         return dist.device
+    from .devices import default_device
+
     if config.model.device != "auto":
         return torch.device(config.model.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return default_device()  # cuda, xpu, mps, else cpu
 
 
 def _dataset(config: RunConfig):

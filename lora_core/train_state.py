@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from . import devices
 from .atomic import save_safetensors_atomic
 from .errors import TrainingError
 
@@ -41,17 +42,19 @@ class TrainState:
 
 
 def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """The run's generator, the CPU's and the device's (under its kind: "cuda", "xpu", "mps")."""
     state = {"generator": generator.get_state().tolist(), "cpu": torch.get_rng_state().tolist()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device).tolist()
+    own = devices.get_rng_state(device)
+    if own is not None:
+        state[device.type] = own.tolist()
     return state
 
 
 def restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
     generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
     torch.set_rng_state(torch.tensor(state["cpu"], dtype=torch.uint8))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8), device)
+    if device.type in devices.ACCELERATORS and device.type in state:  # a state saved on another kind keeps this one's
+        devices.set_rng_state(device, torch.tensor(state[device.type], dtype=torch.uint8))
 
 
 def state_path(lora_path: str | os.PathLike) -> Path:

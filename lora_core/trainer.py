@@ -21,6 +21,7 @@ import torch
 from .adapters import Adapter, adapter_from_weights, new_adapter
 from .backend import Backend
 from .checkpointing import gradient_checkpointing
+from .devices import empty_cache, fork_rng
 from .ema import ema_weights, make_ema
 from .errors import LoraLabError, NonFiniteLossError, TrainingCrashed, TrainingError, TrainingOutOfMemory
 from .fingerprint import check_same_run, run_fingerprint
@@ -312,7 +313,7 @@ class _Run:
         """final_weights, dropout off, no grad, and every RNG the run draws from restored after."""
         device = torch.device(self.backend.device)
         gen_state = self.gen.get_state()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), self.final_weights():
+        with fork_rng(device), torch.no_grad(), self.final_weights():
             for a in self.adapters.values():
                 a.eval()
             try:
@@ -466,7 +467,7 @@ def train(
         _validate(backend, samples, config, order is not None)
         samples = [TrainSample(usable_in_autograd(s.latent), usable_in_autograd(s.cond), s.caption) for s in samples]
         device = torch.device(backend.device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with fork_rng(device):
             run = _Run(backend, samples, config, order, resume, distributed)
             return _loop(run, on_step, should_stop, interrupt_on, validate)
 
@@ -560,8 +561,7 @@ def _raise_clearly(error: BaseException, run: _Run, when: str) -> None:
     if is_out_of_memory(error):
         run.optimizer.zero_grad(set_to_none=True)
         traceback.clear_frames(error.__traceback__)  # the failed step's activations, held by its frames
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        empty_cache(run.device)
         advice = OOM_ADVICE + ("; or validate and preview less often or smaller (validation_every, previews)"
                                if when == "after" else "")
         raise TrainingOutOfMemory(f"out of memory {_when(run, when)}; {advice}", _kept(run)) from error

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from .backend import Backend
+from .devices import fork_rng
 from .errors import TrainingError
 from .objective import diffusion_loss
 from .precision import autocast
@@ -52,7 +53,7 @@ class ValidationLoss:
         """Mean loss over every held-out sample at every level (no grad; RNG state untouched)."""
         device = torch.device(self.backend.device)
         total, n = 0.0, 0
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        with fork_rng(device), torch.no_grad():
             torch.manual_seed(self.seed)  # adapter dropout, if any, draws the same masks every time
             fixed = torch.Generator().manual_seed(self.seed)
             for batch in self._batches():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lora_lab.lora_core import atomic
+from lora_lab.lora_core import atomic, safetensors_io
 from lora_lab.lora_core.diffusers_backend import DDPMUNetBackend
 from lora_lab.lora_core.errors import LoraFormatError
 from lora_lab.lora_core.lora_file import load_lora_file, save_lora_file, training_metadata
@@ -118,7 +118,7 @@ def test_canonical_safetensors_encoding_loads_with_safetensors():
 
     t = {"w": torch.randn(3, 4), "alpha": torch.tensor(2.0), "h": torch.randn(5, dtype=torch.bfloat16),
          "i": torch.arange(7), "f": torch.ones(2, dtype=torch.float16)}
-    data = atomic.safetensors_bytes(t, {"b": "1", "a": "2"})
+    data = safetensors_io.safetensors_bytes(t, {"b": "1", "a": "2"})
     back = load(data)
     assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in t.items())
-    assert data == atomic.safetensors_bytes(dict(reversed(list(t.items()))), {"a": "2", "b": "1"})  # order-free
+    assert data == safetensors_io.safetensors_bytes(dict(reversed(list(t.items()))), {"a": "2", "b": "1"})  # order-free

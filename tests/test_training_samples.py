@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_lab.lora_core.atomic import safetensors_bytes
+from lora_lab.lora_core.safetensors_io import safetensors_bytes
 from lora_lab.lora_core.augment import AugmentConfig, flipped_crop
 from lora_lab.lora_core.buckets import BucketConfig
 from lora_lab.lora_core.caption_transforms import CaptionTransforms, StepCaption

@@ -88,7 +88,7 @@ def test_second_prompt_encodes_nothing_edit_re_encodes_one_new_vae_all(sd15, tmp
 
 
 def test_same_seed_same_lora_bytes_with_buckets_flip_dropout_shuffle(sd15, tmp_path):
-    from lora_lab.lora_core.atomic import safetensors_bytes
+    from lora_lab.lora_core.safetensors_io import safetensors_bytes
 
     model, clip, vae = sd15
     folder = make_folder(tmp_path / "data")

@@ -95,7 +95,7 @@ def test_captions_stay_paired_in_a_batch(sd15, tmp_path):
 
 
 def test_same_seed_gives_byte_identical_lora(sd15, dataset_dir):
-    from lora_lab.lora_core.atomic import safetensors_bytes
+    from lora_lab.lora_core.safetensors_io import safetensors_bytes
 
     dataset = _dataset(dataset_dir)
     files = []
