@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,8 +172,22 @@ def parse_config(table: dict[str, Any], source: str = "<flags>") -> RunConfig:
     return config
 
 
+def _toml():
+    """tomllib (Python 3.11+) or its backport tomli (3.10), imported when a config is read: no other command
+    needs either."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise ConfigError("reading a TOML config on Python 3.10 needs the tomli package: pip install tomli") from None
+    return tomllib
+
+
 def apply_overrides(table: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`section.key=value` flags (value in TOML syntax; a bare word is a string) set or replace file keys."""
+    tomllib = _toml()
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
@@ -202,6 +215,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     if path is not None:
         path = Path(path).expanduser()
         source = str(path)
+        tomllib = _toml()
         try:
             table = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
