@@ -1,4 +1,7 @@
-"""Command line: ``lora-lab <command>`` or ``python -m lora_lab <command>``."""
+"""Command line: ``lora-lab <command>`` or ``python -m lora_lab <command>``.
+
+Every command exits with the statuses of lora_core/exit_status.py (usage errors: argparse's own 2, "refused").
+"""
 
 from __future__ import annotations
 
@@ -6,16 +9,10 @@ import argparse
 import sys
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors exit 1 (argparse's default 2 means "written, some keys unconverted" here)."""
-
-    def error(self, message: str):
-        self.print_usage(sys.stderr)
-        self.exit(1, f"{self.prog}: error: {message}\n")
-
-
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lora-lab", description="Train, convert, inspect, merge, resize and bake LoRAs.")
+    parser = argparse.ArgumentParser(prog="lora-lab", description="Train, convert, inspect, merge, resize and bake "
+                                     "LoRAs. Exit status: 0 done, 1 failed while working, 2 refused (nothing "
+                                     "written), 3 written but incomplete, 130 interrupted.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     from .lora_core import demo
@@ -43,7 +40,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:  # writes are atomic: an interrupted one leaves no partial file
+        from .lora_core.exit_status import EXIT_INTERRUPTED
+
+        print(f"lora-lab {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

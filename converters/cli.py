@@ -1,7 +1,9 @@
-"""`lora-lab convert | inspect` (and the shared exit-status contract of convert, merge, resize and bake).
+"""`lora-lab convert | inspect | merge | resize | bake`, reporting through one exit-status table.
 
-Exit status: 0 - every key was converted (or dropped by its nature, with the reason printed);
-2 - the output was written but some keys were left unconverted (they are listed); 1 - error, nothing written.
+Exit status (lora_core/exit_status.py, shared by every command): 0 - every key was converted (or dropped by
+its nature, with the reason printed); 3 - the output was written but some keys were left unconverted (they
+are listed); 2 - refused (bad or unsafe input, output exists, --strict with unconverted keys, usage error):
+nothing written; 1 - an I/O error while working (full disk, a file another program holds): nothing written.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import sys
 from typing import Callable
 
 from ..lora_core.errors import LoraLabError
+from ..lora_core.exit_status import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_REFUSED
 
-EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE = 0, 1, 2
 DTYPE_CHOICES = ("keep", "fp16", "bf16", "fp32")
 ARCH_HELP = ("model family when detection is ambiguous (flux, chroma, sd15, sdxl, sd3, sana, wan, hunyuan_video, "
              "qwen_image, lumina2, z_image, generic)")
@@ -22,12 +24,12 @@ def run_reporting(action: Callable[[], object]) -> int:
     """Run a command; print its report (stdout) or its error (stderr) and return the exit status."""
     try:
         report = action()
-    except LoraLabError as e:
+    except LoraLabError as e:  # the input, the output path or a decision: refused before anything was written
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_REFUSED
     except OSError as e:  # disk full, permissions: the OS's words and the file, nothing was written
         print(f"error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_FAILED
     print(report)
     return EXIT_OK if getattr(report, "complete", True) else EXIT_INCOMPLETE
 
@@ -39,7 +41,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default=None, help=ARCH_HELP)
     parser.add_argument("--dtype", default="keep", choices=DTYPE_CHOICES)
     parser.add_argument("--strict", action="store_true",
-                        help="fail (exit 1, nothing written) if any key cannot be converted")
+                        help="refuse (exit 2, nothing written) if any key cannot be converted")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--adapter-config", action="store_true", help="also write adapter_config.json (diffusers)")
     parser.set_defaults(run=run_convert)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .encoding_cache import cache_usage, clear_cache
+from .exit_status import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,10 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if not args.folder.is_dir():
-        print(f"lora-lab cache: error: {args.folder} is not a folder")
-        return 2
-    if args.clear:
-        print(f"cleared {clear_cache(args.folder)}")
-    else:
-        print(cache_usage(args.folder))
-    return 0
+        print(f"lora-lab cache: error: {args.folder} is not a folder", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        print(f"cleared {clear_cache(args.folder)}" if args.clear else cache_usage(args.folder))
+    except OSError as e:  # a file another program holds, permissions
+        print(f"lora-lab cache: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK

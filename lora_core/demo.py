@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .atomic import atomic_write_bytes
 from .dataset import load_image_folder
 from .diffusers_backend import DDPMUNetBackend
 from .errors import LoraLabError
+from .exit_status import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
 from .injection import attached
 from .lora_file import load_lora_file, save_lora_file, training_metadata
 from .lora_weights import LoraWeights
@@ -45,10 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     try:
         run_demo(args.out, steps=args.steps, seed=args.seed, dataset=args.dataset, log=print)
-    except LoraLabError as e:  # bad dataset folder, bad --steps: a message, not a traceback
-        print(f"lora-lab demo: error: {e}")
-        return 2
-    return 0
+    except LoraLabError as e:  # bad dataset folder, bad --steps: refused before anything is written
+        print(f"lora-lab demo: error: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    except OSError as e:  # the output folder cannot be written
+        print(f"lora-lab demo: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 @torch.no_grad()

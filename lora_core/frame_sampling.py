@@ -49,6 +49,14 @@ def timeline(source_frames: int, source_fps: float, target_fps: float) -> list[i
     return indices
 
 
+def check_sampling(sampling: str, clips: int = 1) -> None:
+    """A sampling mode of SAMPLING_MODES; "uniform" spreads `clips` clips over the video, at least one."""
+    if sampling not in SAMPLING_MODES:
+        raise DatasetError(f"Unknown frame sampling {sampling!r}: use one of {', '.join(SAMPLING_MODES)}")
+    if sampling == "uniform" and clips < 1:
+        raise DatasetError(f"clips per video must be >= 1, got {clips}")
+
+
 def plan_clips(source_frames: int, source_fps: float, frames: int, sampling: str = "head",
                target_fps: float = 0.0, clips: int = 1, allow_fewer: bool = True) -> list[FramePlan]:
     """The clips one video of `source_frames` frames gives; [] when it is too short and allow_fewer is False.
@@ -56,8 +64,7 @@ def plan_clips(source_frames: int, source_fps: float, frames: int, sampling: str
     A video shorter than `frames` (after fps resampling) gives one clip of the largest 4N+1 it holds
     when allow_fewer is True.
     """
-    if sampling not in SAMPLING_MODES:
-        raise DatasetError(f"Unknown frame sampling {sampling!r}: use one of {', '.join(SAMPLING_MODES)}")
+    check_sampling(sampling, clips)
     want = snap_frames(frames)
     line = timeline(source_frames, source_fps, target_fps)
     fps = target_fps if target_fps > 0 and source_fps > 0 else source_fps
@@ -70,8 +77,6 @@ def plan_clips(source_frames: int, source_fps: float, frames: int, sampling: str
     elif sampling == "chunk":
         starts = list(range(0, len(line) - want + 1, want))
     else:
-        if clips < 1:
-            raise DatasetError(f"clips per video must be >= 1, got {clips}")
         last = len(line) - want
         starts = sorted({round(k * last / (clips - 1)) for k in range(clips)}) if clips > 1 else [0]
     return [FramePlan(tuple(line[s:s + want]), fps) for s in starts]

@@ -18,14 +18,14 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = tuple(DTYPES)
 
 
-def _check(precision: str) -> None:
+def check_precision(precision: str) -> None:
     if precision not in DTYPES:
         raise TrainingError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """Autocast context for the forward pass (no-op for fp32)."""
-    _check(precision)
+    check_precision(precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     if not autocast_available(device.type):  # torch would only warn and run in fp32
@@ -38,7 +38,7 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 def compute_dtype(precision: str, model_dtype: torch.dtype) -> torch.dtype:
     """The dtype matmuls run in: the autocast dtype, or the model's own when no autocast is asked for."""
-    _check(precision)
+    check_precision(precision)
     return model_dtype if precision == "fp32" else DTYPES[precision]
 
 

@@ -13,6 +13,7 @@ mostly shifts colours/scale instead of learning the concept.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
 
@@ -65,12 +66,30 @@ FAMILY_DEFAULT_PRESET: dict[str, str] = {
 }
 
 
-def select_targets(root: nn.Module, spec: str | list[str]) -> list[str]:
-    """Module names (in root.named_modules order) to put a LoRA on. `spec` is a preset name, or
-    comma-separated / listed patterns (regex, glob, or a plain name/suffix); presets may be mixed in."""
+def target_items(spec: str | list[str]) -> list[str]:
+    """The presets and patterns of a target spec, checked without a model: not empty, every regex valid, and no
+    word that is a preset misspelt (as a plain name it would only match a layer of that name)."""
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
     if not items:
         raise TrainingError("no LoRA targets given (empty target spec)")
+    for item in items:
+        if _is_regex(item):
+            try:
+                re.compile(item.removeprefix("re:"))
+            except re.error as e:
+                raise TrainingError(f"bad target regex {item!r}: {e}") from None
+        elif item not in PRESETS and _WORD.fullmatch(item):
+            near = difflib.get_close_matches(item, list(PRESETS), n=1, cutoff=0.8)
+            if near:
+                raise TrainingError(f"target {item!r} is not a preset; did you mean {near[0]!r}? "
+                                    f"Presets: {', '.join(PRESETS)}")
+    return items
+
+
+def select_targets(root: nn.Module, spec: str | list[str]) -> list[str]:
+    """Module names (in root.named_modules order) to put a LoRA on. `spec` is a preset name, or
+    comma-separated / listed patterns (regex, glob, or a plain name/suffix); presets may be mixed in."""
+    items = target_items(spec)
     chosen: list[str] = []
     for name, module in root.named_modules():
         if name and is_adaptable(module) and any(_matches(item, name, module) for item in items):
@@ -102,15 +121,18 @@ def _in_preset(preset: str, name: str, module: nn.Module) -> bool:
 
 
 _REGEX_CHARS = re.compile(r"[\\^$()+{}|]|\.\*|\.\+")
+_WORD = re.compile(r"[A-Za-z_]+")
+
+
+def _is_regex(pattern: str) -> bool:
+    return pattern.startswith("re:") or _REGEX_CHARS.search(pattern) is not None
 
 
 def _pattern_matches(pattern: str, name: str) -> bool:
-    """Regex (re.search) if it uses regex syntax; glob if it has * ? [; else exact name or dotted suffix."""
-    if pattern.startswith("re:") or _REGEX_CHARS.search(pattern):
-        try:
-            return re.search(pattern.removeprefix("re:"), name) is not None
-        except re.error as e:
-            raise TrainingError(f"bad target regex {pattern!r}: {e}") from None
+    """Regex (re.search) if it uses regex syntax; glob if it has * ? [; else exact name or dotted suffix.
+    (target_items has compiled every regex.)"""
+    if _is_regex(pattern):
+        return re.search(pattern.removeprefix("re:"), name) is not None
     if any(c in pattern for c in "*?["):
         return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, "*." + pattern)
     return name == pattern or name.endswith("." + pattern)

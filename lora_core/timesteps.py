@@ -36,6 +36,20 @@ class TimestepOptions:
     range_min: float = 0.0  # of the model's timestep, 0..1
     range_max: float = 1.0
 
+    def check(self) -> None:
+        check_method(self.method)
+        check_range(self.range_min, self.range_max)
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise TrainingError(f"unknown timestep_sampling {method!r}: use one of {', '.join(METHODS)}")
+
+
+def check_range(lo: float, hi: float) -> None:
+    if not 0.0 <= lo < hi <= 1.0:
+        raise TrainingError(f"timestep range must satisfy 0 <= min < max <= 1, got min={lo} max={hi}")
+
 
 def sample_u(n: int, method: str, generator: torch.Generator, mean: float = 0.0, std: float = 1.0,
              options: TimestepOptions | None = None) -> torch.Tensor:
@@ -50,11 +64,10 @@ def sample_u(n: int, method: str, generator: torch.Generator, mean: float = 0.0,
     elif o.method == "shift":
         v = torch.sigmoid(o.sigmoid_scale * torch.randn(n, generator=generator))
         u = o.shift * v / (1 + (o.shift - 1) * v)
-    elif o.method == "mode":
-        v = torch.rand(n, generator=generator)
-        u = 1 - v - o.mode_scale * (torch.cos(math.pi * v / 2) ** 2 - 1 + v)
     else:
-        raise TrainingError(f"unknown timestep_sampling {o.method!r}: use one of {', '.join(METHODS)}")
+        check_method(o.method)
+        v = torch.rand(n, generator=generator)  # "mode"
+        u = 1 - v - o.mode_scale * (torch.cos(math.pi * v / 2) ** 2 - 1 + v)
     return u.clamp(U_MIN, 1.0)
 
 
@@ -66,8 +79,7 @@ def timestep_fraction(backend: Any, sigma: torch.Tensor, u: torch.Tensor) -> tor
 
 def u_interval(backend: Any, lo: float, hi: float) -> tuple[float, float]:
     """The u-interval whose timesteps lie in [lo, hi] (bisection on the backend's monotone u -> timestep)."""
-    if not 0.0 <= lo < hi <= 1.0:
-        raise TrainingError(f"timestep range must satisfy 0 <= min < max <= 1, got min={lo} max={hi}")
+    check_range(lo, hi)
     if lo == 0.0 and hi == 1.0:
         return 0.0, 1.0
 

@@ -4,8 +4,11 @@
     torchrun --nproc_per_node 4 -m lora_lab train run.toml          (or: accelerate launch -m lora_lab train run.toml)
 
 A thin layer over lora_core: the schema is train_config.py, the model loading model_folders.py, the
-multi-process parts distributed.py; the loop below only wires the dataset, the trainer and the outputs.
-Every check that can fail on the configuration runs before any model loads.
+multi-process parts distributed.py, the output names train_files.py, early stops train_stops.py; the loop
+below only wires the dataset, the trainer and the outputs. Every check that can fail on the configuration,
+and the refusal to replace an earlier run's files, runs before any model loads. A run that stops early
+(NaN, out of memory, a crash, Ctrl-C) saves its last completed step and says how to resume it.
+Exit status: lora_core/exit_status.py.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,12 +28,15 @@ from .atomic import atomic_write_bytes
 from .buckets import BucketConfig
 from .distributed import Distributed, init_from_env, launched_world_size, shutdown
 from .encoding_cache import EncodingCache
-from .errors import LoraLabError
+from .errors import LoraLabError, NonFiniteLossError, TrainingCrashed, TrainingError, TrainingOutOfMemory
+from .exit_status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED
 from .lora_file import algorithm_metadata, training_metadata
 from .model_folders import ModelFolder, check_family, check_parts, inspect_folder, load_model
 from .train_config import ConfigError, RunConfig, check_world_size, load_config
+from .train_files import existing_outputs, lora_files, periodic_stem, unused_partial_stem
 from .train_outputs import write_lora
-from .train_state import load_train_state, save_train_state, state_path
+from .train_state import load_train_state, read_state_step, save_train_state, state_path
+from .train_stops import CtrlC, RunStopped
 from .trainer import StepReport, TrainResult, train
 from .training_samples import build_training_data
 
@@ -44,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one config key (TOML value syntax), e.g. --set train.rank=32; repeatable")
     for flag, key in SHORTCUTS.items():
         parser.add_argument(f"--{flag}", default=None, help=f"same as --set {key}=...")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files an earlier run of this name "
+                        "wrote in the output folder (same as --set output.overwrite=true); without it such a run "
+                        "is refused before any model loads")
     parser.set_defaults(run=_run)
 
 
@@ -53,7 +63,20 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         value = getattr(args, flag)
         if value is not None:
             out.append(f"{key}={json.dumps(value) if flag not in ('steps', 'seed') else value}")
+    if args.overwrite:
+        out.append("output.overwrite=true")
     return out
+
+
+def _resume_command(args: argparse.Namespace, state: Path) -> str:
+    """The command line that continues this run from `state`: the same config and flags, --resume replaced."""
+    words = ["lora-lab", "train"] + ([str(args.config)] if args.config is not None else [])
+    for item in args.overrides:
+        words += ["--set", item]
+    for flag in SHORTCUTS:
+        if flag != "resume" and getattr(args, flag) is not None:
+            words += [f"--{flag}", str(getattr(args, flag))]
+    return shlex.join(words + (["--overwrite"] if args.overwrite else []) + ["--resume", str(state)])
 
 
 def preflight(config: RunConfig, world_size: int) -> ModelFolder:
@@ -65,8 +88,16 @@ def preflight(config: RunConfig, world_size: int) -> ModelFolder:
     data = Path(config.data.path).expanduser()
     if not data.is_dir():
         raise ConfigError(f"{config.source}: data.path {data} is not a folder")
-    if config.output.resume and not Path(config.output.resume).expanduser().is_file():
-        raise ConfigError(f"{config.source}: output.resume {config.output.resume} does not exist")
+    start_step = 0
+    if config.output.resume:
+        resume = Path(config.output.resume).expanduser()
+        if not resume.is_file():
+            raise ConfigError(f"{config.source}: output.resume {config.output.resume} does not exist")
+        try:
+            start_step = read_state_step(resume)
+        except TrainingError as error:
+            raise ConfigError(f"{config.source}: output.resume: {error}") from None
+    check_outputs(config, start_step)
     if config.output.tensorboard:
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401
@@ -76,22 +107,44 @@ def preflight(config: RunConfig, world_size: int) -> ModelFolder:
     return folder
 
 
+def check_outputs(config: RunConfig, start_step: int = 0) -> None:
+    """Unless output.overwrite: no file the run would write may exist (a second run of a name replaces nothing)."""
+    o = config.output
+    if o.overwrite:
+        return
+    existing = existing_outputs(Path(o.dir).expanduser(), o.name, o.formats, o.loss_plot, o.save_every,
+                                config.train.steps, start_step)
+    if existing:
+        more = f" (and {len(existing) - 1} more file(s) this run would write)" if len(existing) > 1 else ""
+        raise ConfigError(f"{config.source}: {existing[0]} exists{more}: an earlier run named {o.name!r} wrote it; "
+                          "pass --overwrite to replace it, or give another --name")
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, _overrides(args))
         folder = preflight(config, launched_world_size())
     except LoraLabError as error:
         print(f"lora-lab train: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     dist = init_from_env()
     try:
         run_training(config, folder, dist)
-    except LoraLabError as error:
+    except RunStopped as stop:
+        if dist is None or dist.is_main:
+            resume = "" if stop.state is None else f"\nresume with: {_resume_command(args, stop.state)}" + (
+                " (under the same torchrun / accelerate launch)" if dist is not None else "")
+            print(f"lora-lab train: {stop}{resume}", file=sys.stderr)
+        return stop.status
+    except (LoraLabError, OSError) as error:  # loading, encoding or writing the outputs
         print(f"lora-lab train: error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # outside the training loop (loading, encoding, writing)
+        print("lora-lab train: interrupted; nothing more was saved (files already written stand)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         shutdown(dist)
-    return 0
+    return EXIT_OK
 
 
 def _device(config: RunConfig, dist: Distributed | None) -> torch.device:
@@ -200,14 +253,32 @@ def run_training(config: RunConfig, folder: ModelFolder, dist: Distributed | Non
         snapshot = getattr(report, "snapshot", None)
         every = config.output.save_every
         if main and every and report.step % every == 0 and report.step < report.total and snapshot is not None:
-            _save(config, folder, dataset, model, snapshot(), out_dir, f"{name}-step{report.step:06d}", started)
+            _save(config, folder, dataset, model, snapshot(), out_dir, periodic_stem(name, report.step), started)
+
+    ctrl_c = CtrlC()
+
+    def should_stop() -> bool:  # every rank stops before the same step
+        return ctrl_c.requested if dist is None else dist.mean(float(ctrl_c.requested)) > 0
+
+    def stopped(error: TrainingError | None, kept: TrainResult | None) -> RunStopped:
+        saved, why_nothing = _keep(config, folder, dataset, model, kept, out_dir, started) if main else ([], "")
+        if dist is not None and (error is None or isinstance(error, NonFiniteLossError)):
+            dist.barrier()  # every rank stopped at the same step: the others wait until rank 0 has saved it
+        reason, status = ("interrupted (Ctrl-C)", EXIT_INTERRUPTED) if error is None else (str(error), EXIT_FAILED)
+        return RunStopped(reason, status, kept.steps_done if kept else 0, saved, why_nothing)
 
     try:
-        result = train(model.backend, data.samples, config.train, order=data.order, resume=resume, on_step=on_step,
-                       validate=validate, distributed=dist)
+        with ctrl_c:
+            result = train(model.backend, data.samples, config.train, order=data.order, resume=resume,
+                           on_step=on_step, should_stop=should_stop, validate=validate, distributed=dist)
+    except (NonFiniteLossError, TrainingOutOfMemory, TrainingCrashed) as error:
+        kept, error.result = error.result, None  # the traceback should not keep the run's tensors alive
+        raise stopped(error, kept) from error
     finally:
         if progress is not None:
             progress.close()
+    if result.interrupted:
+        raise stopped(None, result)
     if main:
         _save(config, folder, dataset, model, result, out_dir, name, started)
         _report(config, result, progress, validate, out_dir, name, dist)
@@ -216,8 +287,25 @@ def run_training(config: RunConfig, folder: ModelFolder, dist: Distributed | Non
     return result
 
 
+def _keep(config: RunConfig, folder: ModelFolder, dataset, model, result: TrainResult | None, out_dir: Path,
+          started: float) -> tuple[list[Path], str]:
+    """Save a stopped run's last completed step as <name>_stepNNNNN, never replacing a file:
+    (the files written, why nothing or not everything was)."""
+    if result is None:  # struck inside an optimizer update: the reason says why nothing is kept from memory
+        return [], "Nothing was saved."
+    if result.steps_done == 0:
+        return [], "No step was completed, so nothing was saved."
+    stem = unused_partial_stem(out_dir, config.output.name, result.steps_done)
+    try:
+        return _save(config, folder, dataset, model, result, out_dir, stem, started), ""
+    except (LoraLabError, OSError) as error:
+        kept = [p for p in lora_files(out_dir, stem, config.output.formats) if p.is_file()]
+        return kept, f"Saving the LoRA after step {result.steps_done} failed too: {error}"
+
+
 def _save(config: RunConfig, folder: ModelFolder, dataset, model, result: TrainResult, out_dir: Path, name: str,
-          started: float) -> None:
+          started: float) -> list[Path]:
+    """<name> in each output form and its state (first); the paths written."""
     t, d = config.train, config.data
     resolution = (d.resolution, d.resolution) if isinstance(d.resolution, int) else tuple(d.resolution)
     meta = training_metadata(
@@ -229,9 +317,10 @@ def _save(config: RunConfig, folder: ModelFolder, dataset, model, result: TrainR
         timestep_sampling=t.timestep_sampling, started_at=started, finished_at=time.time(),
         comment=f"lora-lab train on {folder.root.name} ({folder.cls})")
     meta.update(algorithm_metadata(t))
+    written = []
     if result.state is not None:  # first: a LoRA form that cannot be written must not lose the run
-        save_train_state(state_path(out_dir / f"{name}.safetensors"), result.state)
-    write_lora(out_dir, name, result.lora, folder, config.output.formats, meta)
+        written.append(save_train_state(state_path(out_dir / f"{name}.safetensors"), result.state))
+    return write_lora(out_dir, name, result.lora, folder, config.output.formats, meta) + written
 
 
 def _report(config: RunConfig, result: TrainResult, progress: _Progress | None, validate: Any, out_dir: Path,

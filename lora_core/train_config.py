@@ -3,7 +3,7 @@
     [model]   path, family, dtype, text_encoder, prediction, shift, device
     [data]    path, resolution, trigger_word, captions, buckets, augment, cache_folder, video clips, validation
     [train]   any field of lora_core.trainer.TrainConfig (steps, learning_rate, rank, alpha, targets, ...)
-    [output]  dir, name, formats, save_every, tensorboard, loss_plot, resume
+    [output]  dir, name, formats, save_every, tensorboard, loss_plot, resume, overwrite
 
 Every key is checked against this schema: a misspelt one is an error naming it and the nearest valid key.
 """
@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import torch
 
 from .augment import AugmentConfig
 from .caption_transforms import CaptionTransforms
 from .errors import LoraLabError
 from .trainer import TrainConfig
+from .trainer_checks import check_train_config
 
 
 class ConfigError(LoraLabError):
@@ -88,6 +90,7 @@ class OutputSection:
     tensorboard: bool = False  # log to <dir>/tensorboard (needs the tensorboard package)
     loss_plot: bool = True
     resume: str = ""  # a <name>.state to continue from (any world size, same global batch)
+    overwrite: bool = False  # replace the files a run of this name wrote before (else: refused before loading)
 
 
 # TrainConfig fields the file may not set: objects, not values
@@ -173,8 +176,22 @@ def parse_config(table: dict[str, Any], source: str = "<flags>") -> RunConfig:
     return config
 
 
+def _toml():
+    """tomllib (Python 3.11+) or its backport tomli (3.10), imported when a config is read: no other command
+    needs either."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise ConfigError("reading a TOML config on Python 3.10 needs the tomli package: pip install tomli") from None
+    return tomllib
+
+
 def apply_overrides(table: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`section.key=value` flags (value in TOML syntax; a bare word is a string) set or replace file keys."""
+    tomllib = _toml()
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
@@ -202,6 +219,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     if path is not None:
         path = Path(path).expanduser()
         source = str(path)
+        tomllib = _toml()
         try:
             table = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -212,6 +230,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 
 
 def check_values(config: RunConfig) -> None:
+    """Every value, before any model loads: the config's own choices here, the rest by the modules that own them
+    (trainer_checks for [train], the dataset, bucket and frame-sampling checks for [data])."""
     src, m, d, t, o = config.source, config.model, config.data, config.train, config.output
     if not m.path:
         raise ConfigError(f"{src}: model.path is required (a local diffusers model folder)")
@@ -219,21 +239,63 @@ def check_values(config: RunConfig) -> None:
         raise ConfigError(f"{src}: data.path is required (a folder of images with .txt captions)")
     choices = {"model.family": (m.family, ("auto",) + FAMILIES), "model.dtype": (m.dtype, DTYPES),
                "model.text_encoder": (m.text_encoder, ("pipeline", "hashed")),
-               "model.prediction": (m.prediction, ("auto", "eps", "v")), "train.precision": (t.precision, DTYPES)}
+               "model.prediction": (m.prediction, ("auto", "eps", "v"))}
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{src}: {name} = {value!r}; choose one of {', '.join(allowed)}")
+    _check_device(src, m.device)
+    if m.shift < 0:
+        raise ConfigError(f"{src}: model.shift must be >= 0 (0: the scheduler's), got {m.shift}")
+    _check_data(src, d)
+    if t.train_text_encoder:
+        raise ConfigError(f"{src}: train.train_text_encoder is not supported by lora-lab train yet (captions are "
+                          "encoded once, before training); use the Train LoRA node for a text-encoder LoRA")
+    _owned(src, "train", check_train_config, t)
+    _check_output(src, o)
+
+
+def _owned(src: str, where: str, check: Callable[..., Any], *args: Any) -> None:
+    """Run a check its owning module defines; its error, prefixed with the config section, is a ConfigError."""
+    try:
+        check(*args)
+    except LoraLabError as error:
+        raise ConfigError(f"{src}: [{where}] {error}") from None
+
+
+def _check_device(src: str, device: str) -> None:
+    if device == "auto":
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{src}: model.device = {device!r}; give auto or a torch device (cpu, cuda, cuda:1, "
+                          "mps, ...)") from None
+
+
+def _check_data(src: str, d: DataSection) -> None:
+    from .buckets import BucketConfig, bucket_sizes
+    from .dataset import check_options, parse_resolution
+    from .frame_sampling import check_sampling, snap_frames
+
+    _owned(src, "data", check_options, d.resolution, d.caption_template, d.small_images)
+    if d.buckets.enabled:
+        b = d.buckets
+        _owned(src, "data.buckets", bucket_sizes, BucketConfig(parse_resolution(d.resolution), b.min_side,
+                                                              b.max_side, b.step))
+    _owned(src, "data.video", check_sampling, d.video.frame_sampling, d.video.clips_per_video)
+    _owned(src, "data.video", snap_frames, d.video.frames)
+    if d.validate_every < 0:
+        raise ConfigError(f"{src}: data.validate_every must be >= 0, got {d.validate_every}")
+
+
+def _check_output(src: str, o: OutputSection) -> None:
     for fmt in o.formats:
         if fmt not in FORMATS:
             raise ConfigError(f"{src}: output.formats has {fmt!r}; choose from {', '.join(FORMATS)}")
     if not o.formats:
         raise ConfigError(f"{src}: output.formats is empty; give comfyui and/or diffusers")
-    for name in ("steps", "batch_size", "grad_accum", "rank"):
-        if getattr(t, name) < 1:
-            raise ConfigError(f"{src}: train.{name} must be >= 1, got {getattr(t, name)}")
-    if getattr(t, "train_text_encoder", False):
-        raise ConfigError(f"{src}: train.train_text_encoder is not supported by lora-lab train yet (captions are "
-                          "encoded once, before training); use the Train LoRA node for a text-encoder LoRA")
+    if not o.name or Path(o.name).name != o.name or "\\" in o.name:
+        raise ConfigError(f"{src}: output.name = {o.name!r}; give a file name without a folder (the folder is output.dir)")
     if o.save_every < 0:
         raise ConfigError(f"{src}: output.save_every must be >= 0, got {o.save_every}")
 

@@ -120,21 +120,31 @@ def save_train_state(path: str | os.PathLike, state: TrainState) -> Path:
     return path
 
 
-def load_train_state(path: str | os.PathLike) -> TrainState:
+def _read(path: Path, tensors: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The state's JSON body and (if asked) its tensors; a missing, corrupt or foreign file is a TrainingError."""
     from safetensors import safe_open
 
-    path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            data = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except FileNotFoundError:
         raise TrainingError(f"training state file not found: {path}") from None
     except Exception as error:  # safetensors' own error types for corrupt files
         raise TrainingError(f"{path} is not a readable training state ({type(error).__name__})") from None
     if meta.get("format") != _FORMAT:
         raise TrainingError(f"{path} is not a LoRA Lab training state (format {meta.get('format')!r})")
-    body = json.loads(meta["state"])
+    return json.loads(meta["state"]), data
+
+
+def read_state_step(path: str | os.PathLike) -> int:
+    """The step a state was taken after, from the file's header alone (no tensor is read)."""
+    body, _ = _read(Path(path), tensors=False)
+    return int(body["step"])
+
+
+def load_train_state(path: str | os.PathLike) -> TrainState:
+    body, tensors = _read(Path(path), tensors=True)
     return TrainState(
         step=int(body["step"]), losses=list(body["losses"]), fingerprint=dict(body["fingerprint"]),
         ema=_join_tensors(body["ema"], tensors) if "ema" in body else None,

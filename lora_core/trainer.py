@@ -31,13 +31,14 @@ from .loss_options import LossOptions
 from .lora_weights import LoraWeights, split_component
 from .lr_schedule import make_scheduler, self_schedule
 from .objective import diffusion_loss
-from .optimizers import evaluation_weights, make_optimizer, optimizer_spec
+from .optimizers import evaluation_weights, make_optimizer
 from .precision import autocast, compute_dtype, dtype_name
 from .sample_order import BatchOrder, EpochShuffle
 from .noise import sample_noise
 from .targets import select_targets
 from .timesteps import TimestepOptions, sampler
 from .train_state import TrainState, restore_rng, rng_state
+from .trainer_checks import check_train_config, optimizer_settings
 
 
 @dataclass
@@ -134,18 +135,9 @@ def _validate(backend: Backend, samples: list[TrainSample], config: TrainConfig,
         raise TrainingError(f"{type(backend).__name__} is not a Backend: it lacks {', '.join(missing)}")
     if config.train_text_encoder and not getattr(backend, "text_encoders", None):
         raise TrainingError("train_text_encoder needs a text encoder: this backend has none (connect a CLIP)")
-    config.loss.check()
-    if config.ema_decay and not 0 < config.ema_decay < 1:
-        raise TrainingError(f"ema_decay must be in (0, 1) (or 0 = off), got {config.ema_decay}")
-    if config.ema_decay and optimizer_spec(config.optimizer).schedule_free:
-        raise TrainingError("schedule-free AdamW already averages its weights; turn EMA off with it")
+    check_train_config(config)
     if not samples:
         raise TrainingError("no training samples")
-    for name in ("steps", "batch_size", "grad_accum", "rank"):
-        if int(getattr(config, name)) < 1:
-            raise TrainingError(f"{name} must be >= 1, got {getattr(config, name)}")
-    if not 0 <= config.dropout < 1:
-        raise TrainingError(f"dropout must be in [0, 1), got {config.dropout}")
     shapes = {tuple(s.latent.shape) for s in samples}
     if len(shapes) > 1 and config.batch_size > 1 and not order_given:
         raise TrainingError(f"batch_size > 1 needs latents of one shape (or aspect buckets), got {sorted(shapes)}")
@@ -424,15 +416,7 @@ def _copied(obj: Any) -> Any:
 
 
 def _optimizer_and_schedule(groups: list[dict[str, Any]], config: TrainConfig):
-    spec = optimizer_spec(config.optimizer)
-    settings = dict(config.optimizer_settings)
-    if config.weight_decay is not None:
-        settings["weight_decay"] = config.weight_decay
-    if spec.schedule_free:
-        if config.lr_schedule not in ("constant", "constant_with_warmup"):
-            raise TrainingError(f"{config.optimizer} needs no LR schedule (it is schedule-free); "
-                                f"set lr_schedule to constant, not {config.lr_schedule!r}")
-        settings.setdefault("warmup_steps", config.warmup_steps)  # its own warm-up, which keeps its averaging right
+    spec, settings = optimizer_settings(config)  # check_train_config has checked them
     optimizer = make_optimizer(config.optimizer, groups, settings)
     if spec.schedule_free:
         return optimizer, make_scheduler(optimizer, "constant", 0, config.steps)

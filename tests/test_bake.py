@@ -142,12 +142,12 @@ def test_bake_exit_status_and_errors(tmp_path, capsys):
     assert main(["bake", str(tmp_path / "m.safetensors"), f"{tmp_path / 'l.safetensors'}:0.85",
                  "-o", str(tmp_path / "b.safetensors")]) == 0
     assert main(["bake", str(tmp_path / "m.safetensors"), f"{tmp_path / 'x.safetensors'}:0.85",
-                 "-o", str(tmp_path / "c.safetensors")]) == 2
+                 "-o", str(tmp_path / "c.safetensors")]) == 3
     assert "not_in_this_model" in capsys.readouterr().out and (tmp_path / "c.safetensors").exists()
     save_file({"lora_unet_blocks_0_self_attn_q.lora_down.weight": torch.randn(2, 16),
                "lora_unet_blocks_0_self_attn_q.lora_up.weight": torch.randn(16, 2)}, tmp_path / "wan.safetensors")
     assert main(["bake", str(tmp_path / "m.safetensors"), str(tmp_path / "wan.safetensors"),
-                 "-o", str(tmp_path / "d.safetensors")]) == 1
+                 "-o", str(tmp_path / "d.safetensors")]) == 2
     assert "none of the LoRAs' modules match" in capsys.readouterr().err and not (tmp_path / "d.safetensors").exists()
 
 

@@ -1,5 +1,6 @@
-"""`lora-lab convert` exit status: 0 complete, 2 written with unconverted keys listed, 1 error with nothing written;
-and no report or error ever shows a Python or PyTorch error string."""
+"""`lora-lab convert` exit status: 0 complete, 3 written with unconverted keys listed, 2 refused with nothing
+written (bad input, existing output, --strict, usage error); and no report or error ever shows a Python or
+PyTorch error string."""
 
 from __future__ import annotations
 
@@ -48,26 +49,26 @@ def test_exit_0_when_every_key_converts(tmp_path, capsys):
     assert len(load_file(tmp_path / "b.safetensors")) == 6  # 2 fused linear1 modules: down, up, alpha
 
 
-def test_exit_2_lists_the_unconverted_keys_and_writes_the_rest(tmp_path, capsys):
+def test_exit_3_lists_the_unconverted_keys_and_writes_the_rest(tmp_path, capsys):
     src = _flux(tmp_path / "a.safetensors", {"transformer.not_a_flux_module.lora_A.weight": torch.randn(4, 32),
                                              "transformer.not_a_flux_module.lora_B.weight": torch.randn(32, 4)})
     out = tmp_path / "b.safetensors"
     status, text = _run(capsys, "convert", src, out, "--to", "comfyui")
-    assert status == 2, text
+    assert status == 3, text
     assert "transformer.not_a_flux_module.lora_A.weight: no flux module named 'not_a_flux_module'" in text
     assert out.is_file() and len(load_file(out)) == 6
 
 
-def test_strict_turns_2_into_1_and_writes_nothing(tmp_path, capsys):
+def test_strict_turns_3_into_2_and_writes_nothing(tmp_path, capsys):
     src = _flux(tmp_path / "a.safetensors", {"transformer.not_a_flux_module.lora_A.weight": torch.randn(4, 32),
                                              "transformer.not_a_flux_module.lora_B.weight": torch.randn(32, 4)})
     out = tmp_path / "b.safetensors"
     status, text = _run(capsys, "convert", src, out, "--to", "comfyui", "--strict")
-    assert status == 1 and "--strict" in text and "not_a_flux_module" in text
+    assert status == 2 and "--strict" in text and "not_a_flux_module" in text
     assert not out.exists()
 
 
-def test_exit_2_for_dora_the_target_cannot_express(tmp_path, capsys):
+def test_exit_3_for_dora_the_target_cannot_express(tmp_path, capsys):
     """OneTrainer's input-axis DoRA has no PEFT layout: written without those modules, listed with the reason."""
     g = torch.Generator().manual_seed(1)
     sd = {}
@@ -78,7 +79,7 @@ def test_exit_2_for_dora_the_target_cannot_express(tmp_path, capsys):
             sd[b + ".dora_scale"] = torch.rand(1, 32, generator=g)
     save_file(sd, tmp_path / "a.safetensors")
     status, text = _run(capsys, "convert", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--to", "diffusers")
-    assert status == 2 and "input-axis scale" in text
+    assert status == 3 and "input-axis scale" in text
     assert set(load_file(tmp_path / "b.safetensors")) == {"transformer.transformer_blocks.0.attn.to_out.0.lora_A.weight",
                                                           "transformer.transformer_blocks.0.attn.to_out.0.lora_B.weight"}
 
@@ -113,22 +114,22 @@ def _checkpoint(p):
     ("evil.ckpt", _evil_pickle, "never runs code"),
     ("model.safetensors", _checkpoint, "not a LoRA"),
 ])
-def test_exit_1_names_the_file_and_the_problem(tmp_path, capsys, name, make, words):
+def test_exit_2_names_the_file_and_the_problem(tmp_path, capsys, name, make, words):
     src = tmp_path / name
     if make:
         make(src)
     out = tmp_path / "out.safetensors"
     status, text = _run(capsys, "convert", src, out, "--to", "comfyui")
-    assert status == 1 and name in text and words in text, text
+    assert status == 2 and name in text and words in text, text
     assert not out.exists() and not list(tmp_path.glob(".out.safetensors*"))
 
 
-def test_exit_1_for_usage_errors_and_existing_output(tmp_path, capsys):
+def test_exit_2_for_usage_errors_and_existing_output(tmp_path, capsys):
     src = _flux(tmp_path / "a.safetensors")
-    assert _run(capsys, "convert", src, tmp_path / "b.safetensors")[0] == 1  # --to missing
+    assert _run(capsys, "convert", src, tmp_path / "b.safetensors")[0] == 2  # --to missing
     (tmp_path / "b.safetensors").write_bytes(b"keep")
     status, text = _run(capsys, "convert", src, tmp_path / "b.safetensors", "--to", "comfyui")
-    assert status == 1 and "exists" in text and (tmp_path / "b.safetensors").read_bytes() == b"keep"
+    assert status == 2 and "exists" in text and (tmp_path / "b.safetensors").read_bytes() == b"keep"
 
 
 def test_inspect_exit_status(tmp_path, capsys):
@@ -136,4 +137,4 @@ def test_inspect_exit_status(tmp_path, capsys):
     assert _run(capsys, "inspect", src)[0] == 0
     (tmp_path / "e.safetensors").write_bytes(b"")
     status, text = _run(capsys, "inspect", tmp_path / "e.safetensors")
-    assert status == 1 and "e.safetensors" in text
+    assert status == 2 and "e.safetensors" in text

@@ -258,5 +258,5 @@ def test_cache_command_reports_and_clears(tmp_path, capsys):
     assert "1 file," in capsys.readouterr().out and cache_usage(tmp_path).files == 1
     assert main(["cache", str(tmp_path), "--clear"]) == 0
     assert "cleared" in capsys.readouterr().out and cache_usage(tmp_path).files == 0
-    assert main(["cache", str(tmp_path / "missing")]) == 2
-    assert "not a folder" in capsys.readouterr().out
+    assert main(["cache", str(tmp_path / "missing")]) == 2  # refused
+    assert "not a folder" in capsys.readouterr().err

@@ -46,7 +46,7 @@ def test_cli_convert_streams_same_tensors_as_in_memory(tmp_path, capsys):
         m = f.metadata()
     assert m["ss_output_name"] == "hands" and m["modelspec.trigger_phrase"] == "hndz, good hands"
     assert "lora_adapter_metadata" not in m
-    assert main(["convert", str(src), str(out), "--to", "comfyui"]) == 1  # exists, no --overwrite: error
+    assert main(["convert", str(src), str(out), "--to", "comfyui"]) == 2  # exists, no --overwrite: refused
 
 
 def test_cli_dtype_and_diffusers_metadata(tmp_path):

@@ -174,13 +174,13 @@ def test_cli_merge_and_resize_exit_status(tmp_path, capsys):
     assert main(["resize", str(out), "-o", str(tmp_path / "r.safetensors"), "--sv-fro", "0.9"]) == 0
     text = capsys.readouterr().out
     assert "error" in text and "rank" in text
-    assert main(["resize", str(out), "-o", str(tmp_path / "r.safetensors"), "--rank", "2"]) == 1  # exists
-    assert main(["merge", str(tmp_path / "nope.safetensors"), "-o", str(tmp_path / "x.safetensors")]) == 1
+    assert main(["resize", str(out), "-o", str(tmp_path / "r.safetensors"), "--rank", "2"]) == 2  # exists: refused
+    assert main(["merge", str(tmp_path / "nope.safetensors"), "-o", str(tmp_path / "x.safetensors")]) == 2
 
 
 def test_modules_the_output_form_cannot_hold_are_listed_not_a_crash(tmp_path, capsys):
     """Input-axis DoRA has no PEFT layout and a model without a diffusers map has no diffusers names: merge and
-    resize list such modules with the rule's reason (exit 2, the rest written) or, when nothing is left, exit 1
+    resize list such modules with the rule's reason (exit 3, the rest written) or, when nothing is left, exit 2
     with nothing written - never a traceback."""
     g = torch.Generator().manual_seed(3)
     sd = {}
@@ -191,7 +191,7 @@ def test_modules_the_output_form_cannot_hold_are_listed_not_a_crash(tmp_path, ca
             sd[b + ".dora_scale"] = torch.rand(1, H, generator=g) + 0.5
     save_file(sd, tmp_path / "dora.safetensors")
     out = tmp_path / "m.safetensors"
-    assert main(["merge", str(tmp_path / "dora.safetensors"), "-o", str(out), "--to", "diffusers", "--arch", "flux"]) == 2
+    assert main(["merge", str(tmp_path / "dora.safetensors"), "-o", str(out), "--to", "diffusers", "--arch", "flux"]) == 3
     text = capsys.readouterr().out
     assert "transformer_blocks.0.attn.to_q: DoRA with an input-axis scale" in text and "Traceback" not in text
     assert set(load_file(out)) == {"transformer.transformer_blocks.0.attn.to_out.0.lora_A.weight",
@@ -201,7 +201,7 @@ def test_modules_the_output_form_cannot_hold_are_listed_not_a_crash(tmp_path, ca
               tmp_path / "generic.safetensors")
     for argv in (["resize", str(tmp_path / "generic.safetensors"), "-o", str(tmp_path / "r.safetensors"), "--rank", "1"],
                  ["merge", str(tmp_path / "generic.safetensors"), "-o", str(tmp_path / "r.safetensors")]):
-        assert main(argv + ["--to", "diffusers"]) == 1
+        assert main(argv + ["--to", "diffusers"]) == 2
         err = capsys.readouterr().err
         assert "r.safetensors: nothing to write" in err and "no diffusers name map" in err, err
         assert not (tmp_path / "r.safetensors").exists()

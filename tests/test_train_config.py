@@ -134,3 +134,83 @@ def test_tensorboard_without_the_package(tmp_path, unet_folder, capsys, no_loadi
 def test_text_encoder_training_refused(tmp_path, unet_folder, capsys, no_loading):
     cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out", train={"train_text_encoder": True})
     _fails(capsys, [str(cfg)], "train_text_encoder is not supported by lora-lab train")
+
+
+# (--set flags, words the one-line error must hold: the value at fault and the allowed ones)
+BAD_VALUES = {
+    "model.family": (["model.family=flux2"], "'flux2'", "auto, sd15, sdxl"),
+    "model.dtype": (["model.dtype=fp8"], "'fp8'", "fp32, bf16, fp16"),
+    "model.text_encoder": (["model.text_encoder=clip"], "'clip'", "pipeline, hashed"),
+    "model.prediction": (["model.prediction=x0"], "'x0'", "auto, eps, v"),
+    "model.device": (["model.device=gpu"], "'gpu'", "auto or a torch device"),
+    "data.small_images": (["data.small_images=crop"], "'crop'", "upscale, skip"),
+    "data.video.frame_sampling": (["data.video.frame_sampling=random"], "'random'", "head, uniform, chunk"),
+    "train.optimizer": (["train.optimizer=adamx"], "'adamx'", "adamw, adamw8bit, adafactor"),
+    "train.optimizer_settings": (["train.optimizer_settings={betaz=1}"], "'betaz'", "betas, eps, weight_decay"),
+    "train.lr_schedule": (["train.lr_schedule=cosin"], "'cosin'", "constant, constant_with_warmup, cosine"),
+    "train.algorithm": (["train.algorithm=glora"], "'glora'", "lora, loha, lokr, dora"),
+    "train.algorithm_options": (["train.algorithm=lokr", "train.algorithm_options={factr=4}"], "'factr'",
+                                "factor, decompose_both"),
+    "train.algorithm_options.axis": (["train.algorithm=dora", "train.algorithm_options={axis='rows'}"], "'rows'",
+                                     "input, output"),
+    "train.timestep_sampling": (["train.timestep_sampling=logit"], "'logit'", "uniform, logit_normal, sigmoid"),
+    "train.precision": (["train.precision=fp8"], "'fp8'", "fp32, bf16, fp16"),
+    "train.loss.loss_type": (["train.loss.loss_type=l3"], "'l3'", "l2, l1, huber, smooth_l1"),
+    "train.loss.huber_schedule": (["train.loss.huber_schedule=snrr"], "'snrr'", "constant, exponential, snr"),
+    "train.targets": (["train.targets=attention_mpl"], "'attention_mpl'", "did you mean 'attention_mlp'?"),
+    "output.formats": (['output.formats=["kohya"]'], "'kohya'", "comfyui, diffusers"),
+    "schedule-free with a schedule": (["train.optimizer=adamw_schedulefree", "train.lr_schedule=cosine"],
+                                      "'cosine'", "set lr_schedule to constant"),
+    "train.ema_decay": (["train.ema_decay=1.5"], "1.5", "(0, 1)"),
+    "EMA with schedule-free": (["train.optimizer=adamw_schedulefree", "train.ema_decay=0.99"], "EMA", "schedule-free"),
+    "train.timestep_min/max": (["train.timestep_min=0.6", "train.timestep_max=0.5"], "min=0.6 max=0.5", "0 <= min < max <= 1"),
+}
+
+
+@pytest.mark.parametrize("key", list(BAD_VALUES))
+def test_each_bad_value_exits_2_in_one_line_before_any_model_loads(key, tmp_path, unet_folder, capsys, no_loading):
+    sets, value, allowed = BAD_VALUES[key]
+    cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out")
+    args = [str(cfg)] + [word for s in sets for word in ("--set", s)]
+    err = _fails(capsys, args, value, allowed, str(cfg))
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_same_config_without_a_bad_value_reaches_the_loader(tmp_path, unet_folder, no_loading):
+    """The guard above is real: a good config gets as far as loading the model (which no_loading refuses)."""
+    cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out")
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main(["train", str(cfg)])
+
+
+def test_existing_outputs_are_refused_before_loading(tmp_path, unet_folder, capsys, no_loading):
+    from lora_lab.lora_core.train_state import TrainState, save_train_state
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lora_loss.png").write_bytes(b"plot of an earlier run")
+    cfg = write_config(tmp_path / "run.toml", unet_folder, out)
+    _fails(capsys, [str(cfg)], f"{out / 'lora_loss.png'} exists", "--overwrite", "another --name")
+    assert (out / "lora_loss.png").read_bytes() == b"plot of an earlier run"
+    with pytest.raises(AssertionError, match="a model was loaded"):  # another name, or no plot: nothing to replace
+        main(["train", str(cfg), "--name", "other"])
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main(["train", str(cfg), "--set", "output.loss_plot=false"])
+
+    # periodic saves: the ones after the resume step would be rewritten, the earlier ones not
+    (out / "lora_loss.png").unlink()
+    state = save_train_state(out / "lora-step000002.state", TrainState(2, {}, {}, {}, {}, {}, {}))
+    (out / "lora-step000002.safetensors").write_bytes(b"x")
+    every = ["--steps", "6", "--set", "output.save_every=2"]
+    _fails(capsys, [str(cfg), *every], f"{out / 'lora-step000002.safetensors'} exists", "(and 1 more file(s)")
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main(["train", str(cfg), *every, "--resume", str(state)])
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main(["train", str(cfg), *every, "--overwrite"])
+
+
+def test_a_resume_file_that_is_not_a_state_is_refused(tmp_path, unet_folder, capsys, no_loading):
+    (tmp_path / "lora.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out")
+    _fails(capsys, [str(cfg), "--resume", str(tmp_path / "lora.safetensors")], "output.resume",
+           "is not a LoRA Lab training state")

@@ -104,3 +104,19 @@ def test_accelerate_launch(setup):
     assert json.loads((root / "acc" / "lora_report.json").read_text())["world_size"] == 2
     if (root / "one" / "lora.safetensors").is_file():
         _assert_same_lora(root / "one" / "lora.safetensors", root / "acc" / "lora.safetensors")
+
+
+def test_a_nan_in_two_processes_is_saved_once_by_rank_0(setup, tmp_path):
+    """A learning rate of 1e30 makes a later step's loss NaN on every rank at once (the loss is the all-reduced
+    mean): rank 0 saves the step before it with its state while the other waits, and only rank 0 reports."""
+    import re
+
+    root, config = setup
+    out = tmp_path / "out"
+    proc = run_cli([str(config), "--out", str(out), "--set", "train.learning_rate=1e30"], processes=2)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    stops = re.findall(r"lora-lab train: stopped: loss became nan at step (\d+)", proc.stderr)
+    assert len(stops) == 1 and int(stops[0]) > 1, proc.stderr[-3000:]
+    stem = f"lora_step{int(stops[0]) - 1:05d}"
+    assert sorted(p.name for p in out.iterdir()) == [f"{stem}.safetensors", f"{stem}.state"]
+    assert f"--resume {out / stem}.state" in proc.stderr

@@ -14,7 +14,8 @@ from .base import MissingPackageError, OptimizerSpec, settings_for
 OPTIMIZERS: dict[str, OptimizerSpec] = {s.name: s for s in (
     adamw.SPEC, adamw8bit.SPEC, adafactor.SPEC, came.SPEC, prodigy.SPEC, lion.SPEC, schedule_free.SPEC)}
 
-__all__ = ["OPTIMIZERS", "MissingPackageError", "OptimizerSpec", "optimizer_spec", "make_optimizer", "evaluation_weights"]
+__all__ = ["OPTIMIZERS", "MissingPackageError", "OptimizerSpec", "check_learning_rate", "evaluation_weights",
+           "make_optimizer", "optimizer_spec", "settings_for"]
 
 
 def optimizer_spec(name: str) -> OptimizerSpec:
@@ -24,17 +25,22 @@ def optimizer_spec(name: str) -> OptimizerSpec:
         raise TrainingError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}") from None
 
 
+def check_learning_rate(spec: OptimizerSpec, lr: float, group: str | None = None) -> None:
+    """lr > 0, and near 1 for an optimizer that multiplies its own step-size estimate by it (Prodigy)."""
+    if not lr > 0:
+        raise TrainingError(f"learning rate of {group or 'a parameter group'} must be > 0, got {lr}")
+    if spec.estimates_lr and lr < 0.01:
+        raise TrainingError(
+            f"{spec.name} estimates its own step size and multiplies it by the learning rate; "
+            f"{group or 'the'} learning rate {lr} would all but stop training (use 1.0)")
+
+
 def make_optimizer(name: str, groups: list[dict[str, Any]], settings: dict[str, Any] | None = None) -> torch.optim.Optimizer:
     """Build optimizer `name` over param groups [{"params": [...], "lr": float, "name": str}, ...]."""
     spec = optimizer_spec(name)
     merged = settings_for(spec, dict(settings or {}))
     for group in groups:
-        if not group["lr"] > 0:
-            raise TrainingError(f"learning rate of {group.get('name', 'a parameter group')} must be > 0, got {group['lr']}")
-        if spec.estimates_lr and group["lr"] < 0.01:
-            raise TrainingError(
-                f"{name} estimates its own step size and multiplies it by the learning rate; "
-                f"{group.get('name', 'the')} learning rate {group['lr']} would all but stop training (use 1.0)")
+        check_learning_rate(spec, group["lr"], group.get("name"))
     return spec.build([{k: v for k, v in g.items() if k != "name"} for g in groups], merged)
 
 
