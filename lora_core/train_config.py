@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -180,12 +181,12 @@ def _toml():
     """tomllib (Python 3.11+) or its backport tomli (3.10), imported when a config is read: no other command
     needs either."""
     try:
-        import tomllib
-    except ModuleNotFoundError:
-        try:
+        if sys.version_info >= (3, 11):  # this form, not try/except ImportError, is what mypy checks per version
+            import tomllib
+        else:
             import tomli as tomllib
-        except ModuleNotFoundError:
-            raise ConfigError("reading a TOML config on Python 3.10 needs the tomli package: pip install tomli") from None
+    except ModuleNotFoundError:
+        raise ConfigError("reading a TOML config on Python 3.10 needs the tomli package: pip install tomli") from None
     return tomllib
 
 
