@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shlex
 import sys
 import time
@@ -228,7 +229,7 @@ def run_training(config: RunConfig, folder: ModelFolder, dist: Distributed | Non
     out_dir = Path(config.output.dir).expanduser()
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    started = _clock()
     m = config.model
     model = load_model(folder, m.dtype, _device(config, dist), m.text_encoder, m.prediction, m.shift)
     dataset = _dataset(config)
@@ -314,13 +315,21 @@ def _save(config: RunConfig, folder: ModelFolder, dataset, model, result: TrainR
         lr_schedule=t.lr_schedule, warmup_steps=t.warmup_steps, seed=t.seed, precision=t.precision, dropout=t.dropout,
         targets=t.targets, prediction=model.backend.prediction, output_name=name, trigger_words=[d.trigger_word],
         captions=dataset.captions(), resolution=resolution, compute_dtype=result.compute_dtype,
-        timestep_sampling=t.timestep_sampling, started_at=started, finished_at=time.time(),
+        timestep_sampling=t.timestep_sampling, started_at=started, finished_at=_clock(),
+        gradient_checkpointing=result.checkpointing,
         comment=f"lora-lab train on {folder.root.name} ({folder.cls})")
     meta.update(algorithm_metadata(t))
     written = []
     if result.state is not None:  # first: a LoRA form that cannot be written must not lose the run
         written.append(save_train_state(state_path(out_dir / f"{name}.safetensors"), result.state))
     return write_lora(out_dir, name, result.lora, folder, config.output.formats, meta) + written
+
+
+def _clock() -> float:
+    """Now, or $SOURCE_DATE_EPOCH where set (the reproducible-builds convention): the LoRA's ss_training_*_at
+    timestamps are the only bytes that differ between two runs of the same config, seed and data."""
+    fixed = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    return float(fixed) if fixed else time.time()
 
 
 def _report(config: RunConfig, result: TrainResult, progress: _Progress | None, validate: Any, out_dir: Path,
@@ -334,5 +343,7 @@ def _report(config: RunConfig, result: TrainResult, progress: _Progress | None, 
         atomic_write_bytes(out_dir / f"{name}_loss.png", buffer.getvalue())
     report = {"steps": result.steps_done, "losses": result.losses, "validation": history,
               "world_size": dist.world_size if dist else 1, "global_batch": config.train.batch_size,
-              "step_seconds": progress.times if progress else []}
+              "step_seconds": progress.times if progress else [], "warnings": result.warnings}
+    for warning in result.warnings:
+        print(f"lora-lab train: warning: {warning}", file=sys.stderr)
     atomic_write_bytes(out_dir / f"{name}_report.json", json.dumps(report, indent=1).encode())

@@ -141,6 +141,19 @@ def test_flags_override_the_file_and_resume_continues(models, tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
 
 
+def test_source_date_epoch_makes_the_same_run_the_same_bytes(models, tmp_path, monkeypatch):
+    """Timestamps are the only bytes two runs of one config differ by; $SOURCE_DATE_EPOCH fixes them."""
+    folder = tiny_pipeline("sd15", models)
+    cfg = write_config(tmp_path / "run.toml", folder, tmp_path / "a", output={"formats": ["comfyui"], "loss_plot": False})
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    for out in ("one", "two"):
+        assert main(["train", str(cfg), "--out", str(tmp_path / out)]) == 0
+    one, two = ((tmp_path / out / "lora.safetensors").read_bytes() for out in ("one", "two"))
+    assert one == two
+    _, meta = load_lora_file(tmp_path / "one" / "lora.safetensors")
+    assert meta["ss_training_started_at"] == meta["ss_training_finished_at"] == "1700000000.0"
+
+
 @pytest.mark.parametrize("family,algorithm,optimizer", [("sd15", "loha", "adafactor"), ("flux", "lokr", "adamw")])
 def test_algorithms_and_optimizers_from_the_config(family, algorithm, optimizer, models, tmp_path):
     """The nodes' algorithms and optimizers through the CLI: LyCORIS keys in the ComfyUI form and their metadata.
