@@ -14,6 +14,7 @@ from comfy_api.latest import io, ui
 
 from ..lora_core.adapters import ALGORITHMS
 from ..lora_core.dataset_metadata import dataset_fingerprint
+from ..lora_core.devices import autocast_available
 from ..lora_core.errors import (LoraLabError, NonFiniteLossError, TrainingCrashed, TrainingError,
                                 TrainingOutOfMemory)
 from ..lora_core.lora_file import save_lora_file
@@ -53,10 +54,12 @@ PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 autocast on GPUs that support it; elsewhere no autocast (the model's own dtype computes)."""
+    """auto: bf16 autocast on accelerators (CUDA, XPU, MPS) where ComfyUI would compute in bf16 and torch can
+    autocast; on the CPU no autocast (the model's own dtype computes)."""
     if precision != "auto":
         return precision
-    if device.type == "cuda" and comfy.model_management.should_use_bf16(device):
+    if (device.type != "cpu" and autocast_available(device.type)
+            and comfy.model_management.should_use_bf16(device)):
         return "bf16"
     return "fp32"
 

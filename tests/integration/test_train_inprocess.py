@@ -186,3 +186,18 @@ def test_caption_cache_identity_includes_the_text_encoders_compute_dtype(sd15):
     other.patcher.set_model_compute_dtype(torch.bfloat16)
     assert clip_identity(other) != clip_identity(clip)
     assert clip_identity(clip.clone()) == clip_identity(clip)
+
+
+def test_auto_precision_is_bf16_on_every_accelerator_comfyui_computes_bf16_on(comfy, monkeypatch):
+    """CUDA, XPU and MPS alike (MPS autocast needs torch >= 2.5); never on the CPU; never where ComfyUI says no."""
+    from lora_lab.lora_core.devices import autocast_available
+    from lora_lab.nodes.train_node import resolve_precision
+
+    monkeypatch.setattr(comfy, "should_use_bf16", lambda device=None, *a, **k: True)
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    for kind in ("cuda", "xpu", "mps"):
+        expected = "bf16" if autocast_available(kind) else "fp32"
+        assert resolve_precision("auto", torch.device(kind)) == expected, kind
+    assert resolve_precision("fp16", torch.device("mps")) == "fp16"
+    monkeypatch.setattr(comfy, "should_use_bf16", lambda device=None, *a, **k: False)
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"
