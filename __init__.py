@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-__version__ = "0.1.0"
+from .lora_core.version import __version__
 
 _FOLDER = os.path.dirname(os.path.abspath(__file__))
 

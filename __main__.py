@@ -15,16 +15,17 @@ def _build_parser() -> argparse.ArgumentParser:
                                      "written), 3 written but incomplete, 130 interrupted.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    from .lora_core import demo
+    from .lora_core.cli import demo
 
     demo.add_arguments(commands.add_parser("demo", help="train the bundled tiny example end to end on the CPU"))
 
-    from .lora_core import train_cli
+    from .converters.trained_lora import FORMS
+    from .lora_core.cli import train as train_cli
 
     train_cli.add_arguments(commands.add_parser("train", help="train a LoRA on a local diffusers model (TOML config; "
-                                                "torchrun / accelerate launch for several processes)"))
+                                                "torchrun / accelerate launch for several processes)"), FORMS)
 
-    from .lora_core import cache_cli
+    from .lora_core.cli import cache as cache_cli
 
     cache_cli.add_arguments(commands.add_parser("cache", help="report the size of an encoding cache folder, or clear it"))
 

@@ -51,7 +51,7 @@ def main() -> int:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    from lora_lab.lora_core.tiny_folders import make_tiny_pipeline
+    from tiny_folders import make_tiny_pipeline
 
     with tempfile.TemporaryDirectory(prefix="lora_lab_cli_scaling_") as tmp:
         tmp = Path(tmp)

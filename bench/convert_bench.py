@@ -51,7 +51,7 @@ def flux_modules(h=3072, double=19, single=38):
 
 
 def make_file(path: Path, rank: int) -> int:
-    from lora_lab.lora_core.safetensors_io import write_streaming
+    from lora_lab.lora_core.files.safetensors_io import write_streaming
 
     entries, order = [], []
     for name, (out, inn) in flux_modules().items():

@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO.parent))
     import torch
 
-    from lora_lab.lora_core.buckets import BucketConfig
-    from lora_lab.lora_core.dataset import load_image_folder
-    from lora_lab.lora_core.encoding_cache import EncodingCache, MemoryStore, cache_usage
-    from lora_lab.lora_core.training_samples import Encoders, build_training_data
+    from lora_lab.lora_core.data.buckets import BucketConfig
+    from lora_lab.lora_core.data.dataset import load_image_folder
+    from lora_lab.lora_core.cache.encoding_cache import EncodingCache, MemoryStore, cache_usage
+    from lora_lab.lora_core.data.training_samples import Encoders, build_training_data
 
     torch.set_num_threads(2)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lora_lab_dataset_bench_"))

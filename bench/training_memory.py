@@ -26,10 +26,10 @@ from tests.integration.comfy_models import ensure_model  # noqa: E402
 def saved_bytes(backend, adapters, latent, cond, checkpointing: bool) -> int:
     import torch
 
-    from lora_lab.lora_core.checkpointing import gradient_checkpointing
-    from lora_lab.lora_core.frozen_layers import frozen_base
-    from lora_lab.lora_core.injection import attached
-    from lora_lab.lora_core.objective import diffusion_loss
+    from lora_lab.lora_core.training.checkpointing import gradient_checkpointing
+    from lora_lab.lora_core.training.frozen_layers import frozen_base
+    from lora_lab.lora_core.adapters.injection import attached
+    from lora_lab.lora_core.training.objective import diffusion_loss
 
     storages: dict[int, int] = {}
 
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     import comfy.sd
     import torch
 
-    from lora_lab.lora_core.adapters import new_adapter
-    from lora_lab.lora_core.targets import select_targets
+    from lora_lab.lora_core.adapters.algorithms import new_adapter
+    from lora_lab.lora_core.adapters.targets import select_targets
     from lora_lab.nodes.comfy_backend import ComfyBackend, encode_sample_cond
 
     patcher, clip = comfy.sd.load_checkpoint_guess_config(str(ensure_model("sd15")), output_vae=False)[:2]

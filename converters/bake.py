@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..lora_core.errors import LoraFormatError
-from ..lora_core.safetensors_io import write_streaming
+from ..lora_core.files.safetensors_io import write_streaming
 from .bake_targets import Target, locate
 from .convert import DTYPES, check_output_path
 from .delta import weight_delta

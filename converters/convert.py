@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..lora_core.errors import LoraFormatError
-from ..lora_core.safetensors_io import write_streaming
+from ..lora_core.files.safetensors_io import write_streaming
 from .analyse import Analysis, analyse
 from .comfyui_keys import comfyui_tensors
 from .conversion_error import ConversionError
@@ -187,7 +187,7 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str, arch: 
 
 
 def _write_adapter_config(dst: Path, metadata: dict[str, str]) -> None:
-    from ..lora_core.atomic import atomic_write_bytes
+    from ..lora_core.files.atomic import atomic_write_bytes
 
     packed = json.loads(metadata[LORA_ADAPTER_METADATA_KEY])
     first = next(iter(packed)).split(".")[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..lora_core.atomic import save_safetensors_atomic
+from ..lora_core.files.atomic import save_safetensors_atomic
 from ..lora_core.errors import LoraFormatError
 from .analyse import analyse
 from .comfyui_keys import comfyui_tensors

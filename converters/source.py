@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..lora_core.errors import LoraFormatError
-from ..lora_core.safetensors_io import SafetensorsReader
+from ..lora_core.files.safetensors_io import SafetensorsReader
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 

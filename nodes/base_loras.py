@@ -15,7 +15,7 @@ import torch
 
 import folder_paths
 
-from ..lora_core.base_lora_match import SAMPLES, LoadedLora, identify
+from ..lora_core.files.base_lora_match import SAMPLES, LoadedLora, identify
 from .bypass_adapters import bypass_adapters
 
 _MAX_FILES = 2000  # header reads are cheap, but a huge loras folder should not stall the run

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import torch
 
-from ..lora_core.trainer import usable_in_autograd
+from ..lora_core.data.samples import usable_in_autograd
 
 
 def bypass_adapters(patcher) -> list[tuple[str, object, float]]:

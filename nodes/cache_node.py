@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..lora_core.errors import DatasetError
-from ..lora_core.encoding_cache import cache_usage, clear_cache
+from ..lora_core.cache.encoding_cache import cache_usage, clear_cache
 from .comfy_paths import resolve_cache_folder
 from .dataset_inputs import DEFAULT_CACHE, validate_paths
 

@@ -19,7 +19,7 @@ import comfy.ops
 import comfy.sampler_helpers
 import comfy.samplers
 
-from ..lora_core.frozen_layers import plain_fetch, plain_geometry, torch_plain
+from ..lora_core.training.frozen_layers import plain_fetch, plain_geometry, torch_plain
 
 # Keep u away from the ends: sigma(0) = 0 would make c_out zero, and sigma(1) is infinite for
 # some discrete schedules (ComfyUI's percent_to_sigma(0) returns 1e9).

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..lora_core.cache_keys import weights_fingerprint
+from ..lora_core.cache.keys import weights_fingerprint
 
 
 def vae_identity(vae) -> str:

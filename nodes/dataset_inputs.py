@@ -9,7 +9,7 @@ from pathlib import Path
 
 from comfy_api.latest import io
 
-from ..lora_core.buckets import BucketConfig
+from ..lora_core.data.buckets import BucketConfig
 from ..lora_core.errors import LoraLabError
 from .comfy_paths import dataset_folder_options, resolve_cache_folder, resolve_dataset_folder
 from .dataset_options import BUCKET_DEFAULTS, CAPTION_DEFAULTS, caption_transforms

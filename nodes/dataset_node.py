@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..lora_core.dataset import load_image_folder
+from ..lora_core.data.dataset import load_image_folder
 from .comfy_paths import resolve_dataset_folder
 from .dataset_inputs import (caption_inputs, common_inputs, dataset_output, dataset_outputs, folder_fingerprint,
                              folder_input, loader_options, validate_paths)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..lora_core.augment import AugmentConfig
-from ..lora_core.caption_transforms import CaptionTransforms
-from ..lora_core.dataset import SMALL_IMAGE_POLICIES
+from ..lora_core.data.augment import AugmentConfig
+from ..lora_core.data.caption_transforms import CaptionTransforms
+from ..lora_core.data.dataset import SMALL_IMAGE_POLICIES
 from .types import AUGMENTATION, BUCKET_OPTIONS, CAPTION_OPTIONS
 
 BUCKET_DEFAULTS = {"min_bucket_side": 256, "max_bucket_side": 2048, "bucket_step": 64, "small_images": "upscale"}

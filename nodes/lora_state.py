@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..lora_core.dataset_metadata import dataset_metadata
-from ..lora_core.lora_file import algorithm_metadata, training_metadata
-from ..lora_core.lora_weights import LoraWeights, kohya_name
+from ..lora_core.data.captions import tag_frequency
+from ..lora_core.data.dataset_metadata import dataset_metadata
+from ..lora_core.files.lora_file import algorithm_metadata, training_metadata
+from ..lora_core.adapters.lora_weights import LoraWeights, kohya_name
 from .text_encoders import kohya_te_name
 
 
@@ -54,7 +55,7 @@ def trained_lora(result, config, dataset, family: str, name: str, prediction: st
         batch_size=config.batch_size, grad_accum=config.grad_accum, lr_schedule=config.lr_schedule,
         warmup_steps=config.warmup_steps, seed=config.seed, precision=config.precision, dropout=config.dropout,
         targets=config.targets, prediction=prediction, output_name=name,
-        trigger_words=dataset.trigger_word, captions=[image.caption for image in dataset.images],
+        trigger_words=dataset.trigger_word, tag_frequency=tag_frequency(image.caption for image in dataset.images),
         resolution=dataset.resolution, compute_dtype=result.compute_dtype, base_loras=base_loras,
         timestep_sampling=config.timestep_sampling, gradient_checkpointing=result.checkpointing,
     )

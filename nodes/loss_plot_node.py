@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
-from ..lora_core.loss_plot import plot_losses
+from ..lora_core.files.loss_plot import plot_losses
 from .types import LOSS
 
 

@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 
 from ..lora_core.errors import TrainingError
-from ..lora_core.lora_file import save_lora_file
-from ..lora_core.train_state import (TrainState, existing_state_path, is_state_file, load_train_state,
+from ..lora_core.files.lora_file import save_lora_file
+from ..lora_core.training.state import (TrainState, existing_state_path, is_state_file, load_train_state,
                                      save_train_state, state_path)
 from .comfy_paths import loras_directories, resolve_in_loras, unused_lora_path
 

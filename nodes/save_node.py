@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..lora_core.lora_file import save_lora_file
+from ..lora_core.files.lora_file import save_lora_file
 from .comfy_paths import unused_lora_path
 from .types import LORA
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from ..lora_core.trainer import StepReport, TrainResult
+from ..lora_core.training.trainer import StepReport
+
+from ..lora_core.training.run import TrainResult
 from .previews import Previewer, to_pil
 from .run_files import save_step
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..lora_core.training_samples import SampleInfo
+from ..lora_core.data.training_samples import SampleInfo
 from .comfy_backend import encode_sample_cond
 from .comfy_encoders import with_size_conditioning
 

@@ -12,19 +12,20 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io, ui
 
-from ..lora_core.adapters import ALGORITHMS
-from ..lora_core.dataset_metadata import dataset_fingerprint
-from ..lora_core.devices import autocast_available
+from ..lora_core.adapters.algorithms import ALGORITHMS
+from ..lora_core.data.dataset_metadata import dataset_fingerprint
+from ..lora_core.training.devices import autocast_available
 from ..lora_core.errors import (LoraLabError, NonFiniteLossError, TrainingCrashed, TrainingError,
                                 TrainingOutOfMemory)
-from ..lora_core.lora_file import save_lora_file
-from ..lora_core.lr_schedule import LR_SCHEDULES
-from ..lora_core.memory_estimate import training_memory
+from ..lora_core.files.lora_file import save_lora_file
+from ..lora_core.training.lr_schedule import LR_SCHEDULES
+from ..lora_core.training.memory_estimate import training_memory
 from ..lora_core.optimizers import OPTIMIZERS, optimizer_spec
-from ..lora_core.timesteps import METHODS as TIMESTEP_METHODS
-from ..lora_core.train_state import save_train_state, state_path
-from ..lora_core.trainer import StepReport, TrainConfig, adapter_parameter_count, train
-from ..lora_core.validation import ValidationLoss
+from ..lora_core.training.timesteps import METHODS as TIMESTEP_METHODS
+from ..lora_core.training.state import save_train_state, state_path
+from ..lora_core.training.trainer import StepReport, TrainConfig, train
+from ..lora_core.training.memory_estimate import adapter_parameter_count
+from ..lora_core.training.validation import ValidationLoss
 from . import text_encoders
 from .previews import Previewer
 from .run_files import load_resume, resolve_resume, resumable_states

@@ -13,8 +13,8 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..lora_core.errors import TrainingError
-from ..lora_core.loss_options import HUBER_SCHEDULES, LOSS_TYPES, LossOptions
-from ..lora_core.targets import PRESETS
+from ..lora_core.training.loss_options import HUBER_SCHEDULES, LOSS_TYPES, LossOptions
+from ..lora_core.adapters.targets import PRESETS
 from .types import ALGORITHM_OPTIONS, LOSS_OPTIONS, OPTIMIZER_OPTIONS, PREVIEW_OPTIONS, TEXT_ENCODER_OPTIONS
 
 CATEGORY = "LoRA Lab/options"

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from ..lora_core.encoding_cache import EncodingCache
+from ..lora_core.cache.encoding_cache import EncodingCache
 from ..lora_core.errors import DatasetError
-from ..lora_core.trainer import usable_in_autograd
-from ..lora_core.training_samples import Encoders, SampleInfo, TrainingData, build_training_data
+from ..lora_core.data.samples import usable_in_autograd
+from ..lora_core.data.training_samples import Encoders, SampleInfo, TrainingData, build_training_data
 from .comfy_backend import encode_sample_cond
 from .text_encoder_conds import encoded_each_step
 from .comfy_encoders import (clip_encoder, clip_identity, uses_size_conditioning, vae_encoder, vae_identity,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..lora_core.frame_sampling import SAMPLING_MODES
-from ..lora_core.video_dataset import SHORT_VIDEO_POLICIES, load_video_folder
+from ..lora_core.data.frame_sampling import SAMPLING_MODES
+from ..lora_core.data.video_dataset import SHORT_VIDEO_POLICIES, load_video_folder
 from .comfy_paths import resolve_dataset_folder
 from .dataset_inputs import (caption_inputs, common_inputs, dataset_output, dataset_outputs, folder_fingerprint,
                              folder_input, loader_options, validate_paths)

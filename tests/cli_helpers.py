@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lora_lab.lora_core.tiny_folders import make_tiny_pipeline
+from tiny_folders import make_tiny_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = REPO / "examples" / "tiny_dataset"

@@ -34,7 +34,7 @@ def lora_lab(*args: str) -> None:
 
 def tiny_pipeline(folder: Path) -> Path:
     code = ("import sys; from pathlib import Path\n"
-            "try:\n    from lora_lab.lora_core.tiny_folders import make_tiny_pipeline\n"
+            "try:\n    from tiny_folders import make_tiny_pipeline\n"
             "except ImportError:\n    sys.path.insert(0, sys.argv[2]); from tiny_folders import make_tiny_pipeline\n"
             "make_tiny_pipeline(Path(sys.argv[1]), 'sd15')")
     subprocess.run([sys.executable, "-c", code, str(folder), str(REPO / "tests")], check=True)

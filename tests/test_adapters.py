@@ -6,10 +6,10 @@ from torch import nn
 
 import pytest
 
-from lora_lab.lora_core.adapters import adapter_from_weights, new_adapter
+from lora_lab.lora_core.adapters.algorithms import adapter_from_weights, new_adapter
 from lora_lab.lora_core.errors import TrainingError
-from lora_lab.lora_core.injection import attached
-from lora_lab.lora_core.lora_weights import LoraModuleWeights
+from lora_lab.lora_core.adapters.injection import attached
+from lora_lab.lora_core.adapters.lora_weights import LoraModuleWeights
 
 
 def _randomise_up(adapter, seed=1):

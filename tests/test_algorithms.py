@@ -8,13 +8,13 @@ from torch import nn
 
 from lora_lab.converters.delta import factor_delta
 from lora_lab.converters.module_weights import ModuleWeights as ConverterWeights
-from lora_lab.lora_core.adapters import adapter_from_weights, new_adapter
-from lora_lab.lora_core.algorithms.dora import column_norms, row_norms
-from lora_lab.lora_core.algorithms.lokr import factorization
+from lora_lab.lora_core.adapters.algorithms import adapter_from_weights, new_adapter
+from lora_lab.lora_core.adapters.dora import column_norms, row_norms
+from lora_lab.lora_core.adapters.lokr import factorization
 from lora_lab.lora_core.errors import TrainingError
-from lora_lab.lora_core.frozen_layers import plain_fetch
-from lora_lab.lora_core.injection import attached
-from lora_lab.lora_core.lora_weights import LoraWeights
+from lora_lab.lora_core.training.frozen_layers import plain_fetch
+from lora_lab.lora_core.adapters.injection import attached
+from lora_lab.lora_core.adapters.lora_weights import LoraWeights
 
 LAYERS = [
     (lambda: nn.Linear(12, 8), (3, 5, 12)),

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lora_lab.lora_core.augment import (AugmentConfig, Variant, apply_colour, flip_pixels, flipped_crop, jittered,
+from lora_lab.lora_core.data.augment import (AugmentConfig, Variant, apply_colour, flip_pixels, flipped_crop, jittered,
                                         variants_for)
-from lora_lab.lora_core.buckets import place
+from lora_lab.lora_core.data.buckets import place
 from lora_lab.lora_core.errors import DatasetError
 
 

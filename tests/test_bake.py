@@ -183,7 +183,7 @@ RSS_SCRIPT = textwrap.dedent("""
 def test_bake_memory_stays_under_a_quarter_of_the_checkpoint(tmp_path):
     """A 256 MB fp16 model (128 tensors of 2 MB: SD1.5's largest LoRA-patched tensor is ~1% of its file), a LoRA on
     half of them: peak anonymous RSS growth < 25% of the file."""
-    from lora_lab.lora_core.safetensors_io import write_streaming
+    from lora_lab.lora_core.files.safetensors_io import write_streaming
 
     n, rows, cols = 128, 1024, 1024
     entries = [(f"{P}blocks.{i}.attn.qkv.weight", torch.float16, (rows, cols)) for i in range(n)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save_file
 
-from lora_lab.lora_core.base_lora_match import LoadedLora, identify
+from lora_lab.lora_core.files.base_lora_match import LoadedLora, identify
 
 PREFIXES = ["lora_unet_a_to_q", "lora_unet_a_to_k"]
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from lora_lab.lora_core.bucket_order import BucketOrder, OrderItem
+from lora_lab.lora_core.data.bucket_order import BucketOrder, OrderItem
 from lora_lab.lora_core.errors import DatasetError
 
 

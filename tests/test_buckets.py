@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_lab.lora_core.buckets import BucketConfig, assign, bucket_sizes, nearest_bucket, place
-from lora_lab.lora_core.dataset import load_image_folder
+from lora_lab.lora_core.data.buckets import BucketConfig, assign, bucket_sizes, nearest_bucket, place
+from lora_lab.lora_core.data.dataset import load_image_folder
 from lora_lab.lora_core.errors import DatasetError
-from lora_lab.lora_core.image_io import fit_to_placement
+from lora_lab.lora_core.data.image_io import fit_to_placement
 
 
 def picture(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
@@ -179,7 +179,7 @@ def test_exif_rotation_counts_for_the_bucket(tmp_path):
 def test_kohya_bucket_metadata(tmp_path):
     import json
 
-    from lora_lab.lora_core.dataset_metadata import dataset_metadata
+    from lora_lab.lora_core.data.dataset_metadata import dataset_metadata
 
     picture(tmp_path / "a.png", (300, 500))
     picture(tmp_path / "3_more" / "b.png", (500, 300))
@@ -193,8 +193,8 @@ def test_kohya_bucket_metadata(tmp_path):
 
 
 def test_dataset_fingerprint_follows_content_and_settings(tmp_path):
-    from lora_lab.lora_core.augment import AugmentConfig
-    from lora_lab.lora_core.dataset_metadata import dataset_fingerprint
+    from lora_lab.lora_core.data.augment import AugmentConfig
+    from lora_lab.lora_core.data.dataset_metadata import dataset_fingerprint
 
     picture(tmp_path / "a.png", (300, 500))
     picture(tmp_path / "b.png", (500, 300))

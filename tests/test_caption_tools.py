@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_lab.lora_core.caption_transforms import CaptionTransforms, StepCaption, without_separator
-from lora_lab.lora_core.captions import apply_template
-from lora_lab.lora_core.dataset import load_image_folder
+from lora_lab.lora_core.data.caption_transforms import CaptionTransforms, StepCaption, without_separator
+from lora_lab.lora_core.data.captions import apply_template
+from lora_lab.lora_core.data.dataset import load_image_folder
 from lora_lab.lora_core.errors import DatasetError
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_lab.lora_core.checkpointing import checkpoint_units, gradient_checkpointing
+from lora_lab.lora_core.training.checkpointing import checkpoint_units, gradient_checkpointing
 
 
 class InplaceBlock(nn.Module):

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lora_lab.converters import convert_file
-from lora_lab.lora_core.safetensors_io import write_streaming
+from lora_lab.lora_core.files.safetensors_io import write_streaming
 from lora_lab.converters.source import open_source
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_lab.lora_core.captions import read_caption, tag_counts, with_trigger
-from lora_lab.lora_core.dataset import ImageDataset, TrainImage, load_image_folder, parse_resolution
+from lora_lab.lora_core.data.captions import read_caption, tag_counts, with_trigger
+from lora_lab.lora_core.data.dataset import ImageDataset, TrainImage, load_image_folder, parse_resolution
 from lora_lab.lora_core.errors import DatasetError, LoraLabError
-from lora_lab.lora_core.image_io import decode_rgb, pil_to_float_rgb, resize_and_crop
+from lora_lab.lora_core.data.image_io import decode_rgb, pil_to_float_rgb, resize_and_crop
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_dataset"
 

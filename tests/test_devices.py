@@ -10,7 +10,7 @@ import torch
 
 from lora_lab.lora_core import devices, precision, train_state
 from lora_lab.lora_core.errors import TrainingError
-from lora_lab.lora_core.train_cli import _device
+from lora_lab.lora_core.cli.train import _device
 
 
 def _have(monkeypatch, *kinds: str) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lora_lab.lora_core.cache_keys import file_digest, make_key, weights_fingerprint
-from lora_lab.lora_core.encoding_cache import EncodingCache, MemoryStore, cache_usage, clear_cache
+from lora_lab.lora_core.cache.keys import file_digest, make_key, weights_fingerprint
+from lora_lab.lora_core.cache.encoding_cache import EncodingCache, MemoryStore, cache_usage, clear_cache
 from lora_lab.lora_core.errors import DatasetError
-from lora_lab.lora_core.tensor_tree import NotStorable, pack, unpack
+from lora_lab.lora_core.files.tensor_tree import NotStorable, pack, unpack
 
 
 class Counting:
@@ -132,7 +132,7 @@ def test_unwritable_cache_folder_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_failed_write_leaves_no_file_behind_and_the_run_goes_on(tmp_path, monkeypatch):
     cache = EncodingCache(tmp_path, memory=MemoryStore())
-    import lora_lab.lora_core.atomic as atomic
+    import lora_lab.lora_core.files.atomic as atomic
 
     def broken_fsync(fd):
         raise OSError(28, "No space left on device")

@@ -71,7 +71,7 @@ def test_ctrl_c_in_any_command_exits_130_without_a_partial_file(tmp_path, capsys
 
 
 def test_cache_refuses_a_missing_folder_and_fails_on_a_file_it_cannot_delete(tmp_path, capsys, monkeypatch):
-    from lora_lab.lora_core.encoding_cache import EncodingCache, MemoryStore
+    from lora_lab.lora_core.cache.encoding_cache import EncodingCache, MemoryStore
 
     assert main(["cache", str(tmp_path / "missing")]) == EXIT_REFUSED
     EncodingCache(tmp_path, memory=MemoryStore()).get_or_encode("latents", "77" * 20, lambda: torch.ones(4))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_lab.lora_core.frozen_layers import autograd_safe, frozen_base, plain_fetch
+from lora_lab.lora_core.training.frozen_layers import autograd_safe, frozen_base, plain_fetch
 
 import peak_rss
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lora_lab.lora_core.adapters import new_adapter
-from lora_lab.lora_core.frozen_layers import frozen_base, plain_fetch
-from lora_lab.lora_core.layer_kinds import is_linear
-from lora_lab.lora_core.targets import select_targets
+from lora_lab.lora_core.adapters.algorithms import new_adapter
+from lora_lab.lora_core.training.frozen_layers import frozen_base, plain_fetch
+from lora_lab.lora_core.adapters.layer_kinds import is_linear
+from lora_lab.lora_core.adapters.targets import select_targets
 
 
 class LinearLike(nn.Module):

@@ -8,18 +8,20 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from lora_lab.lora_core.data.captions import tag_frequency
 from lora_lab.lora_core import atomic, safetensors_io
-from lora_lab.lora_core.diffusers_backend import DDPMUNetBackend
+from lora_lab.lora_core.cli.diffusers_backend import DDPMUNetBackend
 from lora_lab.lora_core.errors import LoraFormatError
-from lora_lab.lora_core.lora_file import load_lora_file, save_lora_file, training_metadata
-from lora_lab.lora_core.lora_weights import LoraModuleWeights, LoraWeights
-from lora_lab.lora_core.tiny_models import TinyTextEncoder, tiny_unet
-from lora_lab.lora_core.trainer import TrainConfig, TrainSample, train
+from lora_lab.lora_core.files.lora_file import load_lora_file, save_lora_file, training_metadata
+from lora_lab.lora_core.adapters.lora_weights import LoraModuleWeights, LoraWeights
+from lora_lab.lora_core.cli.tiny_models import TinyTextEncoder, tiny_unet
+from lora_lab.lora_core.training.trainer import TrainConfig, train
+from lora_lab.lora_core.data.samples import TrainSample
 
 
 def meta(**kw):
     base = dict(family="sd15", rank=4, alpha=2.0, learning_rate=1e-4, max_steps=10, steps_done=10, num_images=3,
-                seed=7, targets="attention", trigger_words=["rcircle"], captions=["rcircle, red, blue", "rcircle, red"],
+                seed=7, targets="attention", trigger_words=["rcircle"], tag_frequency=tag_frequency(["rcircle, red, blue", "rcircle, red"]),
                 output_name="circle")
     return training_metadata(**{**base, **kw})
 

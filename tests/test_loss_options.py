@@ -8,14 +8,14 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_snr
 
-from lora_lab.lora_core.diffusers_backend import DDPMUNetBackend, FlowTransformerBackend
+from lora_lab.lora_core.cli.diffusers_backend import DDPMUNetBackend, FlowTransformerBackend
 from lora_lab.lora_core.errors import TrainingError
-from lora_lab.lora_core.loss_options import LossOptions
-from lora_lab.lora_core.loss_weighting import loss_weight, snr
-from lora_lab.lora_core.noise import sample_noise
-from lora_lab.lora_core.objective import diffusion_loss
-from lora_lab.lora_core.robust_loss import elementwise, huber_threshold
-from lora_lab.lora_core.timesteps import TimestepOptions, sample_u, sampler, u_interval
+from lora_lab.lora_core.training.loss_options import LossOptions
+from lora_lab.lora_core.training.loss_weighting import loss_weight, snr
+from lora_lab.lora_core.training.noise import sample_noise
+from lora_lab.lora_core.training.objective import diffusion_loss
+from lora_lab.lora_core.training.robust_loss import elementwise, huber_threshold
+from lora_lab.lora_core.training.timesteps import TimestepOptions, sample_u, sampler, u_interval
 
 
 class Schedule(DDPMUNetBackend):
@@ -96,7 +96,7 @@ def test_huber_and_smooth_l1_match_kohya_conditional_loss():
 
 def test_huber_loss_on_the_native_residual_of_a_real_model():
     """diffusion_loss with huber equals kohya's huber on (eps_pred - eps), the network's own output."""
-    from lora_lab.lora_core.tiny_models import tiny_unet
+    from lora_lab.lora_core.cli.tiny_models import tiny_unet
 
     unet = tiny_unet(seed=0, channels=(16, 32)).requires_grad_(False)
     backend = DDPMUNetBackend(unet)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_lab.lora_core.loss_plot import RAW, SMOOTH, nice_ticks, plot_losses, smooth_losses
+from lora_lab.lora_core.files.loss_plot import RAW, SMOOTH, nice_ticks, plot_losses, smooth_losses
 
 NAN = float("nan")
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lora_lab.lora_core.diffusers_backend import DDPMUNetBackend, FlowTransformerBackend
-from lora_lab.lora_core.objective import diffusion_loss
-from lora_lab.lora_core.tiny_models import tiny_unet
-from lora_lab.lora_core.timesteps import U_MIN, sample_u
+from lora_lab.lora_core.cli.diffusers_backend import DDPMUNetBackend, FlowTransformerBackend
+from lora_lab.lora_core.training.objective import diffusion_loss
+from lora_lab.lora_core.cli.tiny_models import tiny_unet
+from lora_lab.lora_core.training.timesteps import U_MIN, sample_u
 
 
 def _textbook_mse(pred, target):

@@ -8,7 +8,7 @@ import torch
 
 from lora_lab.lora_core.errors import TrainingError
 from lora_lab.lora_core.optimizers import OPTIMIZERS, MissingPackageError, evaluation_weights, make_optimizer
-from lora_lab.lora_core.train_state import TrainState, load_train_state, save_train_state
+from lora_lab.lora_core.training.state import TrainState, load_train_state, save_train_state
 
 PACKAGES = {"adamw8bit": "bitsandbytes", "came": "pytorch_optimizer", "lion": "pytorch_optimizer",
             "prodigy": "prodigyopt", "adamw_schedulefree": "schedulefree", "adafactor": "transformers"}

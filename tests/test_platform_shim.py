@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "preadv") or not hasattr(os, "fc
 PROBE = """
 import os, shutil
 import lora_lab.lora_core.errors
-import lora_lab.lora_core.atomic as atomic
+import lora_lab.lora_core.files.atomic as atomic
 pack_os = atomic.os
 assert pack_os is not os, "the pack's os was not swapped"
 assert not hasattr(pack_os, "preadv") and getattr(pack_os, "fchmod", None) is None
@@ -55,5 +55,5 @@ def test_shim_hides_windows_lacking_os_functions_from_the_pack_only():
 
 
 def test_without_the_shim_the_pack_sees_the_real_os():
-    done = _run("import os, lora_lab.lora_core.atomic as a; print(a.os is os)", shim=False)
+    done = _run("import os, lora_lab.lora_core.files.atomic as a; print(a.os is os)", shim=False)
     assert done.stdout.strip() == "True", done.stderr

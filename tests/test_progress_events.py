@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_lab.lora_core.trainer import StepReport
+from lora_lab.lora_core.training.trainer import StepReport
 from lora_lab.nodes.progress_events import (PROGRESS_EVENT, SAMPLE_EVENT, ProgressStream, progress_payload,
                                             sample_payload, save_sample_image)
 from lora_lab.nodes.progress_log import RunLog

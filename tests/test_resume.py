@@ -7,13 +7,14 @@ import math
 import pytest
 import torch
 
-from lora_lab.lora_core.diffusers_backend import DDPMUNetBackend
+from lora_lab.lora_core.cli.diffusers_backend import DDPMUNetBackend
 from lora_lab.lora_core.errors import TrainingCrashed, TrainingError
-from lora_lab.lora_core.lora_file import save_lora_file
+from lora_lab.lora_core.files.lora_file import save_lora_file
 from lora_lab.lora_core.optimizers import OPTIMIZERS
-from lora_lab.lora_core.tiny_models import TinyTextEncoder, tiny_unet
-from lora_lab.lora_core.train_state import load_train_state, save_train_state, state_path
-from lora_lab.lora_core.trainer import TrainConfig, TrainSample, train
+from lora_lab.lora_core.cli.tiny_models import TinyTextEncoder, tiny_unet
+from lora_lab.lora_core.training.state import load_train_state, save_train_state, state_path
+from lora_lab.lora_core.training.trainer import TrainConfig, train
+from lora_lab.lora_core.data.samples import TrainSample
 
 from test_optimizers import _available
 
@@ -79,7 +80,7 @@ def test_adamw8bit_resume_is_exact_with_8bit_state_on_the_cpu(unet, tmp_path):
 @pytest.mark.parametrize("algorithm,extra", [("loha", {}), ("lokr", {"factor": 4}), ("dora", {}),
                                              ("lora", {"ema_decay": 0.9}),
                                              ("lora", {"timestep_sampling": "logit_normal", "timestep_min": 0.2,
-                                                       "loss": __import__("lora_lab.lora_core.loss_options", fromlist=["x"]).LossOptions(
+                                                       "loss": __import__("lora_lab.lora_core.training.loss_options", fromlist=["x"]).LossOptions(
                                                            loss_type="huber", min_snr_gamma=5.0, noise_offset=0.05, adaptive_noise_scale=0.01)})])
 def test_resume_is_exact_for_algorithms_ema_and_loss_options(unet, tmp_path, algorithm, extra):
     backend, samples = DDPMUNetBackend(unet), make_samples()
@@ -286,7 +287,7 @@ def test_text_encoder_lora_trains_with_its_own_lr_and_resumes(unet, tmp_path):
 def test_state_file_is_named_so_lora_lists_skip_it_and_earlier_names_still_resolve(tmp_path):
     """x.safetensors -> x.state: no LoRA-list extension (ComfyUI lists models/loras by extension); a state
     an earlier version wrote as x.state.safetensors is found when only it exists."""
-    from lora_lab.lora_core.train_state import existing_state_path, is_state_file, state_path
+    from lora_lab.lora_core.training.state import existing_state_path, is_state_file, state_path
 
     lora = tmp_path / "x_step00003.safetensors"
     assert state_path(lora) == tmp_path / "x_step00003.state"

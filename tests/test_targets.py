@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lora_lab.lora_core.errors import TrainingError
-from lora_lab.lora_core.targets import select_targets
+from lora_lab.lora_core.adapters.targets import select_targets
 
 
 def tree(names, conv=()):
@@ -118,7 +118,7 @@ def test_presets_on_diffusers_models():
 
 
 def test_unet_presets_and_custom_patterns():
-    from lora_lab.lora_core.tiny_models import tiny_unet
+    from lora_lab.lora_core.cli.tiny_models import tiny_unet
 
     unet = tiny_unet()
     attn = select_targets(unet, "attention")

@@ -16,10 +16,11 @@ import torch
 
 from cli_helpers import tiny_pipeline, write_config
 from lora_lab.__main__ import main
-from lora_lab.lora_core.lora_file import load_lora_file
-from lora_lab.lora_core.model_folders import inspect_folder
-from lora_lab.lora_core.train_cli import run_training
-from lora_lab.lora_core.train_config import load_config
+from lora_lab.lora_core.files.lora_file import load_lora_file
+from lora_lab.lora_core.cli.model_folders import inspect_folder
+from lora_lab.converters.trained_lora import FORMS
+from lora_lab.lora_core.cli.train import run_training
+from lora_lab.lora_core.cli.config import load_config
 
 PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline",
              "flux": "FluxPipeline", "sana": "SanaPipeline", "wan": "WanPipeline"}
@@ -99,7 +100,7 @@ def test_train_writes_a_lora_diffusers_loads(family, models, tmp_path):
     folder = tiny_pipeline(family, models)
     out = tmp_path / "out"
     config = load_config(write_config(tmp_path / "run.toml", folder, out))
-    result = run_training(config, inspect_folder(folder))
+    result = run_training(config, inspect_folder(folder), FORMS)
 
     assert result.steps_done == 2 and all(torch.isfinite(torch.tensor(result.losses)))
     assert len(result.lora.modules) > 0
@@ -167,11 +168,11 @@ def test_algorithms_and_optimizers_from_the_config(family, algorithm, optimizer,
                                                                  "learning_rate": 1e-2 if optimizer == "adamw" else 1e-1})
     if algorithm == "lokr":
         with pytest.raises(LoraFormatError, match="no exact diffusers/PEFT LoRA form"):
-            run_training(load_config(cfg), inspect_folder(folder))
+            run_training(load_config(cfg), inspect_folder(folder), FORMS)
         assert (out / "lora.safetensors").is_file() and (out / "lora.state").is_file()
-        result = run_training(load_config(cfg, ['output.formats=["comfyui"]']), inspect_folder(folder))
+        result = run_training(load_config(cfg, ['output.formats=["comfyui"]']), inspect_folder(folder), FORMS)
     else:
-        result = run_training(load_config(cfg), inspect_folder(folder))
+        result = run_training(load_config(cfg), inspect_folder(folder), FORMS)
     comfy, meta = load_lora_file(out / "lora.safetensors")
     assert meta["lora_lab_algorithm"] == algorithm and meta["ss_optimizer"] == optimizer
     role = {"loha": ".hada_w1_a", "lokr": ".lokr_w"}[algorithm]
@@ -193,7 +194,7 @@ def test_validation_loss_in_the_report_and_plot(models, tmp_path):
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "run.toml", folder, out, data={"validation": 1, "validate_every": 1},
                        output={"formats": ["comfyui"]})
-    result = run_training(load_config(cfg), inspect_folder(folder))
+    result = run_training(load_config(cfg), inspect_folder(folder), FORMS)
     report = json.loads((out / "lora_report.json").read_text())
     assert [step for step, _ in report["validation"]] == [1, 2]
     assert report["losses"] == result.losses and len(report["step_seconds"]) == 2

@@ -9,7 +9,7 @@ import pytest
 from cli_helpers import DATASET, write_config
 from lora_lab.__main__ import main
 from lora_lab.lora_core import model_folders, train_cli
-from lora_lab.lora_core.train_config import ConfigError, load_config
+from lora_lab.lora_core.cli.config import ConfigError, load_config
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_example_configs_parse():
     import dataclasses
 
     from cli_helpers import REPO
-    from lora_lab.lora_core.trainer import TrainConfig
+    from lora_lab.lora_core.training.trainer import TrainConfig
 
     if "optimizer" not in {f.name for f in dataclasses.fields(TrainConfig)}:
         pytest.skip("the example configs name optimizers (CAME, AdamW 8-bit, Adafactor): issue 9's trainer")
@@ -184,7 +184,7 @@ def test_the_same_config_without_a_bad_value_reaches_the_loader(tmp_path, unet_f
 
 
 def test_existing_outputs_are_refused_before_loading(tmp_path, unet_folder, capsys, no_loading):
-    from lora_lab.lora_core.train_state import TrainState, save_train_state
+    from lora_lab.lora_core.training.state import TrainState, save_train_state
 
     out = tmp_path / "out"
     out.mkdir()

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from cli_helpers import run_cli, tiny_pipeline, write_config
-from lora_lab.lora_core.distributed import Distributed
-from lora_lab.lora_core.lora_file import load_lora_file
+from lora_lab.lora_core.training.distributed import Distributed
+from lora_lab.lora_core.files.lora_file import load_lora_file
 
 pytestmark = pytest.mark.slow
 TOL = dict(atol=1e-5, rtol=1e-4)  # fp32: the batch mean summed in two halves, then all-reduced

@@ -6,14 +6,15 @@ import re
 import pytest
 import torch
 
-from lora_lab.lora_core.adapters import adapter_from_weights
-from lora_lab.lora_core.diffusers_backend import DDPMUNetBackend
+from lora_lab.lora_core.adapters.algorithms import adapter_from_weights
+from lora_lab.lora_core.cli.diffusers_backend import DDPMUNetBackend
 from lora_lab.lora_core.errors import NonFiniteLossError, TrainingCrashed, TrainingError
-from lora_lab.lora_core.injection import attached
-from lora_lab.lora_core.objective import diffusion_loss
-from lora_lab.lora_core.lr_schedule import make_scheduler
-from lora_lab.lora_core.tiny_models import TinyTextEncoder, tiny_unet
-from lora_lab.lora_core.trainer import TrainConfig, TrainSample, train
+from lora_lab.lora_core.adapters.injection import attached
+from lora_lab.lora_core.training.objective import diffusion_loss
+from lora_lab.lora_core.training.lr_schedule import make_scheduler
+from lora_lab.lora_core.cli.tiny_models import TinyTextEncoder, tiny_unet
+from lora_lab.lora_core.training.trainer import TrainConfig, train
+from lora_lab.lora_core.data.samples import TrainSample
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_nan_stops_with_last_good_result(unet):
 
 
 def test_grad_accumulation_equals_bigger_batch(unet, monkeypatch):
-    import lora_lab.lora_core.trainer as trainer_module
+    import lora_lab.lora_core.training.trainer as trainer_module
 
     grads, step = [], trainer_module._Run._clip_and_step
 
@@ -290,7 +291,7 @@ def test_runs_inside_inference_mode_with_inference_tensors(unet):
 def test_flow_backends_train(family):
     from diffusers import FluxTransformer2DModel, SanaTransformer2DModel
 
-    from lora_lab.lora_core.diffusers_backend import FlowTransformerBackend
+    from lora_lab.lora_core.cli.diffusers_backend import FlowTransformerBackend
 
     torch.manual_seed(0)
     if family == "sana":
@@ -330,7 +331,8 @@ def test_a_model_that_computes_in_fp16_gets_loss_scaling_without_autocast(unet):
 @pytest.mark.parametrize("algorithm", ["lora", "loha", "lokr", "dora"])
 def test_memory_plan_counts_the_adapters_the_run_will_have(unet, algorithm):
     """adapter_parameter_count (for the memory plan, nothing allocated) equals the real adapters' size."""
-    from lora_lab.lora_core.trainer import adapter_parameter_count, make_adapters
+    from lora_lab.lora_core.training.memory_estimate import adapter_parameter_count
+    from lora_lab.lora_core.training.run_setup import make_adapters
 
     backend, cfg = DDPMUNetBackend(unet), config(algorithm=algorithm)
     counted = adapter_parameter_count(backend, cfg)
@@ -353,8 +355,8 @@ class _FlatDenoiser(torch.nn.Module):
 
 
 def test_checkpointing_says_what_it_did(unet, caplog):
-    from lora_lab.lora_core.checkpointing import checkpoint_units
-    from lora_lab.lora_core.lora_file import training_metadata
+    from lora_lab.lora_core.training.checkpointing import checkpoint_units
+    from lora_lab.lora_core.files.lora_file import training_metadata
 
     flat = train(DDPMUNetBackend(_FlatDenoiser().requires_grad_(False)), make_samples(2),
                  config(steps=1, targets=["to_q"], gradient_checkpointing=True))

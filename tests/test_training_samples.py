@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_lab.lora_core.safetensors_io import safetensors_bytes
-from lora_lab.lora_core.augment import AugmentConfig, flipped_crop
-from lora_lab.lora_core.buckets import BucketConfig
-from lora_lab.lora_core.caption_transforms import CaptionTransforms, StepCaption
-from lora_lab.lora_core.dataset import load_image_folder
-from lora_lab.lora_core.encoding_cache import EncodingCache, MemoryStore
+from lora_lab.lora_core.files.safetensors_io import safetensors_bytes
+from lora_lab.lora_core.data.augment import AugmentConfig, flipped_crop
+from lora_lab.lora_core.data.buckets import BucketConfig
+from lora_lab.lora_core.data.caption_transforms import CaptionTransforms, StepCaption
+from lora_lab.lora_core.data.dataset import load_image_folder
+from lora_lab.lora_core.cache.encoding_cache import EncodingCache, MemoryStore
 from lora_lab.lora_core.errors import DatasetError
-from lora_lab.lora_core.training_samples import Encoders, build_training_data
+from lora_lab.lora_core.data.training_samples import Encoders, build_training_data
 
 SHAPES = [(96, 64), (100, 60), (64, 96), (60, 100), (64, 64), (70, 70)]
 BUCKETS = BucketConfig(64, min_side=32, max_side=128, step=16)
@@ -218,10 +218,10 @@ def test_batch_size_checked_before_encoding(tmp_path):
 # ---- whole runs with the tiny diffusers models ---------------------------------------------------------
 
 def _lora_bytes(tmp_path: Path, seed: int, with_validation: bool = False) -> tuple[bytes, list[float]]:
-    from lora_lab.lora_core.diffusers_backend import DDPMUNetBackend
-    from lora_lab.lora_core.tiny_models import TinyTextEncoder, tiny_unet, tiny_vae
-    from lora_lab.lora_core.trainer import TrainConfig, train
-    from lora_lab.lora_core.validation import ValidationLoss
+    from lora_lab.lora_core.cli.diffusers_backend import DDPMUNetBackend
+    from lora_lab.lora_core.cli.tiny_models import TinyTextEncoder, tiny_unet, tiny_vae
+    from lora_lab.lora_core.training.trainer import TrainConfig, train
+    from lora_lab.lora_core.training.validation import ValidationLoss
 
     data_dir = tmp_path / "d"
     if not data_dir.exists():

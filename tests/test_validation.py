@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from lora_lab.lora_core.diffusers_backend import DDPMUNetBackend
+from lora_lab.lora_core.cli.diffusers_backend import DDPMUNetBackend
 from lora_lab.lora_core.errors import TrainingError
-from lora_lab.lora_core.loss_plot import VALIDATION, plot_losses
-from lora_lab.lora_core.tiny_models import TinyTextEncoder, tiny_unet
-from lora_lab.lora_core.trainer import TrainConfig, TrainSample, train
-from lora_lab.lora_core.validation import ValidationLoss
+from lora_lab.lora_core.files.loss_plot import VALIDATION, plot_losses
+from lora_lab.lora_core.cli.tiny_models import TinyTextEncoder, tiny_unet
+from lora_lab.lora_core.training.trainer import TrainConfig, train
+from lora_lab.lora_core.data.samples import TrainSample
+from lora_lab.lora_core.training.validation import ValidationLoss
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_lab.lora_core.buckets import BucketConfig, place
-from lora_lab.lora_core.encoding_cache import EncodingCache, MemoryStore
+from lora_lab.lora_core.data.buckets import BucketConfig, place
+from lora_lab.lora_core.cache.encoding_cache import EncodingCache, MemoryStore
 from lora_lab.lora_core.errors import DatasetError
-from lora_lab.lora_core.frame_sampling import plan_clips, snap_frames, timeline
-from lora_lab.lora_core.training_samples import Encoders, build_training_data
-from lora_lab.lora_core.video_dataset import load_video_folder
-from lora_lab.lora_core.video_io import load_frames, probe
+from lora_lab.lora_core.data.frame_sampling import plan_clips, snap_frames, timeline
+from lora_lab.lora_core.data.training_samples import Encoders, build_training_data
+from lora_lab.lora_core.data.video_dataset import load_video_folder
+from lora_lab.lora_core.data.video_io import load_frames, probe
 
 av = pytest.importorskip("av", reason="PyAV (pip install av) reads the videos")
 

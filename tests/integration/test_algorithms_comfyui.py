@@ -28,8 +28,8 @@ def sd15(comfy, sd15_checkpoint):
 
 
 def _random_adapters(modules, names, algorithm, options, seed=0, prefix=""):
-    from lora_lab.lora_core.adapters import new_adapter
-    from lora_lab.lora_core.frozen_layers import plain_fetch
+    from lora_lab.lora_core.adapters.algorithms import new_adapter
+    from lora_lab.lora_core.training.frozen_layers import plain_fetch
 
     g = torch.Generator().manual_seed(seed)
     adapters = {}
@@ -48,8 +48,8 @@ def test_model_file_through_comfy_loader_equals_the_trained_side_path(sd15, algo
     import comfy.sd
 
     from lora_lab.converters import comfyui_kohya_names
-    from lora_lab.lora_core.injection import attached
-    from lora_lab.lora_core.lora_weights import LoraWeights
+    from lora_lab.lora_core.adapters.injection import attached
+    from lora_lab.lora_core.adapters.lora_weights import LoraWeights
 
     model, _, _ = sd15
     root = model.model.diffusion_model
@@ -81,9 +81,9 @@ def test_text_encoder_file_through_strength_clip_equals_the_in_graph_clip(sd15, 
     import comfy.model_management as mm
     import comfy.sd
 
-    from lora_lab.lora_core.injection import attached
-    from lora_lab.lora_core.lora_weights import LoraWeights
-    from lora_lab.lora_core.targets import select_targets
+    from lora_lab.lora_core.adapters.injection import attached
+    from lora_lab.lora_core.adapters.lora_weights import LoraWeights
+    from lora_lab.lora_core.adapters.targets import select_targets
     from lora_lab.nodes.text_encoders import kohya_te_name, present
 
     model, clip, _ = sd15

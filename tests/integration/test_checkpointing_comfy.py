@@ -97,11 +97,11 @@ def _loaded_like_comfy(model):
 
 
 def _forward_backward(model, inputs, checkpointing: bool, guard: bool, measure_bytes: bool = False):
-    from lora_lab.lora_core.adapters import new_adapter
-    from lora_lab.lora_core.checkpointing import gradient_checkpointing
-    from lora_lab.lora_core.frozen_layers import frozen_base
-    from lora_lab.lora_core.injection import attached
-    from lora_lab.lora_core.targets import select_targets
+    from lora_lab.lora_core.adapters.algorithms import new_adapter
+    from lora_lab.lora_core.training.checkpointing import gradient_checkpointing
+    from lora_lab.lora_core.training.frozen_layers import frozen_base
+    from lora_lab.lora_core.adapters.injection import attached
+    from lora_lab.lora_core.adapters.targets import select_targets
     from lora_lab.nodes.comfy_backend import comfy_fetch, comfy_plain, comfy_stored
     from lora_lab.nodes.rope_autograd import ensure_rope_autograd
     from lora_lab.nodes.training_mode import comfy_training_mode
@@ -141,7 +141,7 @@ def comfy_ready(comfy):
 def test_each_layer_inside_a_unit_is_recomputed_once(comfy_ready, family):
     """A unit on the gradient path (its output needs grad) runs again in backward, so every Linear inside it runs
     exactly twice; units off the path (before any LoRA) and layers outside units run once."""
-    from lora_lab.lora_core.checkpointing import checkpoint_units
+    from lora_lab.lora_core.training.checkpointing import checkpoint_units
 
     model, inputs = FAMILIES[family]()
     model = _loaded_like_comfy(model)

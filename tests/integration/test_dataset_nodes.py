@@ -99,7 +99,7 @@ def test_video_node(nodes_ready, tmp_path):
 def test_cache_node_reports_and_clears(nodes_ready, tmp_path):
     import torch
 
-    from lora_lab.lora_core.encoding_cache import EncodingCache, MemoryStore
+    from lora_lab.lora_core.cache.encoding_cache import EncodingCache, MemoryStore
 
     EncodingCache(tmp_path / "c", memory=MemoryStore()).get_or_encode("latents", "ab" * 20, lambda: torch.ones(10))
     (report,) = call_node("LoraLabCache", cache_folder=str(tmp_path / "c"), action="report")

@@ -27,8 +27,8 @@ def train(model, clip, vae, dataset, **inputs):
 
 
 def test_buckets_batch_2_and_the_crop_of_every_image(sd15, tmp_path):
-    from lora_lab.lora_core.buckets import BucketConfig, bucket_sizes, place
-    from lora_lab.lora_core.image_io import decode_rgb, fit_to_placement
+    from lora_lab.lora_core.data.buckets import BucketConfig, bucket_sizes, place
+    from lora_lab.lora_core.data.image_io import decode_rgb, fit_to_placement
 
     model, clip, vae = sd15
     vae = copy.copy(vae)
@@ -88,7 +88,7 @@ def test_second_prompt_encodes_nothing_edit_re_encodes_one_new_vae_all(sd15, tmp
 
 
 def test_same_seed_same_lora_bytes_with_buckets_flip_dropout_shuffle(sd15, tmp_path):
-    from lora_lab.lora_core.safetensors_io import safetensors_bytes
+    from lora_lab.lora_core.files.safetensors_io import safetensors_bytes
 
     model, clip, vae = sd15
     folder = make_folder(tmp_path / "data")
@@ -108,8 +108,8 @@ def test_same_seed_same_lora_bytes_with_buckets_flip_dropout_shuffle(sd15, tmp_p
 
 
 def test_validation_loss_in_loss_output_and_plot_and_repeatable(sd15, tmp_path):
-    from lora_lab.lora_core.loss_plot import VALIDATION
-    from lora_lab.lora_core.validation import ValidationLoss
+    from lora_lab.lora_core.files.loss_plot import VALIDATION
+    from lora_lab.lora_core.training.validation import ValidationLoss
     from lora_lab.nodes.comfy_backend import ComfyBackend
     from lora_lab.nodes.training_data import prepare_training_data
 

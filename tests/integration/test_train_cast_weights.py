@@ -65,7 +65,7 @@ def test_cast_in_forward_model_trains_without_copying(parts, sd15_checkpoint, we
     import comfy.model_management
     import comfy.sd
 
-    from lora_lab.lora_core.lora_file import save_lora_file
+    from lora_lab.lora_core.files.lora_file import save_lora_file
 
     clip, vae, images, loras = parts
     dtype = {"fp8_e4m3fn": torch.float8_e4m3fn, "bf16": torch.bfloat16}[weight_dtype]
@@ -114,7 +114,7 @@ def test_a_sliced_layer_honours_comfyui_cancel(comfy, grad):
     import comfy.model_management
     import comfy.ops
 
-    from lora_lab.lora_core.frozen_layers import _to_slice, frozen_base
+    from lora_lab.lora_core.training.frozen_layers import _to_slice, frozen_base
     from lora_lab.nodes.comfy_backend import comfy_fetch, comfy_plain, comfy_stored
 
     layer = comfy.ops.manual_cast.Linear(2048, 2048, dtype=torch.bfloat16)  # 16 MiB once cast to fp32: two slices

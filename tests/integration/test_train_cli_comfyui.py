@@ -40,10 +40,11 @@ def _meta_model(unet_config: dict):
 
 
 def _train(family: str, tmp_path, *extra: str):
-    from lora_lab.lora_core.model_folders import inspect_folder
-    from lora_lab.lora_core.tiny_folders import make_tiny_pipeline
-    from lora_lab.lora_core.train_cli import run_training
-    from lora_lab.lora_core.train_config import load_config
+    from lora_lab.lora_core.cli.model_folders import inspect_folder
+    from tiny_folders import make_tiny_pipeline
+    from lora_lab.converters.trained_lora import FORMS
+    from lora_lab.lora_core.cli.train import run_training
+    from lora_lab.lora_core.cli.config import load_config
 
     folder = make_tiny_pipeline(tmp_path / family, family)
     dataset = __import__("pathlib").Path(__file__).resolve().parents[2] / "examples" / "tiny_dataset"
@@ -51,8 +52,8 @@ def _train(family: str, tmp_path, *extra: str):
                  "train.batch_size=2", "train.rank=4", "train.alpha=2.0", "train.learning_rate=1e-2",
                  'train.targets="all_linear"', f'output.dir="{tmp_path / "out"}"', 'output.formats=["comfyui"]',
                  "output.loss_plot=false", *extra]
-    result = run_training(load_config(None, overrides), inspect_folder(folder))
-    from lora_lab.lora_core.lora_file import load_lora_file
+    result = run_training(load_config(None, overrides), inspect_folder(folder), FORMS)
+    from lora_lab.lora_core.files.lora_file import load_lora_file
 
     tensors, _ = load_lora_file(tmp_path / "out" / "lora.safetensors")
     return result.lora, tensors

@@ -45,7 +45,7 @@ def _optimizer_options(settings=""):
 
 
 def _file_bytes(lora):
-    from lora_lab.lora_core.safetensors_io import safetensors_bytes
+    from lora_lab.lora_core.files.safetensors_io import safetensors_bytes
 
     return safetensors_bytes(lora.state_dict(), lora.metadata)
 

@@ -37,7 +37,7 @@ def _eval_loss(patcher, dataset, vae, clip) -> float:
 def _eval_loss_inner(patcher, dataset, vae, clip) -> float:
     import comfy.model_management
 
-    from lora_lab.lora_core.validation import ValidationLoss
+    from lora_lab.lora_core.training.validation import ValidationLoss
     from lora_lab.nodes.comfy_backend import ComfyBackend
     from lora_lab.nodes.training_data import prepare_training_data
 
@@ -95,7 +95,7 @@ def test_captions_stay_paired_in_a_batch(sd15, tmp_path):
 
 
 def test_same_seed_gives_byte_identical_lora(sd15, dataset_dir):
-    from lora_lab.lora_core.safetensors_io import safetensors_bytes
+    from lora_lab.lora_core.files.safetensors_io import safetensors_bytes
 
     dataset = _dataset(dataset_dir)
     files = []
@@ -190,7 +190,7 @@ def test_caption_cache_identity_includes_the_text_encoders_compute_dtype(sd15):
 
 def test_auto_precision_is_bf16_on_every_accelerator_comfyui_computes_bf16_on(comfy, monkeypatch):
     """CUDA, XPU and MPS alike (MPS autocast needs torch >= 2.5); never on the CPU; never where ComfyUI says no."""
-    from lora_lab.lora_core.devices import autocast_available
+    from lora_lab.lora_core.training.devices import autocast_available
     from lora_lab.nodes.train_node import resolve_precision
 
     monkeypatch.setattr(comfy, "should_use_bf16", lambda device=None, *a, **k: True)

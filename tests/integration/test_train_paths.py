@@ -140,9 +140,9 @@ def test_memory_asked_of_comfyui_counts_the_chosen_optimizers_state(sd3):
     """load_for_training asks ComfyUI for activations + LoRA weights, grads and the optimizer's own state: Prodigy
     keeps 4 fp32 values per LoRA weight, AdamW 2, AdamW8bit about 0.5, and the request differs by exactly that."""
     from lora_lab.lora_core.optimizers import OPTIMIZERS
-    from lora_lab.lora_core.trainer import TrainConfig
+    from lora_lab.lora_core.training.trainer import TrainConfig
     from lora_lab.nodes.comfy_backend import ComfyBackend
-    from lora_lab.lora_core.trainer import adapter_parameter_count
+    from lora_lab.lora_core.training.memory_estimate import adapter_parameter_count
     from lora_lab.nodes.train_node import load_for_training
 
     model = sd3[0].clone()
@@ -160,7 +160,7 @@ def test_memory_asked_of_comfyui_counts_the_chosen_optimizers_state(sd3):
 
 # --- batches -----------------------------------------------------------------------------------------------
 def _sd3_samples(model, lengths, shapes):
-    from lora_lab.lora_core.trainer import TrainSample
+    from lora_lab.lora_core.data.samples import TrainSample
     from lora_lab.nodes.comfy_backend import encode_sample_cond
 
     g = torch.Generator().manual_seed(0)
@@ -175,7 +175,7 @@ def _sd3_samples(model, lengths, shapes):
 def test_conds_of_different_t5_lengths_share_a_batch_correctly(sd3):
     import comfy.model_management
 
-    from lora_lab.lora_core.trainer import TrainConfig, train
+    from lora_lab.lora_core.training.trainer import TrainConfig, train
     from lora_lab.nodes.comfy_backend import ComfyBackend, concat_groups
 
     model = sd3[0].clone()
@@ -199,7 +199,7 @@ def test_accumulation_over_mixed_latent_shapes(sd3):
     import comfy.model_management
 
     from lora_lab.lora_core.errors import TrainingError
-    from lora_lab.lora_core.trainer import TrainConfig, train
+    from lora_lab.lora_core.training.trainer import TrainConfig, train
     from lora_lab.nodes.comfy_backend import ComfyBackend
 
     model = sd3[0].clone()
@@ -238,7 +238,8 @@ def test_mean_flow_model_trains_its_instantaneous_velocity(comfy):
     """HunyuanVideo 1.5's distilled model reads the sampler's schedule (sample_sigmas) to embed the next sigma r
     beside t; training has no schedule (it was a KeyError). Each call now gets r = t, the mean flow over an empty
     interval: the instantaneous velocity that the flow loss trains. Rows of one call share t, so r is theirs."""
-    from lora_lab.lora_core.trainer import TrainConfig, TrainSample, train
+    from lora_lab.lora_core.training.trainer import TrainConfig, train
+    from lora_lab.lora_core.data.samples import TrainSample
     from lora_lab.nodes.comfy_backend import ComfyBackend, encode_sample_cond
     from lora_lab.nodes.rope_autograd import ensure_rope_autograd
     from lora_lab.nodes.training_mode import comfy_training_mode
@@ -288,7 +289,7 @@ def _sample(clip, *models) -> list[torch.Tensor]:
 
 
 def test_model_with_a_lora_underneath_trains_and_records_it(sd15, loras, images):
-    from lora_lab.lora_core.lora_file import save_lora_file
+    from lora_lab.lora_core.files.lora_file import save_lora_file
 
     model, clip, vae = sd15
     _, first, _ = _train(model, clip, vae, images, "underneath", steps=2, seed=11)
@@ -315,7 +316,7 @@ def test_model_with_a_bypass_lora_underneath_trains_and_records_it(sd15, loras, 
     of the same bypass LoRA gives the in-graph MODEL's latent."""
     import nodes
 
-    from lora_lab.lora_core.lora_file import save_lora_file
+    from lora_lab.lora_core.files.lora_file import save_lora_file
 
     if "LoraLoaderBypass" not in nodes.NODE_CLASS_MAPPINGS:
         try:
@@ -346,7 +347,7 @@ def test_model_with_a_bypass_lora_underneath_trains_and_records_it(sd15, loras, 
 def test_base_lora_records_name_identical_copies_and_unknown_content(sd15, loras, images):
     import shutil
 
-    from lora_lab.lora_core.lora_file import save_lora_file
+    from lora_lab.lora_core.files.lora_file import save_lora_file
     from lora_lab.nodes.base_loras import base_loras
 
     model, clip, vae = sd15
@@ -409,7 +410,7 @@ class _OOMAtStep:
 
 
 def test_out_of_memory_leaves_a_loadable_lora_and_state(sd3, loras, images):
-    from lora_lab.lora_core.train_state import load_train_state
+    from lora_lab.lora_core.training.state import load_train_state
 
     model, clip, vae = sd3
     layer = model.model.diffusion_model.x_embedder.proj  # runs once per forward, before any block

@@ -28,7 +28,7 @@ def _quantized(module) -> bool:
 
 
 def test_fp8_scaled_model_trains_with_defaults(wan_fp8, tmp_path, capsys):
-    from lora_lab.lora_core.targets import select_targets
+    from lora_lab.lora_core.adapters.targets import select_targets
 
     model, vae = wan_fp8
     diffusion = model.model.diffusion_model
@@ -64,7 +64,7 @@ def test_gradient_passes_through_quantized_layers_as_through_their_dequantized_w
     import comfy.ops
     import comfy.utils
 
-    from lora_lab.lora_core.frozen_layers import frozen_base
+    from lora_lab.lora_core.training.frozen_layers import frozen_base
     from lora_lab.nodes.comfy_backend import comfy_fetch, comfy_plain, comfy_stored
 
     g = torch.Generator().manual_seed(0)

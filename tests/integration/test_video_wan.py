@@ -76,7 +76,7 @@ def conditioning(texts: list[str]) -> list:
 def eval_loss(model, dataset, vae, conds) -> float:
     import comfy.model_management
 
-    from lora_lab.lora_core.validation import ValidationLoss
+    from lora_lab.lora_core.training.validation import ValidationLoss
     from lora_lab.nodes.comfy_backend import ComfyBackend
     from lora_lab.nodes.training_data import prepare_training_data
 

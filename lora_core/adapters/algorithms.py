@@ -1,0 +1,74 @@
+"""Adapters by algorithm name, and the saved form of each (algorithms/ holds one file per algorithm).
+
+    y = layer(x) + multiplier * h(x)     (DoRA also rescales per channel: algorithms/dora.py)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import Adapter, Fetch, Geometry, ModuleWeights, geometry, is_adaptable
+from .dora import AXES as DORA_AXES, DoraAdapter, needs_fetch
+from .loha import LohaAdapter, LohaWeights
+from .lokr import LokrAdapter, LokrWeights
+from .lora import LoraAdapter, LoraModuleWeights
+from ..errors import TrainingError
+
+ALGORITHMS: dict[str, type[Adapter]] = {"lora": LoraAdapter, "loha": LohaAdapter, "lokr": LokrAdapter, "dora": DoraAdapter}
+# the options each algorithm takes, with their types (a tuple: the allowed values)
+ALGORITHM_OPTIONS: dict[str, dict[str, Any]] = {"lora": {}, "loha": {}, "lokr": {"factor": int, "decompose_both": bool},
+                                                "dora": {"axis": DORA_AXES}}
+
+__all__ = ["ALGORITHMS", "ALGORITHM_OPTIONS", "DORA_AXES", "Adapter", "Geometry", "LoraAdapter", "ModuleWeights",
+           "adapter_from_weights", "check_algorithm", "is_adaptable", "layer_shape", "new_adapter"]
+
+
+def layer_shape(module: nn.Module) -> tuple[int, int, tuple[int, ...]]:
+    """(in, out, kernel) from module attributes."""
+    g = geometry(module)
+    return g.in_features, g.out_features, g.kernel
+
+
+def check_algorithm(algorithm: str, options: dict[str, Any]) -> None:
+    """An algorithm this module has, with only the options it takes, each of the right type or value."""
+    if algorithm not in ALGORITHMS:
+        raise TrainingError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+    allowed = ALGORITHM_OPTIONS[algorithm]
+    for key, value in options.items():
+        if key not in allowed:
+            raise TrainingError(f"algorithm {algorithm!r} has no option {key!r}; its options: "
+                                f"{', '.join(allowed) or 'none'}")
+        kind = allowed[key]
+        if isinstance(kind, tuple) and value not in kind:
+            raise TrainingError(f"{algorithm} option {key} = {value!r}; choose one of {', '.join(kind)}")
+        if isinstance(kind, type) and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise TrainingError(f"{algorithm} option {key} must be {kind.__name__}, got {value!r}")
+
+
+def new_adapter(module: nn.Module, rank: int, alpha: float, dropout: float, generator: torch.Generator,
+                algorithm: str = "lora", fetch: Fetch | None = None, name: str = "", **options: Any) -> Adapter:
+    """A fresh adapter of `algorithm` whose side path starts at zero (the layer is unchanged).
+    options: LoKr factor / decompose_both, DoRA axis; fetch: the backend's weight fetch (DoRA)."""
+    check_algorithm(algorithm, options)
+    cls = ALGORITHMS[algorithm]
+    geo = geometry(module)
+    if cls is DoraAdapter:
+        options = {**options, "module": module, "fetch": needs_fetch(fetch)}
+    return cls.create(geo, rank, alpha, dropout, generator, name=name, **options)
+
+
+def adapter_from_weights(module: nn.Module, weights: ModuleWeights, fetch: Fetch | None = None) -> Adapter:
+    """An adapter carrying saved weights, checked against the layer's shape."""
+    geo = geometry(module)
+    if isinstance(weights, LoraModuleWeights) and weights.dora_scale is not None:
+        return DoraAdapter.from_weights(geo, weights, needs_fetch(fetch))
+    for cls in (LoraAdapter, LohaAdapter, LokrAdapter):
+        if weights.kind == cls.kind:
+            return cls.from_weights(geo, weights)
+    raise TrainingError(f"no adapter for saved weights of kind {weights.kind!r}")
+
+
+WEIGHT_KINDS = (LoraModuleWeights, LohaWeights, LokrWeights)
