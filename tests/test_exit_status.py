@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,10 @@ def test_a_full_disk_while_writing_fails_with_1_and_writes_nothing(tmp_path, cap
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(os, "posix_fallocate", full)
+    from lora_lab.lora_core import safetensors_io
+
+    monkeypatch.setattr(os, "posix_fallocate", full)  # Linux: fallocate finds the disk full
+    monkeypatch.setattr(safetensors_io.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
     out = tmp_path / "out.safetensors"
     assert main(["convert", str(_lora(tmp_path / "a.safetensors")), str(out), "--to", "comfyui"]) == EXIT_FAILED
     err = capsys.readouterr().err

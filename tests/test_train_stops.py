@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import shlex
 import signal
-import time
-import types
 
 import pytest
 import torch
@@ -27,9 +25,17 @@ STEPS, STOP_AT = 3, 2  # the hook strikes in step 2's forward
 FINAL = ("lora.safetensors", "lora.diffusers.safetensors", "lora.state")
 
 
+@pytest.fixture(autouse=True)
+def usual_ctrl_c():
+    """Ctrl-C as in an interactive shell, whatever this test process inherited (a background job ignores it)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _frozen_clock(mp: pytest.MonkeyPatch) -> None:
     """The metadata's start/finish times are the only bytes that differ between two runs of the same config."""
-    mp.setattr(train_cli, "time", types.SimpleNamespace(time=lambda: 1.7e9, perf_counter=time.perf_counter))
+    mp.setenv("SOURCE_DATE_EPOCH", "1700000000")
 
 
 def _sha(path) -> str:
@@ -199,3 +205,13 @@ def test_a_second_run_of_a_name_is_refused_before_loading_unless_overwrite(setup
     assert main(["train", str(cfg), "--out", str(out), "--seed", "1", "--overwrite"]) == 0
     after = {p.name: _sha(p) for p in out.iterdir()}
     assert after.keys() == before.keys() and all(after[n] != before[n] for n in FINAL)
+
+
+def test_ctrl_c_stays_ignored_where_the_run_was_started_ignoring_it():
+    """nohup and service managers start processes with SIGINT ignored: the run must not start listening to it."""
+    from lora_lab.lora_core.train_stops import CtrlC
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with CtrlC() as ctrl_c:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and not ctrl_c.requested
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN

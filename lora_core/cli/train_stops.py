@@ -27,6 +27,8 @@ class CtrlC:
         self._installed = False
 
     def __enter__(self) -> CtrlC:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started with Ctrl-C ignored (nohup): keep it so
+            return self
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
             self._installed = True
