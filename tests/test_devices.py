@@ -8,9 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lora_lab.lora_core import devices, precision, train_state
+from lora_lab.lora_core.training import devices
+from lora_lab.lora_core.training import precision
+from lora_lab.lora_core.training import state as train_state
 from lora_lab.lora_core.errors import TrainingError
-from lora_lab.lora_core.cli.train import _device
+from lora_lab.lora_core.cli.train_inputs import device as _device
 
 
 def _have(monkeypatch, *kinds: str) -> None:

@@ -158,7 +158,7 @@ def test_autograd_safe_alias_shares_memory_and_keeps_attributes():
 def test_sliced_layers_equal_the_whole(monkeypatch, dims, stride, padding, dilation, stored):
     """Output and input gradient, computed one slice of output channels at a time (a cast from float64 storage,
     or a fetched fp32 weight), are the layer's own."""
-    from lora_lab.lora_core import frozen_layers
+    from lora_lab.lora_core.training import frozen_layers
 
     torch.manual_seed(1)
     layer = nn.Linear(6, 10) if dims == 0 else \
@@ -197,7 +197,7 @@ def test_sliced_layers_equal_the_whole(monkeypatch, dims, stride, padding, dilat
 
 def test_layers_computed_as_stored_are_not_sliced(monkeypatch):
     """A Linear whose weight is used as stored (no cast) runs its own forward: slicing would only cost memory."""
-    from lora_lab.lora_core import frozen_layers
+    from lora_lab.lora_core.training import frozen_layers
 
     layer = nn.Linear(64, 64).requires_grad_(False)
     monkeypatch.setattr(frozen_layers, "SLICE_BYTES", 64 * 4)
@@ -265,7 +265,7 @@ class _CastConv(nn.Conv2d):  # casts its weight in forward, as ComfyUI's manual_
 
 def _sliced_and_whole_growth(checkpointed: bool) -> tuple[int, int, int]:
     """(peak growth sliced, peak growth with one slice = the whole cast, fp32 weight bytes), in this process."""
-    from lora_lab.lora_core import frozen_layers
+    from lora_lab.lora_core.training import frozen_layers
 
     def peak_growth(conv: nn.Module) -> int:
         x = torch.randn(1, conv.in_channels, 8, 8, requires_grad=True)

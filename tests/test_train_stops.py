@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from cli_helpers import tiny_pipeline, write_config
 from lora_lab.__main__ import main
-from lora_lab.lora_core import train_cli
+from lora_lab.lora_core.cli import train as train_cli
 
 STEPS, STOP_AT = 3, 2  # the hook strikes in step 2's forward
 FINAL = ("lora.safetensors", "lora.diffusers.safetensors", "lora.state")
@@ -209,7 +209,7 @@ def test_a_second_run_of_a_name_is_refused_before_loading_unless_overwrite(setup
 
 def test_ctrl_c_stays_ignored_where_the_run_was_started_ignoring_it():
     """nohup and service managers start processes with SIGINT ignored: the run must not start listening to it."""
-    from lora_lab.lora_core.train_stops import CtrlC
+    from lora_lab.lora_core.cli.train_stops import CtrlC
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with CtrlC() as ctrl_c:

@@ -133,15 +133,15 @@ def test_nan_stops_with_last_good_result(unet):
 
 
 def test_grad_accumulation_equals_bigger_batch(unet, monkeypatch):
-    import lora_lab.lora_core.training.trainer as trainer_module
+    from lora_lab.lora_core.training.run import Run
 
-    grads, step = [], trainer_module._Run._clip_and_step
+    grads, step = [], Run._clip_and_step
 
     def spy(run, *rest):  # the accumulated gradient the optimizer is about to use
         grads.append([p.grad.clone() for p in run.params])
         return step(run, *rest)
 
-    monkeypatch.setattr(trainer_module._Run, "_clip_and_step", spy)
+    monkeypatch.setattr(Run, "_clip_and_step", spy)
     backend, samples = DDPMUNetBackend(unet), make_samples(4)
     big = train(backend, samples, config(batch_size=2, grad_accum=1))
     accum = train(backend, samples, config(batch_size=1, grad_accum=2))

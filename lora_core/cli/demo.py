@@ -33,7 +33,7 @@ from .tiny_models import TinyTextEncoder, tiny_unet, tiny_vae
 from ..training.trainer import TrainConfig, train
 from ..data.samples import TrainSample
 
-DATASET = Path(__file__).resolve().parent.parent / "examples" / "tiny_dataset"
+DATASET = Path(__file__).resolve().parents[2] / "examples" / "tiny_dataset"  # the pack root's examples/
 TRIGGER = "rcircle"
 STRENGTHS = (0.0, 0.5, 1.0, -1.0)
 

@@ -1,4 +1,4 @@
-"""Issue 8's must-shows that run Train LoRA in a real ComfyUI (in this process, random SD1.5 / SDXL-shaped):
+"""The dataset features that need Train LoRA in a real ComfyUI (in this process, random SD1.5 / SDXL-shaped):
 buckets with mixed shapes at batch 2 and the crop per image, the cache counted at the node (second prompt encodes nothing, one edit re-encodes one, another VAE invalidates),
 byte-identical runs with buckets + flip + caption dropout + tag shuffling, and validation loss in LOSS and
 in the plot, repeatable at fixed noise."""
@@ -55,7 +55,7 @@ def clear_memory_cache() -> None:
     """Empty the in-memory cache layer of every copy of the module: ComfyUI imports the pack under its folder's
     name, the tests import it as lora_lab, and only the nodes' copy holds the encodings."""
     for name, module in list(sys.modules.items()):
-        if name.endswith("lora_core.encoding_cache") and hasattr(module, "SHARED_MEMORY"):
+        if name.endswith("lora_core.cache.encoding_cache") and hasattr(module, "SHARED_MEMORY"):
             module.SHARED_MEMORY.clear()
 
 
