@@ -76,14 +76,31 @@ def test_unstorable_values_stay_in_memory_with_a_note(tmp_path):
     assert cache_usage(tmp_path).files == 0
     assert any("memory only" in w and "object" in w for w in cache.warnings)
     with pytest.raises(NotStorable):
-        pack({1: torch.ones(1)})
+        pack({(1, 2): torch.ones(1)})
+    with pytest.raises(NotStorable):
+        pack({"a": 1.5j})
 
 
-def test_tree_pack_keeps_tuples_lists_and_nan():
-    tensors, structure = pack((1, [2.5, float("nan")], {"a": torch.arange(3)}))
+def test_tree_pack_keeps_tuples_lists_int_keys_and_nan():
+    tensors, structure = pack((1, [2.5, float("nan")], {"a": torch.arange(3), 7: None}))
     out = unpack(tensors, structure)
     assert out[0] == 1 and isinstance(out, tuple) and out[1][0] == 2.5 and out[1][1] != out[1][1]
-    assert torch.equal(out[2]["a"], torch.arange(3))
+    assert torch.equal(out[2]["a"], torch.arange(3)) and list(out[2]) == ["a", 7] and out[2][7] is None
+
+
+def test_an_entry_of_an_earlier_cache_format_is_a_plain_miss_and_replaced(tmp_path):
+    """Entries written by an earlier version (its own tree layout) are encoded again, without a corrupt warning."""
+    from lora_lab.lora_core.files.safetensors_io import save_safetensors_atomic
+
+    cache = EncodingCache(tmp_path, memory=MemoryStore())
+    key = "ab" * 20
+    save_safetensors_atomic({"t": torch.zeros(2)}, cache.path("latents", key),
+                            {"format": "lora_lab.encoding/1", "key": key, "tree": '{"T":"t"}'})
+    encode = Counting(torch.ones(2))
+    assert torch.equal(cache.get_or_encode("latents", key, encode), torch.ones(2))
+    assert encode.calls == 1 and cache.warnings == [] and cache.stats["latents"].corrupt == 0
+    fresh = EncodingCache(tmp_path, memory=MemoryStore())
+    assert torch.equal(fresh.get_or_encode("latents", key, Counting(torch.zeros(2))), torch.ones(2))  # replaced
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "other_key", "empty"])

@@ -23,11 +23,12 @@ from typing import Any, Callable
 
 import torch
 
-from ..files.atomic import save_safetensors_atomic
+from ..files.safetensors_io import save_safetensors_atomic
 from ..errors import DatasetError
 from ..files.tensor_tree import NotStorable, pack, unpack
 
-FORMAT = "lora_lab.encoding/1"
+FORMAT = "lora_lab.encoding/2"  # /1 stored its trees in an earlier layout: such entries are a miss, replaced
+_OURS = "lora_lab.encoding/"
 CACHEDIR_TAG = "CACHEDIR.TAG"
 _TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
              "# This file marks a LoRA Lab encoding cache (latents, caption encodings); it can be deleted.\n")
@@ -140,6 +141,8 @@ class EncodingCache:
             return None
         try:
             return _load(path, key)
+        except _Outdated:  # written by an earlier version in its own layout: encoded again and replaced
+            return None
         except Exception as error:  # any unreadable file: say so and encode again (the write replaces it)
             stats.corrupt += 1
             self.warnings.append(f"Cache file {path} is corrupt ({_reason(error)}); encoded again")
@@ -171,11 +174,17 @@ class EncodingCache:
         return f"cache ({where}): " + ("; ".join(parts) if parts else "unused")
 
 
+class _Outdated(Exception):
+    """A cache entry of an earlier format."""
+
+
 def _load(path: Path, key: str) -> Any:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
+        if meta.get("format", "").startswith(_OURS) and meta.get("format") != FORMAT and meta.get("key") == key:
+            raise _Outdated
         if meta.get("format") != FORMAT or meta.get("key") != key:
             raise ValueError(f"its header names {meta.get('key')!r}, format {meta.get('format')!r}")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -302,7 +311,7 @@ def _wrote(path: Path) -> bool:
             meta = f.metadata() or {}
     except Exception:  # noqa: BLE001 - unreadable: not provably ours
         return False
-    return meta.get("format") == FORMAT and meta.get("key") == key
+    return str(meta.get("format", "")).startswith(_OURS) and meta.get("key") == key
 
 
 def _rmdir_if_empty(path: Path) -> None:

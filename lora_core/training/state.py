@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from . import devices
-from ..files.atomic import save_safetensors_atomic
+from ..files.safetensors_io import save_safetensors_atomic
+from ..files.tensor_tree import join, split
 from ..errors import TrainingError
 
 STATE_SUFFIX = ".state"
@@ -76,42 +77,12 @@ def existing_state_path(lora_path: str | os.PathLike) -> Path:
     return legacy if not state.exists() and legacy.exists() else state
 
 
-def _split_tensors(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
-    """JSON-able copy of obj with every tensor moved into `tensors` under a path-like key."""
-    if isinstance(obj, torch.Tensor):
-        tensors[prefix] = obj.detach().cpu().contiguous()
-        return {"__tensor__": prefix}
-    if isinstance(obj, dict):
-        return {"__dict__": [[_key(k), _split_tensors(v, tensors, f"{prefix}/{k}")] for k, v in obj.items()]}
-    if isinstance(obj, (list, tuple)):
-        return {"__list__" if isinstance(obj, list) else "__tuple__":
-                [_split_tensors(v, tensors, f"{prefix}/{i}") for i, v in enumerate(obj)]}
-    return obj
-
-
-def _key(k: Any) -> Any:
-    return {"__int__": k} if isinstance(k, int) else k
-
-
-def _join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, dict):
-        if "__tensor__" in obj:
-            return tensors[obj["__tensor__"]]
-        if "__dict__" in obj:
-            return {(k["__int__"] if isinstance(k, dict) else k): _join_tensors(v, tensors) for k, v in obj["__dict__"]}
-        if "__list__" in obj:
-            return [_join_tensors(v, tensors) for v in obj["__list__"]]
-        if "__tuple__" in obj:
-            return tuple(_join_tensors(v, tensors) for v in obj["__tuple__"])
-    return obj
-
-
 def save_train_state(path: str | os.PathLike, state: TrainState) -> Path:
     tensors: dict[str, torch.Tensor] = {}
-    body = {name: _split_tensors(getattr(state, name), tensors, name)
+    body = {name: split(getattr(state, name), tensors, name)
             for name in ("adapters", "optimizer", "scheduler", "scaler", "rng", "order")}
     if state.ema is not None:
-        body["ema"] = _split_tensors(state.ema, tensors, "ema")
+        body["ema"] = split(state.ema, tensors, "ema")
     body.update(step=state.step, losses=state.losses, fingerprint=state.fingerprint)
     if not tensors:
         tensors["step"] = torch.tensor(state.step)  # safetensors refuses a file without tensors
@@ -147,8 +118,8 @@ def load_train_state(path: str | os.PathLike) -> TrainState:
     body, tensors = _read(Path(path), tensors=True)
     return TrainState(
         step=int(body["step"]), losses=list(body["losses"]), fingerprint=dict(body["fingerprint"]),
-        ema=_join_tensors(body["ema"], tensors) if "ema" in body else None,
-        **{name: _join_tensors(body[name], tensors) for name in ("adapters", "optimizer", "scheduler", "scaler", "rng", "order")},
+        ema=join(body["ema"], tensors) if "ema" in body else None,
+        **{name: join(body[name], tensors) for name in ("adapters", "optimizer", "scheduler", "scaler", "rng", "order")},
     )
 
 
