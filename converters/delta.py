@@ -1,10 +1,16 @@
-"""Weight delta of one module at strength 1 - the quantity every conversion must preserve."""
+"""Weight delta of one module at strength 1 - the quantity every conversion must preserve. The maths of each
+algorithm is lora_core's (adapters/lora.py, loha.py, lokr.py, dora.py); this reads it off the format-neutral
+ModuleWeights the converters work on."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from ..lora_core.adapters.dora import dora_weight
+from ..lora_core.adapters.loha import loha_delta
+from ..lora_core.adapters.lokr import lokr_delta
+from ..lora_core.adapters.lora import lora_delta
 from .conversion_error import ConversionError
 from .module_weights import ModuleWeights, as_matrix, fold_mid
 
@@ -18,33 +24,18 @@ def factor_delta(m: ModuleWeights) -> Tensor | None:
     t = {k: _f(v) for k, v in m.tensors.items()}
     if m.kind == "lora":
         down = t["down"] if "mid" not in t else fold_mid(t["down"], t["mid"])
-        return m.scale * (as_matrix(t["up"]) @ as_matrix(down))
+        return lora_delta(as_matrix(t["up"]), as_matrix(down), m.scale)
     if m.kind == "loha":
         if "hada_t1" in t:
             raise ConversionError("LoHa with Tucker tensors (hada_t1/hada_t2) is not supported")
-        return m.scale * ((t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]))
+        return loha_delta(t["hada_w1_a"], t["hada_w1_b"], t["hada_w2_a"], t["hada_w2_b"], m.scale)
     if m.kind == "lokr":
         if "lokr_t2" in t:
             raise ConversionError("LoKr with a Tucker tensor (lokr_t2) is not supported")
         w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
         w2 = t["lokr_w2"] if "lokr_w2" in t else t["lokr_w2_a"] @ t["lokr_w2_b"]
-        if w2.dim() == 4:
-            w1 = w1[:, :, None, None]
-        return as_matrix(m.scale * torch.kron(w1, w2))
+        return as_matrix(lokr_delta(w1, w2, m.scale))
     return None
-
-
-def dora_weight(merged: Tensor, magnitude: Tensor | None, input_scale: Tensor | None) -> Tensor:
-    """DoRA's W' = m * (W + dW) / ||W + dW|| on the (out, in*k*k) matrix `merged` = W + dW.
-
-    magnitude (out,): norms per output row (PEFT, LyCORIS wd_on_out). input_scale (1, in, ...): norms per input
-    channel over all rows and kernel taps (OneTrainer and LyCORIS input-axis decomposition)."""
-    if magnitude is not None:
-        return magnitude.reshape(-1, 1) * merged / merged.norm(dim=1, keepdim=True)
-    n_in = input_scale.shape[1]
-    cols = merged.reshape(merged.shape[0], n_in, -1)
-    norm = cols.transpose(0, 1).reshape(n_in, -1).norm(dim=1)
-    return (cols * (input_scale.reshape(-1) / norm)[None, :, None]).reshape(merged.shape)
 
 
 def weight_delta(m: ModuleWeights, base: Tensor | None = None) -> Tensor:
@@ -62,7 +53,3 @@ def weight_delta(m: ModuleWeights, base: Tensor | None = None) -> Tensor:
         raise ValueError("a DoRA delta needs the base weight")
     w = as_matrix(_f(base))
     return dora_weight(w + (d if d is not None else 0), magnitude, input_scale) - w
-
-
-def bias_delta(m: ModuleWeights) -> Tensor | None:
-    return _f(m.get("diff_b"))

@@ -10,7 +10,7 @@ import hashlib
 import torch
 
 from lora_lab.converters.analyse import analyse
-from lora_lab.converters.delta import bias_delta, weight_delta
+from lora_lab.converters.delta import weight_delta
 from lora_lab.converters.source import DictSource
 
 
@@ -52,7 +52,7 @@ def module_deltas(sd, metadata=None, arch=None) -> dict[tuple[str, str], torch.T
             base = torch.cat(parts, 0)[: rows]
             base = _swap(base) if swap else base
         d = weight_delta(m, base) if m.kind != "diff" or "diff" in m.tensors else None
-        b = bias_delta(m)
+        b = m.get("diff_b")
         if pad and d is not None:
             d = torch.cat([d, d.new_zeros(pad, d.shape[1])])
         for t, suffix in ((d, ""), (b, "#bias")):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from lora_lab.__main__ import main
 from lora_lab.converters.bake import bake, parse_bake_spec
-from lora_lab.converters.delta import dora_weight
+from lora_lab.lora_core.adapters.dora import dora_weight
 
 P = "model.diffusion_model."
 

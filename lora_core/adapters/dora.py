@@ -58,6 +58,19 @@ def column_norms(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor, sca
     return squared.clamp(min=0).sqrt()
 
 
+def dora_weight(merged: torch.Tensor, magnitude: torch.Tensor | None, input_scale: torch.Tensor | None) -> torch.Tensor:
+    """DoRA's W' = m * (W + dW) / ||W + dW|| on the (out, in*k*k) matrix `merged` = W + dW.
+
+    magnitude (out,): norms per output row (PEFT, LyCORIS wd_on_out). input_scale (1, in, ...): norms per input
+    channel over all rows and kernel taps (OneTrainer and LyCORIS input-axis decomposition)."""
+    if magnitude is not None:
+        return magnitude.reshape(-1, 1) * merged / merged.norm(dim=1, keepdim=True)
+    n_in = input_scale.shape[1]
+    cols = merged.reshape(merged.shape[0], n_in, -1)
+    norm = cols.transpose(0, 1).reshape(n_in, -1).norm(dim=1)
+    return (cols * (input_scale.reshape(-1) / norm)[None, :, None]).reshape(merged.shape)
+
+
 def _channel_shape(x: torch.Tensor, geo: Geometry, n: int) -> tuple[int, ...]:
     """Broadcast shape of a per-channel vector against x: last dim for Linear, dim 1 for convs."""
     return (n,) if geo.conv is None else (1, n) + (1,) * (x.dim() - 2)

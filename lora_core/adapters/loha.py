@@ -20,6 +20,12 @@ from .base import Adapter, Geometry, ModuleWeights, cpu_copy
 ROLES = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
 
+def loha_delta(w1_a: torch.Tensor, w1_b: torch.Tensor, w2_a: torch.Tensor, w2_b: torch.Tensor,
+               scale: float) -> torch.Tensor:
+    """Delta W = scale * (W1a W1b) . (W2a W2b), the Hadamard product of two low-rank matrices: (out, in*k)."""
+    return scale * ((w1_a @ w1_b) * (w2_a @ w2_b))
+
+
 @dataclass
 class LohaWeights(ModuleWeights):
     w1_a: torch.Tensor
@@ -42,9 +48,9 @@ class LohaWeights(ModuleWeights):
         return dict(zip(ROLES, (self.w1_a, self.w1_b, self.w2_a, self.w2_b)))
 
     def delta(self) -> torch.Tensor:
-        product = (self.w1_a.float() @ self.w1_b.float()) * (self.w2_a.float() @ self.w2_b.float())
+        delta = loha_delta(self.w1_a.float(), self.w1_b.float(), self.w2_a.float(), self.w2_b.float(), self.scale)
         in_features = self.w1_b.shape[1] // max(1, _prod(self.kernel))
-        return (self.scale * product).reshape(self.w1_a.shape[0], in_features, *self.kernel)
+        return delta.reshape(self.w1_a.shape[0], in_features, *self.kernel)
 
 
 def _prod(kernel: tuple[int, ...]) -> int:

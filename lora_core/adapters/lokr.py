@@ -29,6 +29,13 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
     return m, dimension // m
 
 
+def lokr_delta(w1: torch.Tensor, w2: torch.Tensor, scale: float) -> torch.Tensor:
+    """Delta W = scale * (W1 kron W2); a conv's W2 keeps its kernel (W1 gets size-1 kernel dims to match)."""
+    if w2.dim() > 2:
+        w1 = w1.reshape(*w1.shape, *[1] * (w2.dim() - 2))
+    return scale * torch.kron(w1, w2)
+
+
 @dataclass
 class LokrWeights(ModuleWeights):
     """tensors: lokr_w1 | lokr_w1_a + lokr_w1_b, lokr_w2 | lokr_w2_a + lokr_w2_b. weight_shape: the layer's."""
@@ -59,10 +66,7 @@ class LokrWeights(ModuleWeights):
         return w1, w2
 
     def delta(self) -> torch.Tensor:
-        w1, w2 = self.factors()
-        if w2.dim() > 2:
-            w1 = w1.reshape(*w1.shape, *[1] * (w2.dim() - 2))
-        d = self.scale * torch.kron(w1, w2)
+        d = lokr_delta(*self.factors(), self.scale)
         return d.reshape(self.weight_shape) if self.weight_shape else d
 
 

@@ -18,6 +18,12 @@ from ..errors import TrainingError
 from .base import CONV_FN, Adapter, Geometry, ModuleWeights, cpu_copy, kaiming_uniform
 
 
+def lora_delta(up: torch.Tensor, down: torch.Tensor, scale: float) -> torch.Tensor:
+    """Delta W = scale * B A on the (out, r) and (r, in*k) matrices: (out, in*k). The one LoRA delta (trained
+    weights, converters, merge, bake)."""
+    return scale * (up @ down)
+
+
 @dataclass
 class LoraModuleWeights(ModuleWeights):
     """down: (r, in) or (r, in, *k); up: (out, r) or (out, r, 1, ...); dora_scale: see dora.py."""
@@ -46,7 +52,7 @@ class LoraModuleWeights(ModuleWeights):
         """scale * up @ down, shaped like the adapted layer's weight (out, in) or (out, in, *k)."""
         up = self.up.reshape(self.up.shape[0], self.rank).float()
         down = self.down.reshape(self.rank, -1).float()
-        return (self.scale * (up @ down)).reshape(self.up.shape[0], *self.down.shape[1:])
+        return lora_delta(up, down, self.scale).reshape(self.up.shape[0], *self.down.shape[1:])
 
 
 class LoraAdapter(Adapter):
