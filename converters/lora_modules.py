@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..lora_core.files.atomic import save_safetensors_atomic
+from ..lora_core.files.safetensors_io import save_safetensors_atomic
 from ..lora_core.errors import LoraFormatError
 from .analyse import analyse
 from .comfyui_keys import comfyui_tensors
@@ -21,9 +21,6 @@ from .peft_metadata import LORA_ADAPTER_METADATA_KEY
 from .plan import OutModule, build_plan, run_group
 from .report import UnmatchedKey
 from .source import TensorSource, open_source
-
-SIDES = ("comfyui", "diffusers", "original")
-
 
 @dataclass
 class LoraModules:

@@ -50,10 +50,10 @@ def test_a_full_disk_while_writing_fails_with_1_and_writes_nothing(tmp_path, cap
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    from lora_lab.lora_core import safetensors_io
+    from lora_lab.lora_core.files import atomic
 
     monkeypatch.setattr(os, "posix_fallocate", full)  # Linux: fallocate finds the disk full
-    monkeypatch.setattr(safetensors_io.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
     out = tmp_path / "out.safetensors"
     assert main(["convert", str(_lora(tmp_path / "a.safetensors")), str(out), "--to", "comfyui"]) == EXIT_FAILED
     err = capsys.readouterr().err
@@ -62,7 +62,7 @@ def test_a_full_disk_while_writing_fails_with_1_and_writes_nothing(tmp_path, cap
 
 
 def test_ctrl_c_in_any_command_exits_130_without_a_partial_file(tmp_path, capsys, monkeypatch):
-    from lora_lab.lora_core import safetensors_io
+    from lora_lab.lora_core.files import safetensors_io
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

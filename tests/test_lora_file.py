@@ -9,7 +9,8 @@ import torch
 from safetensors import safe_open
 
 from lora_lab.lora_core.data.captions import tag_frequency
-from lora_lab.lora_core import atomic, safetensors_io
+from lora_lab.lora_core.files import atomic
+from lora_lab.lora_core.files import safetensors_io
 from lora_lab.lora_core.cli.diffusers_backend import DDPMUNetBackend
 from lora_lab.lora_core.errors import LoraFormatError
 from lora_lab.lora_core.files.lora_file import load_lora_file, save_lora_file, training_metadata

@@ -16,7 +16,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lora_lab.lora_core import atomic, safetensors_io as sio
+from lora_lab.lora_core.files import atomic
+from lora_lab.lora_core.files import safetensors_io as sio
 from lora_lab.lora_core.errors import LoraFormatError
 
 
@@ -68,7 +69,7 @@ def test_bytes_are_unchanged():
 
 def test_every_dtype_round_trips_through_both_writers_and_safetensors(tmp_path):
     ts = _every_dtype()
-    atomic.save_safetensors_atomic(ts, tmp_path / "a.safetensors", {"k": "v"})
+    sio.save_safetensors_atomic(ts, tmp_path / "a.safetensors", {"k": "v"})
     entries = [(k, t.dtype, tuple(t.shape)) for k, t in ts.items()]
     sio.write_streaming(tmp_path / "s.safetensors", entries, {"k": "v"}, iter(ts.items()))
     for name in ("a.safetensors", "s.safetensors"):
@@ -210,7 +211,7 @@ def test_replace_retries_while_another_program_holds_the_file(tmp_path, monkeypa
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", held)
-    monkeypatch.setattr(sio.time, "sleep", waits.append)
+    monkeypatch.setattr(atomic.time, "sleep", waits.append)
     atomic.atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"new" and len(waits) == 3 and os.listdir(tmp_path) == ["lora.safetensors"]
 
@@ -224,9 +225,9 @@ def test_replace_gives_up_naming_the_file_and_leaves_it_whole(tmp_path, monkeypa
         raise PermissionError(13, "Access is denied")
 
     monkeypatch.setattr(os, "replace", held)
-    monkeypatch.setattr(sio.time, "sleep", waits.append)
+    monkeypatch.setattr(atomic.time, "sleep", waits.append)
     ts, _ = _fixed()
-    for write in (lambda: atomic.save_safetensors_atomic(ts, target), lambda: _stream(target, ts)):
+    for write in (lambda: sio.save_safetensors_atomic(ts, target), lambda: _stream(target, ts)):
         waits.clear()
         with pytest.raises(PermissionError, match=r"lora\.safetensors: cannot replace the file: another program has it open"):
             write()

@@ -13,19 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .atomic import save_safetensors_atomic
+from .safetensors_io import save_safetensors_atomic
 from ..errors import LoraFormatError
+from ..families import modelspec
 from ..version import __version__
-
-FAMILIES: dict[str, dict[str, str]] = {
-    # family: kohya ss_base_model_version, modelspec architecture, modelspec implementation
-    "sd15": {"ss": "sd_v1", "arch": "stable-diffusion-v1/lora", "impl": "https://github.com/Stability-AI/generative-models"},
-    "sdxl": {"ss": "sdxl_base_v1-0", "arch": "stable-diffusion-xl-v1-base/lora", "impl": "https://github.com/Stability-AI/generative-models"},
-    "sd3": {"ss": "sd3", "arch": "sd3/lora", "impl": "https://github.com/Stability-AI/sd3.5"},
-    "flux": {"ss": "flux1", "arch": "flux-1-dev/lora", "impl": "https://github.com/black-forest-labs/flux"},
-    "wan": {"ss": "wan2.1", "arch": "wan-2.1/lora", "impl": "https://github.com/Wan-Video/Wan2.1"},
-    "sana": {"ss": "sana", "arch": "sana/lora", "impl": "https://github.com/NVlabs/Sana"},
-}
 
 
 def _iso(timestamp: float) -> str:
@@ -71,7 +62,7 @@ def training_metadata(
     """
     ran = compute_dtype or precision
     # Any model ComfyUI loads can be trained: unknown families get their own name in the metadata.
-    fam = FAMILIES.get(family, {"ss": family, "arch": f"{family}/lora", "impl": ""})
+    ss_base_model, architecture, implementation = modelspec(family)
     triggers = [trigger_words] if isinstance(trigger_words, str) else list(trigger_words)
     triggers = [t.strip() for t in triggers if t and t.strip()]
     meta = {
@@ -79,7 +70,7 @@ def training_metadata(
         "ss_network_dim": str(int(rank)),
         "ss_network_alpha": _num(alpha),
         "ss_network_dropout": _num(dropout),
-        "ss_base_model_version": fam["ss"],
+        "ss_base_model_version": ss_base_model,
         "ss_learning_rate": _num(learning_rate),
         "ss_max_train_steps": str(int(max_steps)),
         "ss_steps": str(int(steps_done)),
@@ -94,8 +85,8 @@ def training_metadata(
         "ss_tag_frequency": json.dumps(tag_frequency or {"dataset": {}}, sort_keys=True),
         "ss_output_name": output_name,
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": fam["arch"],
-        "modelspec.implementation": fam["impl"],
+        "modelspec.architecture": architecture,
+        "modelspec.implementation": implementation,
         "modelspec.title": title or output_name or "LoRA Lab LoRA",
         "modelspec.trigger_phrase": ", ".join(triggers),
         "lora_lab_version": __version__,

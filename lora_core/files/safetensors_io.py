@@ -1,5 +1,5 @@
 """safetensors files on every platform: the dtype table, the header check, a tensor reader, the canonical-bytes
-writer, the streaming writer, and the temp-file steps that make both writers atomic.
+writer and the streaming writer (both atomic: files/atomic.py).
 
 Only plain file objects, os.chmod and os.replace: no os.pread/preadv (not on Windows), os.fchmod (Windows only
 from Python 3.13) or os.posix_fallocate (neither Windows nor macOS) unless present.
@@ -7,15 +7,11 @@ from Python 3.13) or os.posix_fallocate (neither Windows nor macOS) unless prese
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import queue
-import shutil
 import struct
-import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -23,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import LoraFormatError
+from .atomic import atomic_write_bytes, new_temp_file, remove_temp, replace_file, reserve_space
 
 # Every dtype safetensors 0.8 defines: header name -> (torch attribute, bits per value). Older torch lacks some
 # (uint16/32/64 before 2.3, the newer float8/float4 ones), and no torch has the float6 formats.
@@ -168,66 +165,6 @@ class SafetensorsReader:
             self._file.close()
 
 
-# --- writing: the steps both writers share ----------------------------------------------------------------------
-REPLACE_WAITS_S = (0.05, 0.1, 0.15, 0.2, 0.25, 0.25)  # about 1 s: antivirus scanners hold a new file a moment
-
-
-def new_temp_file(path: Path) -> tuple[int, str]:
-    """A temp file beside `path` (same filesystem, so os.replace is atomic) with the permissions a plain
-    open() would give: mkstemp's 0600 would make saved LoRAs unreadable to other users of a shared ComfyUI."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # by path: os.fchmod is Windows-only from Python 3.13
-    except BaseException:
-        os.close(fd)
-        remove_temp(tmp)
-        raise
-    return fd, tmp
-
-
-def remove_temp(tmp: str) -> None:
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-
-
-def replace_file(tmp: str, path: Path) -> None:
-    """os.replace(tmp, path). On Windows it fails while another program has `path` open: retried for about a
-    second, then `tmp` is removed and the error says so; `path` is never left half-written."""
-    for wait in (*REPLACE_WAITS_S, None):
-        try:
-            os.replace(tmp, path)
-            return
-        except PermissionError as error:
-            if wait is None:
-                remove_temp(tmp)
-                raise PermissionError(errno.EACCES, f"{path}: cannot replace the file: another program has it open "
-                                      f"(or it is read-only); close it there and try again") from error
-            time.sleep(wait)
-
-
-def reserve_space(fd: int, path: Path, size: int) -> None:
-    """Fail on a full disk before any work: posix_fallocate where there is one (not on Windows or macOS) and
-    the filesystem supports it, else a look at the free space."""
-    fallocate = getattr(os, "posix_fallocate", None)
-    if fallocate is not None:
-        try:
-            fallocate(fd, 0, size)
-            return
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise _no_space(path, size) from e
-    if shutil.disk_usage(path.parent).free < size:
-        raise _no_space(path, size)
-
-
-def _no_space(path: Path, size: int) -> OSError:
-    return OSError(errno.ENOSPC, f"no space left on the device to write {path} ({size} bytes)")
-
-
 # --- writing: the whole file in memory, canonical ---------------------------------------------------------------
 def safetensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
     """The safetensors encoding with a canonical header (sorted keys).
@@ -355,3 +292,9 @@ def write_streaming(path: str | os.PathLike, entries: list[Entry], metadata: dic
             os.close(fd)
         remove_temp(tmp)
         raise
+
+
+def save_safetensors_atomic(tensors: dict[str, Tensor], path: str | os.PathLike,
+                            metadata: dict[str, str] | None = None) -> None:
+    """Serialise `tensors` (made contiguous, on CPU) to canonical safetensors bytes and write them atomically."""
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
