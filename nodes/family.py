@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-# ComfyUI supported_models class name prefix -> LoRA Lab family name (metadata, targets, file naming).
-_FAMILIES = (
-    ("SD15", "sd15"),
-    ("SDXLRefiner", "sdxl"),
-    ("SDXL", "sdxl"),
-    ("SSD1B", "sdxl"),
-    ("SD3", "sd3"),
-    ("FluxSchnell", "flux"),
-    ("FluxInpaint", "flux"),
-    ("Flux2", "flux2"),
-    ("Flux", "flux"),
-    ("WAN", "wan"),
-    ("HunyuanVideo", "hunyuan_video"),
-)
+from ..lora_core.families import family_of_comfy_config
 
 
 def model_family(patcher) -> str:
@@ -25,10 +12,9 @@ def model_family(patcher) -> str:
     resolve to their family.
     """
     config_class = type(patcher.model.model_config)
-    for cls in config_class.__mro__:
-        for prefix, family in _FAMILIES:
-            if cls.__name__.startswith(prefix):
-                return family
+    family = family_of_comfy_config([cls.__name__ for cls in config_class.__mro__])
+    if family is not None:
+        return family
     # Third-party loaders (e.g. Sana through ComfyUI_ExtraModels) have their own config classes.
     if "sana" in config_class.__name__.lower() or "sana" in type(patcher.model).__name__.lower():
         return "sana"

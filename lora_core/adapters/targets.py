@@ -55,15 +55,6 @@ PRESETS: dict[str, str] = {
     "all_linear_conv": "every Linear and ungrouped Conv inside the blocks (LoCon)",
     "text_encoder": "attention and MLP linears of CLIP / T5 text encoders (kohya's text-encoder LoRA)",
 }
-# Community defaults per family (kohya / ai-toolkit / diffusion-pipe practice).
-FAMILY_DEFAULT_PRESET: dict[str, str] = {
-    "sd15": "attention_mlp",
-    "sdxl": "attention_mlp",
-    "sd3": "attention_mlp",
-    "flux": "all_linear",
-    "wan": "attention_mlp",
-    "sana": "attention_mlp",
-}
 
 
 def target_items(spec: str | list[str]) -> list[str]:

@@ -21,6 +21,7 @@ import torch
 
 from ..data.augment import AugmentConfig
 from ..data.caption_transforms import CaptionTransforms
+from ..families import cli_families
 from ..errors import LoraLabError
 from ..training.trainer import TrainConfig
 from ..training.checks import check_train_config
@@ -30,7 +31,7 @@ class ConfigError(LoraLabError):
     """A bad `lora-lab train` configuration (file, key or value); raised before any model loads."""
 
 
-FAMILIES = ("sd15", "sdxl", "sd3", "flux", "sana", "wan")
+FAMILIES = cli_families()
 DTYPES = ("fp32", "bf16", "fp16")
 FORMATS = ("comfyui", "diffusers")
 
@@ -232,7 +233,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 
 def check_values(config: RunConfig) -> None:
     """Every value, before any model loads: the config's own choices here, the rest by the modules that own them
-    (trainer_checks for [train], the dataset, bucket and frame-sampling checks for [data])."""
+    (training/checks.py for [train], the dataset, bucket and frame-sampling checks for [data])."""
     src, m, d, t, o = config.source, config.model, config.data, config.train, config.output
     if not m.path:
         raise ConfigError(f"{src}: model.path is required (a local diffusers model folder)")

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from .diffusers_backend import DDPMUNetBackend, FlowTransformerBackend
+from ..families import FAMILIES, cli_families
 from ..errors import LoraLabError
 from .tiny_models import TinyTextEncoder
 from ..data.training_samples import Encoders, SampleInfo
@@ -32,8 +33,15 @@ class ModelFolderError(LoraLabError):
     """A model folder that is missing, incomplete, or of another family than asked."""
 
 
-DENOISERS = {"UNet2DConditionModel": None, "SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux",
-             "SanaTransformer2DModel": "sana", "WanTransformer3DModel": "wan"}
+def _denoisers() -> dict[str, str | None]:
+    """diffusers class -> family; None where one class serves several (UNet2DConditionModel: its config decides)."""
+    by_class: dict[str, list[str]] = {}
+    for name in cli_families():
+        by_class.setdefault(FAMILIES[name].diffusers_denoiser, []).append(name)
+    return {cls: names[0] if len(names) == 1 else None for cls, names in by_class.items()}
+
+
+DENOISERS = _denoisers()
 # (tokenizer folder, encoder folder, max tokens) per family, in the pipeline's order
 TEXT_ENCODERS = {
     "sd15": [("tokenizer", "text_encoder", 77)],
