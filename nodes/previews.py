@@ -13,6 +13,8 @@ import comfy.model_management
 import comfy.sample
 import folder_paths
 
+from .progress_events import send_sample
+
 log = logging.getLogger("lora_lab")
 
 
@@ -64,11 +66,7 @@ def to_pil(image: torch.Tensor):
 
 
 def send_sample_event(image: torch.Tensor, step: int, node_id: str | None) -> None:
-    """lora_lab.sample through the web module's helper when it is there (nodes/progress_events.py)."""
-    try:
-        from .progress_events import send_sample
-    except ImportError:
-        return
+    """lora_lab.sample, for the live view (nodes/progress_events.py)."""
     if node_id is not None:
         send_sample(to_pil(image), step, node_id)
 

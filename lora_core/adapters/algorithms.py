@@ -12,8 +12,8 @@ from torch import nn
 
 from .base import Adapter, Fetch, Geometry, ModuleWeights, geometry, is_adaptable
 from .dora import AXES as DORA_AXES, DoraAdapter, needs_fetch
-from .loha import LohaAdapter, LohaWeights
-from .lokr import LokrAdapter, LokrWeights
+from .loha import LohaAdapter
+from .lokr import LokrAdapter
 from .lora import LoraAdapter, LoraModuleWeights
 from ..errors import TrainingError
 
@@ -23,13 +23,7 @@ ALGORITHM_OPTIONS: dict[str, dict[str, Any]] = {"lora": {}, "loha": {}, "lokr": 
                                                 "dora": {"axis": DORA_AXES}}
 
 __all__ = ["ALGORITHMS", "ALGORITHM_OPTIONS", "DORA_AXES", "Adapter", "Geometry", "LoraAdapter", "ModuleWeights",
-           "adapter_from_weights", "check_algorithm", "is_adaptable", "layer_shape", "new_adapter"]
-
-
-def layer_shape(module: nn.Module) -> tuple[int, int, tuple[int, ...]]:
-    """(in, out, kernel) from module attributes."""
-    g = geometry(module)
-    return g.in_features, g.out_features, g.kernel
+           "adapter_from_weights", "check_algorithm", "is_adaptable", "new_adapter"]
 
 
 def check_algorithm(algorithm: str, options: dict[str, Any]) -> None:
@@ -71,4 +65,3 @@ def adapter_from_weights(module: nn.Module, weights: ModuleWeights, fetch: Fetch
     raise TrainingError(f"no adapter for saved weights of kind {weights.kind!r}")
 
 
-WEIGHT_KINDS = (LoraModuleWeights, LohaWeights, LokrWeights)
