@@ -25,10 +25,8 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import checkpoint
 
+from .forward_patches import replace_forward, restore_forwards
 from .inplace_guard import guard_inplace_inputs
-
-_MISSING = object()
-
 
 def _expand(module: nn.Module) -> list[nn.Module]:
     if isinstance(module, nn.Sequential):
@@ -132,17 +130,12 @@ def gradient_checkpointing(root: nn.Module, enabled: bool = True, guard_inplace:
     saved: list[tuple[nn.Module, object]] = []
     try:
         for unit in checkpoint_units(root):
-            saved.append((unit, unit.__dict__.get("forward", _MISSING)))
             forward = guard_inplace_inputs(unit.forward) if guard_inplace else unit.forward
             learns = any(p.requires_grad for p in unit.parameters()) or any(id(m) in adapted_ids for m in unit.modules())
-            unit.forward = _checkpointed(forward, guard_inplace, learns) if enabled else forward
+            replace_forward(unit, _checkpointed(forward, guard_inplace, learns) if enabled else forward, saved)
         yield len(saved)
     finally:
-        for unit, original in reversed(saved):
-            if original is _MISSING:
-                unit.__dict__.pop("forward", None)
-            else:
-                unit.forward = original
+        restore_forwards(saved)
 
 
 def outcome(units: int, model: str) -> tuple[str, str | None]:

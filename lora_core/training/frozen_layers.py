@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import TrainingError
 from ..adapters.layer_kinds import is_linear
+from .forward_patches import replace_forward, restore_forwards
 
 # (module, like) -> (weight, bias, release): the layer's effective weight and bias, cast to like's dtype and
 # device; release() is called once the backward no longer needs them.
@@ -259,9 +260,6 @@ def _aliasing_forward(module: nn.Module, original):
     return forward
 
 
-_MISSING = object()
-
-
 def _overridden(module: nn.Module) -> bool:
     """An instance forward other than the class's own (ComfyUI's bypass LoRA: not the formula). One that is just
     the class's forward bound to the module, as ComfyUI leaves behind after ejecting a bypass LoRA, is not."""
@@ -292,15 +290,10 @@ def frozen_base(root: nn.Module, fetch: WeightFetch = plain_fetch, is_plain: Pla
                 stats.aliased_modules += 1
             else:
                 continue
-            saved.append((module, module.__dict__.get("forward", _MISSING)))
-            module.forward = wrapped
+            replace_forward(module, wrapped, saved)
         yield stats
     finally:
-        for module, previous in reversed(saved):
-            if previous is _MISSING:
-                module.__dict__.pop("forward", None)
-            else:
-                module.forward = previous
+        restore_forwards(saved)
 
 
 def explain_inference_error(error: RuntimeError) -> TrainingError | None:
