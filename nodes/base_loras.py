@@ -54,7 +54,7 @@ def _loads(patcher) -> list[LoadedLora]:
 
 
 def base_loras(patcher) -> list[dict]:
-    """lora_core.base_lora_match.identify's records for every LoRA patched into the MODEL."""
+    """lora_core.files.base_lora_match.identify's records for every LoRA patched into the MODEL."""
     loads = _loads(patcher)
     if not loads:
         return []

@@ -2,7 +2,7 @@
 
 Everything architecture-specific (input scaling, timestep mapping, extra conditioning such as SDXL's size
 vector or Flux's guidance) is left to ComfyUI's own ``BaseModel.apply_model``, which returns the denoised
-x0 estimate D; the loop turns D into the model's native loss with ``c_out`` (DESIGN.md §2). As the sampler
+x0 estimate D; the loop turns D into the model's native loss with ``c_out`` (lora_core/training/objective.py). As the sampler
 does, the model sampling comes from the patcher (so ModelSamplingFlux/SD3/Discrete nodes upstream apply),
 and the patcher's model_options (transformer_options patches, wrappers, model_function_wrapper) are honoured.
 """

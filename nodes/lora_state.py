@@ -48,7 +48,7 @@ class TrainedLora:
 
 def trained_lora(result, config, dataset, family: str, name: str, prediction: str = "",
                  base_loras: list[dict] | None = None, te_components: tuple[str, ...] = ()) -> TrainedLora:
-    """Attach ss_*/modelspec metadata (lora_core.lora_file.training_metadata) to a TrainResult's weights."""
+    """Attach ss_*/modelspec metadata (lora_core.files.lora_file.training_metadata) to a TrainResult's weights."""
     metadata = training_metadata(
         family=family, rank=config.rank, alpha=config.alpha, learning_rate=config.learning_rate,
         max_steps=config.steps, steps_done=result.steps_done, num_images=len(dataset.images),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import torch
@@ -17,31 +16,29 @@ from ..lora_core.data.dataset_metadata import dataset_fingerprint
 from ..lora_core.training.devices import autocast_available
 from ..lora_core.errors import (LoraLabError, NonFiniteLossError, TrainingCrashed, TrainingError,
                                 TrainingOutOfMemory)
-from ..lora_core.files.lora_file import save_lora_file
 from ..lora_core.training.lr_schedule import LR_SCHEDULES
 from ..lora_core.training.memory_estimate import training_memory
 from ..lora_core.optimizers import OPTIMIZERS, optimizer_spec
 from ..lora_core.training.timesteps import METHODS as TIMESTEP_METHODS
-from ..lora_core.training.state import save_train_state, state_path
-from ..lora_core.training.trainer import StepReport, TrainConfig, train
+from ..lora_core.training.state import state_path
+from ..lora_core.training.trainer import TrainConfig, train
 from ..lora_core.training.memory_estimate import adapter_parameter_count
 from ..lora_core.training.validation import ValidationLoss
 from . import text_encoders
 from .previews import Previewer
-from .run_files import load_resume, resolve_resume, resumable_states
+from .run_files import load_resume, resolve_resume, resumable_states, save_step
 from .step_hooks import StepHooks
 from .train_options import config_fields
 from .base_loras import base_loras
 from .bypass_adapters import trainable_bypass_adapters
 from .comfy_backend import ComfyBackend
-from .comfy_paths import lora_output_name, unused_lora_path
+from .comfy_paths import lora_output_name
 from .family import model_family
 from .lora_apply import apply_lora
 from .lora_state import TrainedLora, trained_lora
-from .progress_events import ProgressStream, running_prompt_id, server_sender
-from .progress_log import RUN_LOG
 from .rope_autograd import ensure_rope_autograd
 from .training_mode import comfy_training_mode
+from .train_progress import TrainProgress
 from .training_data import largest_latent_shape, prepare_training_data
 from .types import (ALGORITHM_OPTIONS, DATASET, LORA, LOSS, LOSS_OPTIONS, OPTIMIZER_OPTIONS, PREVIEW_OPTIONS,
                     TEXT_ENCODER_OPTIONS)
@@ -72,56 +69,9 @@ def resolve_timestep_sampling(sampling: str, prediction: str) -> str:
     return "logit_normal" if prediction == "flow" else "uniform"
 
 
-def _prompt_server():
-    """ComfyUI's PromptServer when one runs (it is absent when nodes are called in-process)."""
-    import sys
-
-    server_module = sys.modules.get("server")
-    return getattr(getattr(server_module, "PromptServer", None), "instance", None)
-
-
-class _Progress:
-    """Progress bar and the live chart's events (web/: step, loss, lr, steps/s, ETA), both throttled so a fast
-    run does not flood the browser's socket. Never lets ComfyUI's hook raise on cancel mid-step (the partial
-    LoRA is saved first)."""
-
-    BAR_INTERVAL = 0.25  # seconds between progress-bar updates (the last step is always shown)
-
-    def __init__(self, total: int, node_id: str | None):
-        self.bar = comfy.utils.ProgressBar(total)
-        self.node_id = node_id
-        self.server = _prompt_server()
-        self.stream = None
-        self._bar_time = -1e9
-        if self.node_id and self.server is not None:
-            prompt_id = running_prompt_id(self.server)
-            self.stream = ProgressStream(self.node_id, prompt_id, server_sender(self.server),
-                                         on_point=RUN_LOG.start(prompt_id, self.node_id, total))
-
-    def __call__(self, report: StepReport) -> None:
-        step, total = report.step, report.total
-        text = f"step {step}/{total}  loss {report.loss:.5f}  lr {report.lr:.3g}"
-        if report.val_loss is not None:
-            text += f"  validation {report.val_loss:.5f}"
-        if step == 1 or step == total or step % max(1, total // 20) == 0 or report.val_loss is not None:
-            log.info("LoRA Lab: %s", text)
-        if self.stream is not None:
-            self.stream.report(report)  # a completed step belongs on the chart even when cancel is pending
-        if comfy.model_management.processing_interrupted():
-            return
-        now = time.monotonic()
-        if step < total and now - self._bar_time < self.BAR_INTERVAL:
-            return
-        self._bar_time = now
-        self.bar.update_absolute(step, total)
-
-
 def _save_partial(lora: TrainedLora, name: str, result, reason: str) -> Path:
-    """The LoRA after the last completed step and, beside it, the state to continue from."""
-    path = unused_lora_path(f"{name}_step{result.steps_done:05d}")
-    save_lora_file(path, lora.state_dict(), lora.metadata)
-    if result.state is not None:
-        save_train_state(state_path(path), result.state)
+    """The LoRA after the last completed step and, beside it, the state to continue from (as save_every does)."""
+    path = save_step(lora, result.state, name, result.steps_done)
     log.warning("LoRA Lab: %s; partial LoRA (%d steps) saved to %s", reason, result.steps_done, path)
     return path
 
@@ -158,7 +108,7 @@ class TrainLora(io.ComfyNode):
                 DATASET.Input("dataset", tooltip="From 'Load Training Images' or 'Load Training Videos'."),
                 io.Int.Input("steps", default=500, min=1, max=1_000_000, tooltip="Optimizer steps."),
                 io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6,
-                               tooltip="Peak learning rate of AdamW."),
+                               tooltip="Peak learning rate of the chosen optimizer (Prodigy: 1.0, it finds its own step size)."),
                 io.Int.Input("rank", default=16, min=1, max=512, tooltip="LoRA rank (dimension)."),
                 io.Float.Input("alpha", default=16.0, min=0.01, max=1024.0, step=0.5,
                                tooltip="LoRA alpha; the update is scaled by alpha/rank."),
@@ -284,47 +234,57 @@ class TrainLora(io.ComfyNode):
         if previews:
             previewer = Previewer(patcher, clip, vae, previews, name, cls.hidden.unique_id,
                                   reload=lambda: load_for_training(patcher, backend, config, largest_latent_shape(data)))
-        on_step = StepHooks(_Progress(steps, cls.hidden.unique_id), finished, name, save_every, previewer)
-
+        on_step = StepHooks(TrainProgress(steps, cls.hidden.unique_id), finished, name, save_every, previewer)
         with torch.inference_mode(False), torch.enable_grad(), comfy_training_mode(), \
                 trainable_bypass_adapters(patcher, clip.patcher if encoders else None):
-            ensure_rope_autograd()
-            patcher.pre_run()  # as the sampler does: the model knows its patcher, pre-run callbacks fire
-            try:
-                # Cancel arrives either as the flag (seen between steps) or as ComfyUI's ops raising
-                # InterruptProcessingException mid-forward (which also clears the flag): both end the run.
-                result = train(backend, data.samples, config, on_step=on_step,
-                               should_stop=comfy.model_management.processing_interrupted,
-                               interrupt_on=(comfy.model_management.InterruptProcessingException,),
-                               order=data.order, validate=validate, resume=resume)
-            except (NonFiniteLossError, TrainingOutOfMemory, TrainingCrashed) as error:
-                kind = {NonFiniteLossError: "loss became non-finite", TrainingOutOfMemory: "out of memory"}.get(
-                    type(error), "training failed")
-                if error.result is None:  # struck inside an optimizer update: the message says why
-                    raise type(error)(f"LoRA Lab: {error}. Nothing was saved.") from error
-                if error.result.steps_done == 0:
-                    raise type(error)(f"LoRA Lab: {error}. No step was completed, so nothing was saved.") from error
-                done = error.result.steps_done
-                path = _save_partial(finished(error.result), name, error.result, kind)
-                del error.result  # the traceback should not keep the run's tensors alive
-                comfy.model_management.soft_empty_cache()
-                raise type(error)(f"LoRA Lab: {error}. Saved the LoRA after step {done} to {path} and the state "
-                                  f"to continue from to {state_path(path)}.") from error
-            finally:
-                patcher.cleanup()
+            result = _train(patcher, backend, data, config, on_step, validate, resume, finished, name)
+        return _outputs(cls, patcher, clip, finished(result), result, name, validate, previewer)
 
-        lora = finished(result)
-        if result.interrupted:
-            if result.steps_done > 0:
-                _save_partial(lora, name, result, "training cancelled")
-            comfy.model_management.interrupt_current_processing(False)
-            raise comfy.model_management.InterruptProcessingException()
-        te = lora.has_text_encoder
-        trained_model, trained_clip, _ = apply_lora(patcher, clip if te else None, lora.state_dict(), 1.0,
-                                                    1.0 if te else 0.0, f"trained '{name}'")
-        outputs = (trained_model, lora, {"loss": result.losses, "name": name, "warnings": result.warnings,
-                                         "validation": validate.history if validate else []},
-                   trained_clip if te else clip)
-        if previewer is not None and previewer.latest:
-            return io.NodeOutput(*outputs, ui=ui.PreviewImage(torch.cat(previewer.latest), cls=cls))
-        return io.NodeOutput(*outputs)
+
+def _train(patcher, backend: ComfyBackend, data, config: TrainConfig, on_step, validate, resume, finished,
+           name: str):
+    """train() in ComfyUI's terms: cancel ends the run with the last step saved; NaN, out of memory and crashes
+    save it too and say where."""
+    ensure_rope_autograd()
+    patcher.pre_run()  # as the sampler does: the model knows its patcher, pre-run callbacks fire
+    try:
+        # Cancel arrives either as the flag (seen between steps) or as ComfyUI's ops raising
+        # InterruptProcessingException mid-forward (which also clears the flag): both end the run.
+        return train(backend, data.samples, config, on_step=on_step,
+                     should_stop=comfy.model_management.processing_interrupted,
+                     interrupt_on=(comfy.model_management.InterruptProcessingException,),
+                     order=data.order, validate=validate, resume=resume)
+    except (NonFiniteLossError, TrainingOutOfMemory, TrainingCrashed) as error:
+        kind = {NonFiniteLossError: "loss became non-finite", TrainingOutOfMemory: "out of memory"}.get(
+            type(error), "training failed")
+        if error.result is None:  # struck inside an optimizer update: the message says why
+            raise type(error)(f"LoRA Lab: {error}. Nothing was saved.") from error
+        if error.result.steps_done == 0:
+            raise type(error)(f"LoRA Lab: {error}. No step was completed, so nothing was saved.") from error
+        done = error.result.steps_done
+        path = _save_partial(finished(error.result), name, error.result, kind)
+        del error.result  # the traceback should not keep the run's tensors alive
+        comfy.model_management.soft_empty_cache()
+        raise type(error)(f"LoRA Lab: {error}. Saved the LoRA after step {done} to {path} and the state "
+                          f"to continue from to {state_path(path)}.") from error
+    finally:
+        patcher.cleanup()
+
+
+def _outputs(node, patcher, clip, lora: TrainedLora, result, name: str, validate, previewer) -> io.NodeOutput:
+    """The model (and CLIP) with the trained LoRA applied, the LoRA, the loss history; a cancelled run saves its
+    last step and ends the prompt as ComfyUI's cancel does."""
+    if result.interrupted:
+        if result.steps_done > 0:
+            _save_partial(lora, name, result, "training cancelled")
+        comfy.model_management.interrupt_current_processing(False)
+        raise comfy.model_management.InterruptProcessingException()
+    te = lora.has_text_encoder
+    trained_model, trained_clip, _ = apply_lora(patcher, clip if te else None, lora.state_dict(), 1.0,
+                                                1.0 if te else 0.0, f"trained '{name}'")
+    outputs = (trained_model, lora, {"loss": result.losses, "name": name, "warnings": result.warnings,
+                                     "validation": validate.history if validate else []},
+               trained_clip if te else clip)
+    if previewer is not None and previewer.latest:
+        return io.NodeOutput(*outputs, ui=ui.PreviewImage(torch.cat(previewer.latest), cls=node))
+    return io.NodeOutput(*outputs)
