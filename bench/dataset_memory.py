@@ -1,4 +1,4 @@
-"""Peak memory of loading and caching a large image dataset (issue 8: 500 images of 1024², < 2 GB above start).
+"""Peak memory of loading and caching a large image dataset (500 images of 1024²; the goal: < 2 GB above start).
 
     python bench/dataset_memory.py [--images 500] [--size 1024] [--json bench/results/dataset_memory.json]
 

@@ -1,4 +1,4 @@
-"""GPU training benchmarks (issue 6, item 9). Needs a CUDA GPU and a ComfyUI; not run in CI.
+"""GPU training benchmarks. Needs a CUDA GPU and a ComfyUI; not run in CI.
 
   sdxl      SDXL-architecture UNet with random weights (harness kind "sdxl"), 1024x1024, rank 16, bf16,
             batch 1, default targets (attention), checkpointing on. Three runs, each in a fresh process:

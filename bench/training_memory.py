@@ -1,4 +1,4 @@
-"""Calibrates lora_core/memory_estimate.py: activation bytes a training step keeps for backward, against
+"""Calibrates lora_core/training/memory_estimate.py: activation bytes a training step keeps for backward, against
 ComfyUI's own inference estimate (ModelPatcher.memory_required) for the same batch, on the random full SD1.5.
 
 Saved bytes are summed over the distinct storages autograd keeps in one forward (saved-tensor hooks), with the
@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     import_comfy()
-    ensure_lora_lab_importable(Path("/tmp/lora_lab_bench_link"))
+    ensure_lora_lab_importable(Path(tempfile.mkdtemp(prefix="lora_lab_bench_link_")))
     import comfy.model_management
     import comfy.sd
     import torch

@@ -21,7 +21,7 @@ def _flux(path, extra=None, dora=False):
     g = torch.Generator().manual_seed(0)
     sd = {}
     for i in range(2):
-        for n in ("attn.to_q", "attn.to_k", "attn.to_v"):  # attention only: no proj_mlp (the case)
+        for n in ("attn.to_q", "attn.to_k", "attn.to_v"):  # attention only: no proj_mlp (as real Flux LoRAs often are)
             sd[f"transformer.single_transformer_blocks.{i}.{n}.lora_A.weight"] = torch.randn(4, 32, generator=g)
             sd[f"transformer.single_transformer_blocks.{i}.{n}.lora_B.weight"] = torch.randn(32, 4, generator=g)
     sd.update(extra or {})

@@ -3,9 +3,10 @@
     lora-lab train run.toml --steps 2000 --set train.rank=32
     torchrun --nproc_per_node 4 -m lora_lab train run.toml          (or: accelerate launch -m lora_lab train run.toml)
 
-A thin layer over lora_core: the schema is train_config.py, the model loading model_folders.py, the
-multi-process parts distributed.py, the output names train_files.py, early stops train_stops.py; the loop
-below only wires the dataset, the trainer and the outputs. Every check that can fail on the configuration,
+A thin layer over lora_core: the schema is config.py, the model loading model_folders.py, what the run trains on
+train_inputs.py, what it writes train_files.py (the LoRA's forms are handed in: converters/trained_lora.py),
+its progress train_progress.py, early stops train_stops.py, several processes training/distributed.py; the
+loop below only wires them. Every check that can fail on the configuration,
 and the refusal to replace an earlier run's files, runs before any model loads. A run that stops early
 (NaN, out of memory, a crash, Ctrl-C) saves its last completed step and says how to resume it.
 Exit status: lora_core/exit_status.py.

@@ -41,7 +41,7 @@ FORM_SUFFIXES = {"comfyui": ".safetensors", "diffusers": ".diffusers.safetensors
 
 
 def lora_files(out_dir: Path, stem: str, formats: list[str]) -> list[Path]:
-    """The LoRA in each form asked for, then the state beside it (what train_cli._save writes for `stem`)."""
+    """The LoRA in each form asked for, then the state beside it (what RunFiles.save writes for `stem`)."""
     return [out_dir / f"{stem}{FORM_SUFFIXES[f]}" for f in FORM_SUFFIXES if f in formats] + \
         [state_path(out_dir / f"{stem}.safetensors")]
 

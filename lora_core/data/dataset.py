@@ -2,7 +2,7 @@
 
 Loading reads each file once to hash it and read its size (and, for PNGs, check it is complete); pixels
 are decoded only when an image is encoded (TrainImage.load_pixels), so a dataset of any size costs little
-memory. Each image gets a Placement in its bucket (lora_core/buckets.py); with buckets off, the single
+memory. Each image gets a Placement in its bucket (data/buckets.py); with buckets off, the single
 bucket is the resolution (resize the shorter side, center crop).
 """
 

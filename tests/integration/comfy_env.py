@@ -13,7 +13,7 @@ from pathlib import Path
 
 SKIP_REASON = (
     "needs a real ComfyUI: set COMFYUI_PATH to a ComfyUI source tree and run pytest with that "
-    "ComfyUI's python (e.g. COMFYUI_PATH=/work/comfy/aug /work/comfy/aug/.venv/bin/python -m pytest tests/integration; see tests/integration/conftest.py)"
+    "ComfyUI's python (e.g. COMFYUI_PATH=$COMFYUI_PATH $COMFYUI_PATH/.venv/bin/python -m pytest tests/integration; see tests/integration/conftest.py)"
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -2,20 +2,16 @@
 
 Every test under tests/integration is skipped, with the reason shown, when COMFYUI_PATH is unset or the
 running python cannot run ComfyUI (e.g. plain python3 on CI). Run them with ComfyUI's own python, one
-snapshot at a time, under the heavy lock (they start ComfyUI servers and load full-size SD1.5/SDXL models):
+snapshot at a time (they start ComfyUI servers and load full-size SD1.5/SDXL models), with COMFYUI_PATH the
+ComfyUI tree of the snapshot (January 2026: ComfyUI 0.8.0; August 2026: 0.33.0):
 
-    # January 2026 snapshot (ComfyUI 0.8.0)
-    COMFYUI_PATH=/work/comfy/jan flock /work/locks/heavy.lock timeout 3000 \
-        /work/comfy/jan/.venv/bin/python -m pytest tests/integration -q -rs
-    # August 2026 snapshot (ComfyUI 0.33.0, upstream mirror head 2026-08-22)
-    COMFYUI_PATH=/work/comfy/aug flock /work/locks/heavy.lock timeout 3000 \
-        /work/comfy/aug/.venv/bin/python -m pytest tests/integration -q -rs
+    COMFYUI_PATH=/path/to/ComfyUI /path/to/ComfyUI/.venv/bin/python -m pytest tests/integration -q -rs
 
 Add -m "not slow" to leave out the longest tests, or -k / a file path to run a few. Test models are built on
 first use with the snapshot's own classes into <cache>/comfyui-<version>[-<commit>]/ (cache:
 $LORA_LAB_TEST_CACHE or <tmp>/lora_lab_test_cache_<uid>), so the two snapshots never share a file; a build
 is deterministic and is rebuilt only when comfy_models.BUILDER_VERSION changes. To build one ahead:
-    COMFYUI_PATH=/work/comfy/aug /work/comfy/aug/.venv/bin/python -m tests.integration.comfy_models ensure sd15
+    COMFYUI_PATH=/path/to/ComfyUI /path/to/ComfyUI/.venv/bin/python -m tests.integration.comfy_models ensure sd15
 A prompt that fails, a server that dies or never starts, or a prompt ComfyUI lost fails the test with
 ComfyUI's own error (the /history status messages) and the tail of the session's server.log; no wait is
 unbounded.

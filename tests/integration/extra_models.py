@@ -2,7 +2,7 @@
 in the layouts its own loaders read (SanaMS 600M, DC-AE f32c32). Nothing of ExtraModels is committed here.
 
 Where the checkout comes from: $LORA_LAB_EXTRAMODELS (a ComfyUI_ExtraModels folder), else a bare git mirror at
-$LORA_LAB_EXTRAMODELS_GIT (default /work/.mirror/city96+ComfyUI_ExtraModels/repo) laid out with `git archive`.
+$LORA_LAB_EXTRAMODELS_GIT laid out blob by blob; with neither, the Sana test skips and says so.
 ExtraModels imports timm at load (its README says `pip install -r requirements.txt`); give it through
 $LORA_LAB_EXTRA_PYTHONPATH when ComfyUI's environment lacks it.
 
@@ -17,7 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEFAULT_GIT = "/work/.mirror/city96+ComfyUI_ExtraModels/repo"
 PACKAGE = "ComfyUI_ExtraModels"
 SANA_CONF = "SanaMS_600M_P1_D28"
 DCAE_CONF = "dcae-f32c32-sana-1.0"
@@ -29,8 +28,8 @@ def checkout(dest_parent: Path) -> Path | None:
     given = os.environ.get("LORA_LAB_EXTRAMODELS", "").strip()
     if given:
         return Path(given) if (Path(given) / "Sana").is_dir() else None
-    git_dir = os.environ.get("LORA_LAB_EXTRAMODELS_GIT", DEFAULT_GIT)
-    if not Path(git_dir).is_dir():
+    git_dir = os.environ.get("LORA_LAB_EXTRAMODELS_GIT", "").strip()
+    if not git_dir or not Path(git_dir).is_dir():
         return None
     dest = dest_parent / PACKAGE
     if not (dest / "__init__.py").is_file():

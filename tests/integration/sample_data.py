@@ -46,7 +46,7 @@ def saved_latent(server, history: dict):
 
 
 def assert_latents_close(a, b, what: str, rel: float = 1e-3) -> None:
-    """max |a - b| <= rel x max |a|: the issue's criterion for 'the same image'."""
+    """max |a - b| <= rel x max |a|: the criterion for 'the same image' (the README's latent comparisons)."""
     diff = (a - b).abs().max().item()
     scale = a.abs().max().item()
     assert diff <= rel * scale, f"{what}: max abs diff {diff} > {rel} x {scale}"

@@ -1,4 +1,4 @@
-"""ComfyUI's own LoRA loader accepts our ComfyUI output (issue 3).
+"""ComfyUI's own LoRA loader accepts our ComfyUI output.
 
 Models are ComfyUI's classes at full size on the meta device (key names and shapes, no RAM). LoRAs are random, on
 every Linear (and Conv2d for the UNets) of the matching diffusers model (also on meta), or built from the real key

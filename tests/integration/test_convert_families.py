@@ -1,4 +1,4 @@
-"""ComfyUI is the judge for the families issue 7 adds, on full-size models on the meta device.
+"""ComfyUI is the judge for the transformer families, on full-size models on the meta device.
 
 For each: a random LoRA on every Linear of the diffusers model (and real key forms from tests/fixtures), converted
 to ComfyUI form; ComfyUI's `load_lora` maps every key of our file and its patches fit (they change the weight, no
@@ -98,7 +98,7 @@ def test_real_key_forms(cm, caplog, fixture, section, unet_config, comfy_reads_o
 
 
 def test_flux_diffusers_lora_without_proj_mlp(cm, caplog):
-    """The issue's first file: all single-block attention (to_q/to_k/to_v, no proj_mlp) converts, and ComfyUI
+    """A Flux diffusers LoRA on all single-block attention (to_q/to_k/to_v, no proj_mlp) converts, and ComfyUI
     patches linear1 exactly as it patches the original's q/k/v slices (proj_mlp's rows untouched)."""
     model = meta_model(FLUX_DEV)
     km = key_map(model)
@@ -110,7 +110,7 @@ def test_flux_diffusers_lora_without_proj_mlp(cm, caplog):
 
 
 def test_flux_onetrainer_dora_with_split_qkv(cm, caplog):
-    """The issue's second file: ComfyUI applies each part's DoRA on its slice of qkv / linear1; our file gives the
+    """A OneTrainer Flux DoRA with split q/k/v: ComfyUI applies each part's DoRA on its slice of qkv / linear1; our file gives the
     same patched weights (the parts are kept under the names ComfyUI maps onto those slices)."""
     model = meta_model(FLUX_DEV)
     km = key_map(model)

@@ -1,4 +1,4 @@
-"""Issue 3's nodes in a real ComfyUI server: Convert LoRA writes a diffusers file, Inspect LoRA describes it,
+"""The conversion nodes in a real ComfyUI server: Convert LoRA writes a diffusers file, Inspect LoRA describes it,
 and Load LoRA applies the diffusers file (converted in memory) exactly as the stock LoraLoader applies the
 original kohya file."""
 

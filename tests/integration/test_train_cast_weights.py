@@ -1,9 +1,9 @@
-"""Issue 6: a model stored in fp8 or bf16 and computed in fp32 (UNETLoader weight_dtype; ComfyUI casts every
+"""A model stored in fp8 or bf16 and computed in fp32 (UNETLoader weight_dtype; ComfyUI casts every
 weight in forward, the code path that partial loading takes on a GPU) trains with Train LoRA's defaults:
 it learns, the in-graph MODEL and the saved file through the stock loader give the same latent, and resident
 memory grows by far less than the model (no copy of it, no cast kept for backward).
 
-The memory bound is the issue's: resident memory grows by less than 10% of the stored model while training.
+The memory bound: resident memory grows by less than 10% of the stored model while training.
 A copy of the stored model costs 1x its bytes, keeping every layer's fp32 cast for backward 2x (bf16) or 4x
 (fp8), and even one whole cast of SD1.5's largest conv is 118 MB in fp32, 14% of the fp8 UNet (ComfyUI's
 own inference forward casts it whole and grows by that much). Training casts each large layer a slice at

@@ -1,4 +1,4 @@
-"""The LoRA `lora-lab train` writes is one ComfyUI's own loader maps fully (issue 11).
+"""The LoRA `lora-lab train` writes is one ComfyUI's own loader maps fully.
 
 `lora-lab train` runs on tiny random Flux and Wan pipelines (diffusers, built by the test), in this ComfyUI's
 python. ComfyUI's model of the same architecture is built on the meta device from the matching config; then
@@ -17,7 +17,7 @@ import torch
 
 pytestmark = pytest.mark.comfyui
 
-# ComfyUI configs of the tiny models in lora_core/tiny_folders.py
+# ComfyUI configs of the tiny models in tests/tiny_folders.py
 FLUX_TINY = {"image_model": "flux", "in_channels": 4, "out_channels": 4, "patch_size": 2, "vec_in_dim": 32,
              "context_in_dim": 32, "hidden_size": 16, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1,
              "depth_single_blocks": 1, "axes_dim": [2, 2, 4], "theta": 10000, "qkv_bias": True, "guidance_embed": False,

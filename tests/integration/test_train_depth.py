@@ -1,4 +1,4 @@
-"""Issue 9 in a real ComfyUI, in this process, on the random full SD1.5: every optimizer learns; LoHa/LoKr/DoRA
+"""The training options in a real ComfyUI, in this process, on the random full SD1.5: every optimizer learns; LoHa/LoKr/DoRA
 files through the core LoraLoader equal the in-graph MODEL; a text-encoder LoRA through strength_clip equals
 the in-graph CLIP; save_every + resume_from, cancel + resume and crash + resume are byte-exact; previews change no byte; bad
 input is named. Optional optimizer packages come from PYTHONPATH (never installed into ComfyUI's venv)."""

@@ -1,4 +1,4 @@
-"""Issue 2 must-shows 4-7 and 9 (wrong model), on a real ComfyUI in this process with the random full SD1.5:
+"""Train LoRA on a real ComfyUI in this process with the random full SD1.5:
 it learns, captions stay paired, runs are byte-deterministic, strength scales the delta exactly, and a
 LoRA for another architecture is refused with a count of what matched."""
 

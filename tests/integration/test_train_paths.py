@@ -1,4 +1,4 @@
-"""Issue 6 must-shows, in a real ComfyUI in this process: training runs the function the sampler runs (a shift
+"""Train LoRA's paths in a real ComfyUI, in this process: training runs the function the sampler runs (a shift
 or prediction node upstream changes what training draws exactly as it changes sampling), "auto" picks
 logit-normal for flow models, the metadata is honest, T5-length conds batch, mixed shapes accumulate, a model
 that already carries a LoRA trains and says so, and an out-of-memory error leaves a loadable LoRA + state."""

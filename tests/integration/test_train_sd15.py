@@ -1,4 +1,4 @@
-"""Issue 2, must-show 1 (+7, 8): train in a real ComfyUI server on a random full SD1.5, sample with the
+"""Train in a real ComfyUI server on a random full SD1.5, sample with the
 trained MODEL, save the LoRA, reload it with the stock LoraLoader, and get the same latent."""
 
 from __future__ import annotations

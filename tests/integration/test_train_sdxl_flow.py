@@ -1,4 +1,4 @@
-"""Issue 2, must-show 2: the train -> sample == save -> stock loader -> sample round trip for SDXL (pooled and
+"""The train -> sample == save -> stock loader -> sample round trip for SDXL (pooled and
 size conditioning) and for flow-matching models (Flux- and SD3-shaped, loaded with the stock UNETLoader)."""
 
 from __future__ import annotations
