@@ -57,7 +57,7 @@ def trained_lora(result, config, dataset, family: str, name: str, prediction: st
         targets=config.targets, prediction=prediction, output_name=name,
         trigger_words=dataset.trigger_word, tag_frequency=tag_frequency(image.caption for image in dataset.images),
         resolution=dataset.resolution, compute_dtype=result.compute_dtype, base_loras=base_loras,
-        timestep_sampling=config.timestep_sampling, gradient_checkpointing=result.checkpointing,
+        timestep_sampling=config.timestep_sampling, gradient_checkpointing=result.checkpointing, compile=result.compiled,
     )
     metadata.update(algorithm_metadata(config))
     metadata.update(dataset_metadata(dataset))  # kohya's bucket / caption / augmentation keys

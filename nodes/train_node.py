@@ -84,7 +84,8 @@ def load_for_training(patcher, backend: ComfyBackend, config: TrainConfig, laten
     """
     shape = (config.batch_size,) + tuple(latent_shape)
     needed = training_memory(patcher.memory_required(shape), config.gradient_checkpointing,
-                             adapter_parameter_count(backend, config), optimizer_spec(config.optimizer).state_slots)
+                             adapter_parameter_count(backend, config), optimizer_spec(config.optimizer).state_slots,
+                             config.checkpoint_budget)
     comfy.model_management.load_models_gpu([patcher], memory_required=needed)
     return needed
 

@@ -210,3 +210,68 @@ def test_tensors_handed_to_a_block_inside_a_dataclass_carry_gradient():
     torch.testing.assert_close(net.mod.weight.grad, reference)
     assert plain_calls == 3 and CountingLinear.calls == 2 * plain_calls  # each block once more in backward
     assert net.seen.scale.grad_fn is not None and "Checkpoint" not in type(net.seen.scale.grad_fn).__name__
+
+
+# --- partial checkpointing: the plan (checkpoint_plan.py) ----------------------------------------------------
+
+def test_choose_takes_the_most_memory_per_unit_of_cost_until_the_budget_holds():
+    from lora_lab.lora_core.training.checkpoint_plan import UnitCost, choose, kept_share
+
+    records = [UnitCost(kept=100, weight_bytes=10, calls=1),    # 10 bytes kept per unit of cost
+               UnitCost(kept=100, weight_bytes=1000, calls=1),  # 0.1
+               UnitCost(kept=50, weight_bytes=10, calls=1),     # 5
+               UnitCost(kept=0, weight_bytes=1, calls=1)]       # keeps nothing: never worth recomputing
+    assert choose(records, 0.5, "cpu") == [True, False, True, False]
+    assert kept_share(records, [True, False, True, False]) == 100 / 250
+    assert choose(records, 1.0, "cpu") == [False] * 4
+    assert choose(records, 0.0, "cpu") == [True, True, True, False]
+    # FLOPs count at the device's balance: on a GPU the products are cheap next to their weights' bytes
+    heavy = [UnitCost(kept=100, flops=10_000, calls=1), UnitCost(kept=100, weight_bytes=200, calls=1)]
+    assert choose(heavy, 0.5, "cpu") == [False, True] and choose(heavy, 0.5, "cuda") == [True, False]
+
+
+def test_measured_unit_costs_are_what_autograd_keeps_and_the_products_flops():
+    """Every byte the plain forward keeps is either inside a unit (kept) or a unit's own input (kept in every
+    mode); FLOPs are the two 4x8 @ 8x8 products of each block."""
+    from lora_lab.lora_core.training.checkpoint_plan import measure_units
+
+    net, x = Net(inplace=False), torch.randn(4, 8)
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    storages = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x)
+    storages.pop(x.untyped_storage().data_ptr(), None)  # the network's input
+    records = measure_units(checkpoint_units(net), lambda: net(x), guard_inplace=False)
+    assert sum(r.kept for r in records) + 3 * x.nbytes == sum(storages.values())
+    assert all(r.flops == 2 * (2 * 4 * 8 * 8) and r.calls == 1 for r in records)
+    assert all(r.weight_bytes == 2 * (8 * 8 + 8) * 4 for r in records)
+    assert all("forward" not in m.__dict__ for m in net.modules())
+
+
+def test_measuring_an_inplace_block_counts_the_guard_copies_and_leaves_its_input_alone():
+    from lora_lab.lora_core.training.checkpoint_plan import measure_units
+
+    net, x = Net(inplace=True), torch.randn(4, 8)
+    with torch.no_grad():
+        reference = Net(inplace=False)(x.clone())
+    out = {}
+    records = measure_units(checkpoint_units(net), lambda: out.setdefault("y", net(x.clone())), guard_inplace=True)
+    torch.testing.assert_close(out["y"], reference)  # the measuring run did not write the real input
+    plain = measure_units(checkpoint_units(Net(inplace=False)), lambda: Net(inplace=False)(x.clone()), False)
+    assert all(r.kept > p.kept for r, p in zip(records, plain))  # plus the copies of the input kept by layer_norm
+
+
+def test_partial_recomputes_exactly_the_chosen_units_and_gives_the_plain_grads():
+    net = Net(inplace=True)
+    calls = _leaf_calls(net)
+    reference = grads(Net(inplace=False), enabled=False, guard_inplace=False)
+    got = grads(net, enabled=True, guard_inplace=True, recompute=[True, False, True])
+    assert len(calls) == 1 + 2 * 3 + 2 * 2  # stem; six block layers; blocks 0 and 2 once more
+    for g, r in zip(got, reference):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)

@@ -95,6 +95,17 @@ def test_resume_is_exact_for_algorithms_ema_and_loss_options(unet, tmp_path, alg
         assert any(not torch.equal(straight.lora.modules[n].up, live[n]) for n in live)
 
 
+@pytest.mark.parametrize("mode", ["full", "partial"])
+def test_checkpointed_runs_resume_byte_for_byte(unet, tmp_path, mode):
+    """partial's plan depends on nothing a resumed run does differently (no timings, a fixed calibration batch)."""
+    backend, samples = DDPMUNetBackend(unet), make_samples()
+    cfg = config(gradient_checkpointing=mode)
+    straight = train(backend, samples, cfg)
+    resumed = stopped_then_resumed(backend, samples, cfg, tmp_path)
+    assert resumed.checkpointing == straight.checkpointing != "off"
+    assert lora_bytes(resumed, tmp_path, "b") == lora_bytes(straight, tmp_path, "a")
+
+
 def raise_in_step_four(error: Exception):
     """A forward pre-hook that raises `error` on the 7th forward: 2 micro-batches per step, so step 4's first."""
     calls = {"n": 0}

@@ -175,6 +175,15 @@ def test_gradient_checkpointing_recomputes_and_gives_same_result(unet, guard):
     assert_same_lora(plain.lora, ckpt.lora, atol=1e-5)  # dropout RNG is replayed in recomputation
 
 
+def test_partial_checkpointing_gives_the_same_lora_as_the_plain_run(unet):
+    """partial recomputes some units (chosen on a calibration forward that draws from no RNG of the run)."""
+    backend, samples = DDPMUNetBackend(unet), make_samples(4)
+    plain = train(backend, samples, config(batch_size=2, dropout=0.1))
+    part = train(backend, samples, config(batch_size=2, dropout=0.1, gradient_checkpointing="partial"))
+    assert part.checkpointing.startswith("partial (") and part.losses == pytest.approx(plain.losses, rel=1e-6)
+    assert_same_lora(plain.lora, part.lora, atol=1e-5)
+
+
 def test_gradient_clipping_changes_update(unet):
     backend, samples = DDPMUNetBackend(unet), make_samples(4)
     loose = train(backend, samples, config(steps=2, learning_rate=1e-2, max_grad_norm=None))
@@ -367,6 +376,13 @@ def test_checkpointing_says_what_it_did(unet, caplog):
                              num_images=2, gradient_checkpointing=flat.checkpointing)
     assert meta["ss_gradient_checkpointing"] == "False" and meta["lora_lab_gradient_checkpointing"] == flat.checkpointing
 
-    on = train(DDPMUNetBackend(unet), make_samples(2), config(steps=1, gradient_checkpointing=True))
-    assert on.checkpointing == f"on ({len(checkpoint_units(unet))} units)" and on.warnings == []
+    units = len(checkpoint_units(unet))
+    on = train(DDPMUNetBackend(unet), make_samples(2), config(steps=1, gradient_checkpointing=True))  # legacy true
+    assert on.checkpointing == f"full ({units} units)" and on.warnings == []
     assert train(DDPMUNetBackend(unet), make_samples(2), config(steps=1)).checkpointing == "off"
+    part = train(DDPMUNetBackend(unet), make_samples(2), config(steps=1, gradient_checkpointing="partial"))
+    found = re.fullmatch(rf"partial \((\d+) of {units} units recomputed, (\d+)% of activations kept\)", part.checkpointing)
+    assert found and 0 < int(found[1]) < units and int(found[2]) <= 25, part.checkpointing
+    meta = training_metadata(family="x", rank=4, alpha=4, learning_rate=1e-3, max_steps=1, steps_done=1,
+                             num_images=2, gradient_checkpointing=part.checkpointing)
+    assert meta["ss_gradient_checkpointing"] == "True" and meta["lora_lab_gradient_checkpointing"] == part.checkpointing

@@ -120,7 +120,7 @@ class RunFiles:
             precision=t.precision, dropout=t.dropout, targets=t.targets, prediction=self.prediction, output_name=stem,
             trigger_words=[d.trigger_word], tag_frequency=tag_frequency(self.dataset.captions()),
             resolution=resolution, compute_dtype=result.compute_dtype, timestep_sampling=t.timestep_sampling,
-            started_at=self.started, finished_at=clock(), gradient_checkpointing=result.checkpointing,
+            started_at=self.started, finished_at=clock(), gradient_checkpointing=result.checkpointing, compile=result.compiled,
             comment=f"lora-lab train on {folder.root.name} ({folder.cls})")
         meta.update(algorithm_metadata(t))
         state = []  # first: a LoRA form that cannot be written must not lose the run

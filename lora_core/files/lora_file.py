@@ -53,12 +53,14 @@ def training_metadata(
     base_loras: list[dict] | None = None,
     timestep_sampling: str = "",
     gradient_checkpointing: str = "",
+    compile: str = "",
 ) -> dict[str, str]:
     """Header metadata (all values str) for a LoRA trained by LoRA Lab.
 
     precision is the autocast asked for; compute_dtype the dtype the layers really computed in (what
     ss_mixed_precision reports); base_loras the LoRAs the trained model already carried; gradient_checkpointing
-    what checkpointing did (off, on (N units), or nothing to wrap).
+    what checkpointing did (off, full (N units), partial (K of N units recomputed, ...), or nothing
+    to wrap); compile what torch.compile did (off, on (...), or the fall-back).
     """
     ran = compute_dtype or precision
     # Any model ComfyUI loads can be trained: unknown families get their own name in the metadata.
@@ -104,8 +106,12 @@ def training_metadata(
         "lora_lab_timestep_sampling": timestep_sampling,
     }
     if gradient_checkpointing:  # what ran (trainer.TrainResult.checkpointing), not only what was asked
-        meta["ss_gradient_checkpointing"] = str(gradient_checkpointing.startswith("on"))
+        recomputed = gradient_checkpointing.startswith(("on", "full", "partial")) and \
+            not gradient_checkpointing.startswith("partial (0 ")
+        meta["ss_gradient_checkpointing"] = str(recomputed)
         meta["lora_lab_gradient_checkpointing"] = gradient_checkpointing
+    if compile:
+        meta["lora_lab_compile"] = compile
     if base_loras:
         meta["lora_lab_base_loras"] = json.dumps(base_loras, sort_keys=True)
     if resolution is not None:

@@ -5,7 +5,8 @@ nn.Sequential containers. A unit that is itself an nn.Sequential is replaced by 
 UNet runs a TimestepEmbedSequential's layers one by one (forward_timestep_embed) and never calls the
 container's own forward, so a wrapper there would never run.
 
-Each unit runs through reentrant torch.utils.checkpoint: the forward keeps nothing inside the unit, only
+Each checkpointed unit (all of them in `full`; those checkpoint_plan.py picks in `partial`) runs through
+reentrant torch.utils.checkpoint: the forward keeps nothing inside the unit, only
 its inputs, and backward re-runs the unit with grad and back-propagates through it. Reentrant, not the
 saved-tensor-hooks variant, because in-place blocks need their own saved-tensor hook (inplace_guard.py)
 during the recomputation, and saved-tensor hooks do not nest (the innermost wins, which silently turned
@@ -119,30 +120,22 @@ def _checkpointed(forward: Callable[..., Any], clone_inputs: bool, learns: bool)
 
 @contextmanager
 def gradient_checkpointing(root: nn.Module, enabled: bool = True, guard_inplace: bool = False,
-                           adapted: Iterable[nn.Module] = ()) -> Iterator[int]:
+                           adapted: Iterable[nn.Module] = (), recompute: list[bool] | None = None) -> Iterator[int]:
     """Wrap the units' forwards for the duration (checkpointing and/or the in-place input guard); yields the
-    number of units wrapped. adapted: layers carrying trainable side paths (hooks, not submodules).
-    Original forwards are restored in finally."""
+    number of units wrapped. adapted: layers carrying trainable side paths (hooks, not submodules); recompute:
+    per unit of checkpoint_units(root), whether it is checkpointed (None: all, as `full`; the others are only
+    guarded). Original forwards are restored in finally."""
     adapted_ids = {id(m) for m in adapted}
     if not (enabled or guard_inplace):
         yield 0
         return
     saved: list[tuple[nn.Module, object]] = []
     try:
-        for unit in checkpoint_units(root):
+        units = checkpoint_units(root)
+        for unit, again in zip(units, recompute if recompute is not None else [True] * len(units)):
             forward = guard_inplace_inputs(unit.forward) if guard_inplace else unit.forward
             learns = any(p.requires_grad for p in unit.parameters()) or any(id(m) in adapted_ids for m in unit.modules())
-            replace_forward(unit, _checkpointed(forward, guard_inplace, learns) if enabled else forward, saved)
+            replace_forward(unit, _checkpointed(forward, guard_inplace, learns) if enabled and again else forward, saved)
         yield len(saved)
     finally:
         restore_forwards(saved)
-
-
-def outcome(units: int, model: str) -> tuple[str, str | None]:
-    """What checkpointing did, for the metadata, and a warning when it wrapped nothing (an architecture it does
-    not know): said, not hidden."""
-    if units:
-        return f"on ({units} units)", None
-    return ("requested, but no block was found to wrap",
-            f"gradient checkpointing wrapped nothing: no block list was found in {model}, so this run keeps every "
-            "activation (as with checkpointing off)")

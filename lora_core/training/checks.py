@@ -12,6 +12,7 @@ from .lr_schedule import check_schedule
 from ..optimizers import OptimizerSpec, check_learning_rate, optimizer_spec, settings_for
 from .precision import check_precision
 from ..adapters.targets import target_items
+from .checkpoint_modes import check_budget, checkpointing_mode
 
 if TYPE_CHECKING:
     from .trainer import TrainConfig
@@ -40,6 +41,8 @@ def check_train_config(config: TrainConfig) -> None:
     config.loss.check()
     config.timestep_options().check()
     check_precision(config.precision)
+    checkpointing_mode(config.gradient_checkpointing)
+    check_budget(config.checkpoint_budget)
     if config.init_lora is None:  # continuing a LoRA keeps its own layers and algorithm
         check_algorithm(config.algorithm, config.algorithm_options)
         target_items(config.targets)

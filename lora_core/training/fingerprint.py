@@ -16,7 +16,9 @@ from typing import Any, Iterable
 
 from ..errors import TrainingError
 
-IGNORED = frozenset({"steps", "seed", "init_lora", "gradient_checkpointing", "guard_inplace"})
+# how the arithmetic is scheduled (recomputation, compiled kernels), not what it computes, is ignored too
+IGNORED = frozenset({"steps", "seed", "init_lora", "gradient_checkpointing", "checkpoint_budget", "compile",
+                     "guard_inplace"})
 
 
 def _plain(value: Any) -> Any:

@@ -38,7 +38,8 @@ class TrainResult:
     interrupted: bool = False
     state: TrainState | None = None  # to continue the run exactly (taken after the last completed step)
     compute_dtype: str = "fp32"  # the dtype the model's layers actually computed in
-    checkpointing: str = "off"  # what gradient checkpointing did: off, on (N units), or nothing to wrap
+    checkpointing: str = "off"  # what gradient checkpointing did: off, full (N units), partial (...), nothing to wrap
+    compiled: str = "off"  # what torch.compile did: off, on (graphs, shapes, seconds), or its fall-back
     warnings: list[str] = field(default_factory=list)
 
 
@@ -65,6 +66,7 @@ class Run:
         self.losses: list[float] = []
         self.updating = False
         self.checkpointing = "off"
+        self.compiled = "off"
         self.warnings: list[str] = []
         torch.manual_seed(config.seed)  # adapter dropout uses the global RNG (forked by the caller)
         if resume is not None:
@@ -135,7 +137,21 @@ class Run:
             lora = LoraWeights({n: a.weights() for n, a in self.adapters.items()})
         return TrainResult(lora=lora, losses=list(self.losses), steps_done=len(self.losses), interrupted=interrupted,
                            state=state, compute_dtype=dtype_name(self.compute_dtype), checkpointing=self.checkpointing,
-                           warnings=list(self.warnings))
+                           compiled=self.compiled, warnings=list(self.warnings))
+
+    def calibration_pass(self) -> None:
+        """One forward without grad of a fixed batch, what the partial-checkpointing plan is measured on: the
+        first of the largest latents, a micro-batch of it, fixed noise at the middle noise level. Draws nothing
+        from the run's RNGs (dropout's are restored), so the plan is the same for a resumed run."""
+        c = self.config
+        i = max(range(len(self.samples)), key=lambda j: (self.samples[j].latent.numel(), -j))
+        n = c.batch_size if self.dist is None else max(1, c.batch_size // self.dist.world_size)
+        gen = torch.Generator().manual_seed(0)
+        x0 = torch.stack([self.samples[i].latent] * n).float().to(self.device)
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        conds = [draw_cond(self.samples[i].cond, gen)] * n
+        with fork_rng(self.device), torch.no_grad(), autocast(c.precision, self.device):
+            diffusion_loss(self.backend, x0, noise, torch.full((n,), 0.5), conds, c.loss)
 
     # --- one optimizer step ---------------------------------------------------------------------------
     def _draw(self) -> list[tuple[list[int], list[torch.Tensor], torch.Tensor, list[Any]]]:

@@ -22,7 +22,9 @@ from ..data.sample_order import BatchOrder
 from ..data.samples import TrainSample, usable_in_autograd
 from ..errors import LoraLabError, TrainingError
 from .backend import Backend
-from .checkpointing import gradient_checkpointing, outcome as checkpointing_outcome
+from .checkpoint_modes import checkpointing_mode, outcome as checkpointing_outcome
+from .checkpoint_plan import choose, kept_share, measure_units
+from .checkpointing import checkpoint_units, gradient_checkpointing
 from .checks import check_train_config
 from .devices import fork_rng
 from .failures import crashed, raise_clearly
@@ -50,7 +52,8 @@ class TrainConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     precision: str = "fp32"  # autocast: fp32 (none), bf16 or fp16; the model's own dtype may still be lower
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: str | bool = "off"  # off | partial | full (checkpoint_modes.py); true/false: full/off
+    checkpoint_budget: float = 0.25  # partial: at most this share of off's activations stays kept
     guard_inplace: bool = True  # copy block inputs saved for backward: original (ComfyUI) blocks do `x += ...`
     seed: int = 0
     max_grad_norm: float | None = 1.0  # None or 0 disables clipping
@@ -152,14 +155,16 @@ def _loop(run: Run, on_step, should_stop, interrupt_on, validate) -> TrainResult
                                             getattr(backend, "stored_weights", plain_stored)))
         stack.enter_context(attached(trees, run.adapters))
         modules = dict(backend.root.named_modules())
-        units = stack.enter_context(gradient_checkpointing(backend.root, config.gradient_checkpointing,
-                                                           config.guard_inplace,
-                                                           adapted=[modules[n] for n in run.adapters if ":" not in n]))
-        if config.gradient_checkpointing:
-            run.checkpointing, warning = checkpointing_outcome(units, type(backend.root).__name__)
-            if warning:
-                run.warnings.append(warning)
-                logging.getLogger("lora_lab").warning("LoRA Lab: %s", warning)
+        adapted = [modules[n] for n in run.adapters if ":" not in n]
+        mode = checkpointing_mode(config.gradient_checkpointing)
+        recompute, share = _plan(run, mode)
+        units = stack.enter_context(gradient_checkpointing(backend.root, mode != "off", config.guard_inplace,
+                                                           adapted=adapted, recompute=recompute))
+        run.checkpointing, warning = checkpointing_outcome(mode, units, sum(recompute) if recompute else units, share,
+                                                           type(backend.root).__name__)
+        if warning:
+            run.warnings.append(warning)
+            logging.getLogger("lora_lab").warning("LoRA Lab: %s", warning)
         for component, tree in trees.items():  # text encoders: no checkpointing, but ComfyUI's CLIP adds in place
             if component:
                 stack.enter_context(gradient_checkpointing(tree, False, config.guard_inplace))
@@ -196,5 +201,16 @@ def _loop(run: Run, on_step, should_stop, interrupt_on, validate) -> TrainResult
                         raise_clearly(error, run, "after")
                     raise crashed(error, run, "after") from error
     return run.result()
+
+
+def _plan(run: Run, mode: str) -> tuple[list[bool] | None, float | None]:
+    """partial: which units to recompute (checkpoint_plan.py, measured on the run's calibration batch) and the
+    share of activations the others keep; other modes: (None, None)."""
+    units = checkpoint_units(run.backend.root)
+    if mode != "partial" or not units:
+        return None, None
+    records = measure_units(units, run.calibration_pass, run.config.guard_inplace)
+    recompute = choose(records, run.config.checkpoint_budget, run.device.type)
+    return recompute, kept_share(records, recompute)
 
 
