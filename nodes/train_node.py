@@ -16,6 +16,7 @@ from ..lora_core.data.dataset_metadata import dataset_fingerprint
 from ..lora_core.training.devices import autocast_available
 from ..lora_core.errors import (LoraLabError, NonFiniteLossError, TrainingCrashed, TrainingError,
                                 TrainingOutOfMemory)
+from ..lora_core.training.checkpoint_modes import MODES as CHECKPOINTING_MODES, checkpointing_mode
 from ..lora_core.training.lr_schedule import LR_SCHEDULES
 from ..lora_core.training.memory_estimate import training_memory
 from ..lora_core.optimizers import OPTIMIZERS, optimizer_spec
@@ -127,8 +128,12 @@ class TrainLora(io.ComfyNode):
                 io.Combo.Input("precision", options=PRECISIONS, default="auto",
                                tooltip="Autocast dtype; auto = bf16 on GPUs that support it, else fp32. "
                                        "fp16 uses loss scaling."),
-                io.Boolean.Input("gradient_checkpointing", default=True,
-                                 tooltip="Recompute activations in backward: less memory, ~30% slower."),
+                io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING_MODES), default="full",
+                               tooltip="Recompute activations in backward to save memory. full: every block "
+                                       "(least memory, about one more forward per step); partial: only the "
+                                       "blocks that hold the most memory for their cost, keeping at most a quarter "
+                                       "of what off keeps; off: fastest, most memory. (true/false in older "
+                                       "workflows mean full/off.)"),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed for LoRA init, batches, noise and timesteps."),
                 io.String.Input("output_name", default="lora_lab_lora",
@@ -160,6 +165,11 @@ class TrainLora(io.ComfyNode):
                 TEXT_ENCODER_OPTIONS.Input("text_encoder_options", optional=True,
                                            tooltip="From 'LoRA Lab Text Encoder': train the text encoder(s) too."),
                 PREVIEW_OPTIONS.Input("previews", optional=True, tooltip="From 'LoRA Lab Previews'."),
+                io.Boolean.Input("compile", default=False, optional=True,
+                                 tooltip="torch.compile the model's blocks for training (ComfyUI's patches and the "
+                                         "LoRA inside the compiled code). The first step at each image size "
+                                         "compiles; falls back to plain PyTorch with a warning where compiling "
+                                         "fails."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained LoRA applied."),
@@ -173,8 +183,16 @@ class TrainLora(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, resume_from=None):
-        """resume_from stays under models/loras (a typed name that is not in the dropdown is checked here)."""
+    def validate_inputs(cls, resume_from=None, gradient_checkpointing=None):
+        """resume_from stays under models/loras (a typed name that is not in the dropdown is checked here);
+        gradient_checkpointing is a mode or, from a workflow saved before the modes, true/false (listing it
+        here makes ComfyUI leave its own option check to this method)."""
+        for value in gradient_checkpointing if isinstance(gradient_checkpointing, list) else [gradient_checkpointing]:
+            if value is not None:
+                try:
+                    checkpointing_mode(value)
+                except LoraLabError as error:
+                    return str(error)
         for text in resume_from if isinstance(resume_from, list) else [resume_from]:
             if isinstance(text, str):
                 try:
@@ -194,7 +212,7 @@ class TrainLora(io.ComfyNode):
              gradient_checkpointing, seed, output_name, custom_targets="", clip=None, conditioning=None,
              validation_every=50, algorithm="lora", optimizer="adamw", save_every=0, resume_from="",
              optimizer_options=None, loss_options=None, algorithm_options=None, text_encoder_options=None,
-             previews=None) -> io.NodeOutput:
+             previews=None, compile=False) -> io.NodeOutput:
         name = lora_output_name(output_name)
         patcher = model.clone()
         family = model_family(patcher)
@@ -220,7 +238,8 @@ class TrainLora(io.ComfyNode):
             targets=[t.strip() for t in custom_targets.split(",") if t.strip()] or target_preset,
             batch_size=batch_size, grad_accum=grad_accumulation, lr_schedule=lr_schedule,
             warmup_steps=warmup_steps, precision=resolve_precision(precision, patcher.load_device),
-            gradient_checkpointing=gradient_checkpointing, seed=seed, algorithm=algorithm, optimizer=optimizer,
+            gradient_checkpointing=checkpointing_mode(gradient_checkpointing), compile=compile, seed=seed,
+            algorithm=algorithm, optimizer=optimizer,
             identity={"family": family, "dataset inputs": dataset_fingerprint(dataset)}, **fields,
         )
         load_for_training(patcher, backend, config, largest_latent_shape(data))

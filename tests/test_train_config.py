@@ -107,6 +107,15 @@ def test_file_and_flags_merge(tmp_path, unet_folder):
         load_config(cfg, ["rank=3"])
 
 
+def test_gradient_checkpointing_takes_a_mode_or_the_old_booleans(tmp_path, unet_folder):
+    from lora_lab.lora_core.training.checkpoint_modes import checkpointing_mode
+
+    cfg = write_config(tmp_path / "run.toml", unet_folder, tmp_path / "out")
+    for value, mode in (("true", "full"), ("false", "off"), ("'partial'", "partial"), ("full", "full")):
+        config = load_config(cfg, [f"train.gradient_checkpointing={value}"])
+        assert checkpointing_mode(config.train.gradient_checkpointing) == mode
+
+
 def test_example_configs_parse():
     import dataclasses
 
@@ -165,6 +174,8 @@ BAD_VALUES = {
     "train.ema_decay": (["train.ema_decay=1.5"], "1.5", "(0, 1)"),
     "EMA with schedule-free": (["train.optimizer=adamw_schedulefree", "train.ema_decay=0.99"], "EMA", "schedule-free"),
     "train.timestep_min/max": (["train.timestep_min=0.6", "train.timestep_max=0.5"], "min=0.6 max=0.5", "0 <= min < max <= 1"),
+    "train.gradient_checkpointing": (["train.gradient_checkpointing=half"], "'half'", "off, partial, full"),
+    "train.checkpoint_budget": (["train.checkpoint_budget=1.5"], "1.5", "[0, 1]"),
 }
 
 

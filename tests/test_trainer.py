@@ -350,6 +350,15 @@ def test_memory_plan_counts_the_adapters_the_run_will_have(unet, algorithm):
     assert counted == real
 
 
+def test_memory_plan_counts_each_checkpointing_mode():
+    from lora_lab.lora_core.training.memory_estimate import activation_factor, training_memory
+
+    off, part, full = (activation_factor(m) for m in ("off", "partial", "full"))
+    assert off > part > full and (activation_factor(True), activation_factor(False)) == (full, off)
+    assert activation_factor("partial", budget=0.0) == full and activation_factor("partial", budget=1.0) == off
+    assert training_memory(1e6, "partial", 0) < training_memory(1e6, "partial", 0, budget=0.5) < training_memory(1e6, "off", 0)
+
+
 class _FlatDenoiser(torch.nn.Module):
     """A denoiser without a block list: an architecture gradient checkpointing finds nothing to wrap in."""
 

@@ -155,7 +155,8 @@ def _checked(value: Any, default: Any, name: str, source: str) -> Any:
     elif isinstance(default, int):
         ok = (isinstance(value, int) and not isinstance(value, bool)) or (name == "data.resolution" and isinstance(value, list))
     elif isinstance(default, str):
-        ok = isinstance(value, str) or (name == "train.targets" and isinstance(value, list))
+        ok = isinstance(value, str) or (name == "train.targets" and isinstance(value, list)) or \
+            (name == "train.gradient_checkpointing" and isinstance(value, bool))  # true/false from older configs
     else:
         ok = isinstance(value, type(default))
     if not ok:
