@@ -215,6 +215,8 @@ def _formula_forward(module: nn.Module, original, fetch: WeightFetch, stored: St
     dims = None if is_linear(module) else len(module.kernel_size) + 2
 
     def forward(*args, **kwargs):
+        if torch.compiler.is_compiling():  # inside a compiled unit the compiler differentiates the layer itself
+            return original(*args, **kwargs)
         if kwargs or len(args) != 1 or (dims is not None and args[0].dim() != dims):
             return _aliased_call(module, original, args, kwargs)  # a call the formula does not cover
         x = args[0]
@@ -235,19 +237,30 @@ def _no_stored(module: nn.Module, like: torch.Tensor) -> None:
     return None
 
 
-def _own_tensors(module: nn.Module) -> list[tuple[dict, str]]:
+def own_tensors(module: nn.Module) -> list[tuple[dict, str]]:
+    """The (table, name) slots of the module's own inference parameters and buffers."""
     return [(module._parameters, n) for n, p in module._parameters.items() if p is not None and p.is_inference()] + \
         [(module._buffers, n) for n, b in module._buffers.items() if b is not None and b.is_inference()]
 
 
 def _aliased_call(module: nn.Module, original, args: tuple, kwargs: dict):
-    """Run module's forward with its own inference tensors swapped for aliases, only for this call."""
-    slots = _own_tensors(module) if torch.is_grad_enabled() else []
-    saved = [(table, name, table[name]) for table, name in slots]
+    """Run module's forward with its own inference tensors swapped for aliases, only for this call (a compiled
+    unit swaps them for the whole unit's call: compiled_units.py)."""
+    if torch.compiler.is_compiling():
+        return original(*args, **kwargs)
+    with aliased(own_tensors(module) if torch.is_grad_enabled() else []):
+        return original(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def aliased(slots: list[tuple[dict, str]]) -> Iterator[None]:
+    """The inference tensors in these (module._parameters / _buffers, name) slots swapped for autograd-safe
+    aliases, restored on exit."""
+    saved = [(table, name, table[name]) for table, name in slots if table[name] is not None and table[name].is_inference()]
     try:
         for table, name, tensor in saved:
             table[name] = autograd_safe(tensor)
-        return original(*args, **kwargs)
+        yield
     finally:
         for table, name, tensor in saved:
             table[name] = tensor

@@ -66,7 +66,7 @@ class Run:
         self.losses: list[float] = []
         self.updating = False
         self.checkpointing = "off"
-        self.compiled = "off"
+        self.compile_stats = None  # compiled_units.CompileStats while the units are compiled
         self.warnings: list[str] = []
         torch.manual_seed(config.seed)  # adapter dropout uses the global RNG (forked by the caller)
         if resume is not None:
@@ -137,7 +137,8 @@ class Run:
             lora = LoraWeights({n: a.weights() for n, a in self.adapters.items()})
         return TrainResult(lora=lora, losses=list(self.losses), steps_done=len(self.losses), interrupted=interrupted,
                            state=state, compute_dtype=dtype_name(self.compute_dtype), checkpointing=self.checkpointing,
-                           compiled=self.compiled, warnings=list(self.warnings))
+                           compiled=self.compile_stats.outcome() if self.compile_stats and self.compile_stats.units
+                           else "off", warnings=list(self.warnings))
 
     def calibration_pass(self) -> None:
         """One forward without grad of a fixed batch, what the partial-checkpointing plan is measured on: the

@@ -25,6 +25,7 @@ from .backend import Backend
 from .checkpoint_modes import checkpointing_mode, outcome as checkpointing_outcome
 from .checkpoint_plan import choose, kept_share, measure_units
 from .checkpointing import checkpoint_units, gradient_checkpointing
+from .compiled_units import compiled_units
 from .checks import check_train_config
 from .devices import fork_rng
 from .failures import crashed, raise_clearly
@@ -54,6 +55,7 @@ class TrainConfig:
     precision: str = "fp32"  # autocast: fp32 (none), bf16 or fp16; the model's own dtype may still be lower
     gradient_checkpointing: str | bool = "off"  # off | partial | full (checkpoint_modes.py); true/false: full/off
     checkpoint_budget: float = 0.25  # partial: at most this share of off's activations stays kept
+    compile: bool = False  # torch.compile the units (compiled_units.py)
     guard_inplace: bool = True  # copy block inputs saved for backward: original (ComfyUI) blocks do `x += ...`
     seed: int = 0
     max_grad_norm: float | None = 1.0  # None or 0 disables clipping
@@ -157,14 +159,15 @@ def _loop(run: Run, on_step, should_stop, interrupt_on, validate) -> TrainResult
         modules = dict(backend.root.named_modules())
         adapted = [modules[n] for n in run.adapters if ":" not in n]
         mode = checkpointing_mode(config.gradient_checkpointing)
-        recompute, share = _plan(run, mode)
+        recompute, share = _plan(run, mode)  # measured eagerly, before anything is compiled
+        run.compile_stats = stack.enter_context(compiled_units(checkpoint_units(backend.root), config.compile,
+                                                               warn=lambda message: _warn(run, message)))
         units = stack.enter_context(gradient_checkpointing(backend.root, mode != "off", config.guard_inplace,
                                                            adapted=adapted, recompute=recompute))
         run.checkpointing, warning = checkpointing_outcome(mode, units, sum(recompute) if recompute else units, share,
                                                            type(backend.root).__name__)
         if warning:
-            run.warnings.append(warning)
-            logging.getLogger("lora_lab").warning("LoRA Lab: %s", warning)
+            _warn(run, warning)
         for component, tree in trees.items():  # text encoders: no checkpointing, but ComfyUI's CLIP adds in place
             if component:
                 stack.enter_context(gradient_checkpointing(tree, False, config.guard_inplace))
@@ -172,6 +175,7 @@ def _loop(run: Run, on_step, should_stop, interrupt_on, validate) -> TrainResult
             if should_stop is not None and should_stop():
                 return run.result(interrupted=True)
             try:  # a host may cancel from inside the model's forward (ComfyUI's ops do)
+                run.compile_stats.training = True  # compiled units run for the step, not for previews between
                 loss = run.step()
             except interrupt_on:
                 # no optimizer step was taken for this step: the adapters hold the last completed one
@@ -182,6 +186,8 @@ def _loop(run: Run, on_step, should_stop, interrupt_on, validate) -> TrainResult
                 if isinstance(error, RuntimeError):
                     raise_clearly(error, run, "during")
                 raise crashed(error, run, "during") from error
+            finally:
+                run.compile_stats.training = False
             step = len(run.losses)
             if on_step is not None or validate is not None:  # validation also without a progress listener
                 try:
@@ -201,6 +207,11 @@ def _loop(run: Run, on_step, should_stop, interrupt_on, validate) -> TrainResult
                         raise_clearly(error, run, "after")
                     raise crashed(error, run, "after") from error
     return run.result()
+
+
+def _warn(run: Run, message: str) -> None:
+    run.warnings.append(message)
+    logging.getLogger("lora_lab").warning("LoRA Lab: %s", message)
 
 
 def _plan(run: Run, mode: str) -> tuple[list[bool] | None, float | None]:
