@@ -2,8 +2,9 @@
 ComfyUI's own inference estimate (ModelPatcher.memory_required) for the same batch, on the random full SD1.5.
 
 Saved bytes are summed over the distinct storages autograd keeps in one forward (saved-tensor hooks), with the
-same wrappers Train LoRA uses. Without checkpointing the in-place guard is off (SD1.5 writes no block input in
-place), since its own hook would hide the saves from the measuring one.
+same wrappers Train LoRA uses, for each checkpointing mode (partial with its default budget, 0.25, planned on the
+same batch). The in-place guard is off (SD1.5 writes no block input in place), since its own hook would hide
+the saves from the measuring one.
 
     COMFYUI_PATH=/work/comfy/jan /work/comfy/jan/.venv/bin/python bench/training_memory.py [--sizes 64 128 256] [--batches 1 4]
 """
@@ -24,10 +25,13 @@ from tests.integration.comfy_env import ensure_lora_lab_importable, import_comfy
 from tests.integration.comfy_models import ensure_model  # noqa: E402
 
 
-def saved_bytes(backend, adapters, latent, cond, checkpointing: bool) -> int:
+def saved_bytes(backend, adapters, latent, cond, mode: str) -> int:
+    """Bytes kept for backward by one forward in a checkpointing mode (off, partial, full); partial's plan is made
+    on this batch as the trainer makes it on its calibration batch."""
     import torch
 
-    from lora_lab.lora_core.training.checkpointing import gradient_checkpointing
+    from lora_lab.lora_core.training.checkpoint_plan import choose, measure_units
+    from lora_lab.lora_core.training.checkpointing import checkpoint_units, gradient_checkpointing
     from lora_lab.lora_core.training.frozen_layers import frozen_base
     from lora_lab.lora_core.adapters.injection import attached
     from lora_lab.lora_core.training.objective import diffusion_loss
@@ -39,14 +43,23 @@ def saved_bytes(backend, adapters, latent, cond, checkpointing: bool) -> int:
         return t
 
     modules = dict(backend.root.named_modules())
+    batch = latent.shape[0]
+
+    def forward():
+        return diffusion_loss(backend, latent, torch.randn_like(latent), torch.full((batch,), 0.5), [cond] * batch)
+
     with torch.inference_mode(False), torch.enable_grad():
         with frozen_base(backend.root, backend.fetch_weight, backend.is_plain, backend.stored_weights), \
-                attached(backend.root, adapters), \
-                gradient_checkpointing(backend.root, checkpointing, checkpointing, adapted=[modules[n] for n in adapters]):
-            batch = latent.shape[0]
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                loss = diffusion_loss(backend, latent, torch.randn_like(latent), torch.full((batch,), 0.5), [cond] * batch)
-            loss.mean().backward()
+                attached(backend.root, adapters):
+            recompute = None
+            if mode == "partial":
+                recompute = choose(measure_units(checkpoint_units(backend.root), forward, False), 0.25, "cpu")
+            # guard off: SD1.5 writes no block input in place, and the guard's hook would hide the saves
+            with gradient_checkpointing(backend.root, mode != "off", False, adapted=[modules[n] for n in adapters],
+                                        recompute=recompute):
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    loss = forward()
+                loss.mean().backward()
     return sum(storages.values())
 
 
@@ -83,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                                           latent[0], 0)
                 estimate = patcher.memory_required(shape)
                 row = {"size": size, "batch": batch, "inference_estimate_mb": estimate / 2**20}
-                for ckpt in (False, True):
-                    kept = saved_bytes(backend, adapters, latent, cond, ckpt)
-                    row[f"kept_mb_{'ckpt' if ckpt else 'full'}"] = kept / 2**20
-                    row[f"factor_{'ckpt' if ckpt else 'full'}"] = kept / estimate
+                for mode in ("off", "partial", "full"):
+                    kept = saved_bytes(backend, adapters, latent, cond, mode)
+                    row[f"kept_mb_{mode}"] = kept / 2**20
+                    row[f"factor_{mode}"] = kept / estimate
             rows.append(row)
             print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     if args.json:

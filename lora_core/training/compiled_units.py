@@ -11,8 +11,12 @@ recomputes a cast weight as its partitioner decides, and slices nothing).
       previews and validation between steps run the same units eagerly, at their own sizes, with no compile.
     * Static shapes: each new input shape (an aspect bucket, a last smaller batch) compiles once per unit
       variant and grad mode, and is counted. Past MAX_SHAPES shapes a unit runs eagerly for new ones.
-    * A unit whose compilation fails (no C++ compiler, an operation the compiler refuses) runs eagerly from
-      then on, and the run says so once: a failed compile costs time, never the run.
+    * A unit class whose compilation fails (no C++ compiler, an operation the compiler refuses) runs eagerly
+      from then on, and the run says so once per class: a failed compile costs time, never the run. The
+      failing call is rerun eagerly on the same inputs, after checking (version counters) that no compiled
+      part before a graph break wrote them in place. Seen on the CPU: ComfyUI's CPU attention asks psutil for
+      free memory (a graph break), and after that break Flux's blocks add to a graph input in place that a
+      norm saved, which AOTAutograd refuses; its blocks then run eagerly.
     * Checkpointing wraps the compiled forward: its first pass runs the no-grad graph, its recomputation the
       training graph. The in-place guard's saved-tensor hook sits outside the compiled call and sees what the
       compiled code saves.
@@ -30,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
+from ..errors import TrainingError
 from .forward_patches import replace_forward, restore_forwards
 from .frozen_layers import aliased
 
@@ -45,13 +50,16 @@ class CompileStats:
     graphs: int = 0  # graphs the compiler built (a graph break makes more than one per call)
     shapes: set = field(default_factory=set)  # distinct input shapes the units were compiled for
     seconds: float = 0.0  # wall time of the calls that compiled (one run of the unit each included)
-    failed: str = ""  # why compiling stopped, when it did
+    failed: dict = field(default_factory=dict)  # unit class -> why compiling it failed (its units then run eagerly)
+    eager_units: int = 0
     training: bool = False
 
     def outcome(self) -> str:
-        if self.failed:
-            return f"failed, ran eagerly ({self.failed})"
-        return f"on ({self.units} units, {self.graphs} graphs for {len(self.shapes)} input shapes, {self.seconds:.1f} s)"
+        why = "; ".join(f"{name}: {reason}" for name, reason in self.failed.items())
+        if self.failed and self.eager_units == self.units:
+            return f"failed, ran eagerly ({why})"
+        text = f"{self.units} units, {self.graphs} graphs for {len(self.shapes)} input shapes, {self.seconds:.1f} s"
+        return f"on ({text}" + (f"; {self.eager_units} units eager after a failed compile: {why})" if why else ")")
 
 
 def _shape_key(args: tuple, kwargs: dict) -> tuple:
@@ -78,6 +86,10 @@ def _reason(error: BaseException) -> str:
     return f"{type(cause).__name__}: {lines[0].strip()[:200] if lines else ''}"
 
 
+def _versions(args: tuple, kwargs: dict) -> list[int]:
+    return [t._version for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+
+
 def _compile_errors() -> tuple[type[BaseException], ...]:
     import torch._dynamo.exc as exc
 
@@ -95,21 +107,32 @@ def _compiled_forward(unit: nn.Module, forward: Callable[..., Any], stats: Compi
     shapes: set[tuple] = set()
     errors = _compile_errors()
 
+    kind = type(unit).__name__
+    state = {"eager": False}
+
     def run(*args, **kwargs):
         key = (_shape_key(args, kwargs), torch.is_grad_enabled())
-        if stats.failed or not stats.training or (key not in shapes and len(shapes) >= MAX_SHAPES):
+        if kind in stats.failed and not state["eager"]:
+            state["eager"] = True  # another unit of its class failed to compile: this one would too
+            stats.eager_units += 1
+        if state["eager"] or not stats.training or (key not in shapes and len(shapes) >= MAX_SHAPES):
             return forward(*args, **kwargs)
         shapes.add(key)
         stats.shapes.add(key[0])
-        before, started = stats.graphs, time.perf_counter()
+        before, started, versions = stats.graphs, time.perf_counter(), _versions(args, kwargs)
         try:
             # the host's inference-tensor weights, which autograd may not save, as aliases for the call: the
             # frozen-layer wrappers that do this layer by layer in eager mode step aside in compiled code
             with aliased(slots if torch.is_grad_enabled() else []):
                 out = compiled(*args, **kwargs)
-        except errors as error:  # raised while compiling, before the unit ran: its inputs are untouched
-            stats.failed = _reason(error)
-            warn(f"torch.compile failed, training continues without it: {stats.failed}")
+        except errors as error:
+            if _versions(args, kwargs) != versions:  # compiled code ran up to a graph break and wrote an input
+                raise TrainingError(f"torch.compile failed part-way through a {kind} after it had changed its "
+                                    f"inputs in place ({_reason(error)}); train without compile") from error
+            stats.failed[kind] = _reason(error)
+            state["eager"] = True
+            stats.eager_units += 1
+            warn(f"torch.compile failed for {kind}, which runs without it from now on: {stats.failed[kind]}")
             return forward(*args, **kwargs)
         if stats.graphs > before:
             stats.seconds += time.perf_counter() - started

@@ -26,6 +26,8 @@ Kinds (see MODEL_KINDS):
                 model_base.SDXL, SDXL clip/pooled/size conditioning)
   sdxl          same but transformer_depth [0,0,2,2,10,10] (what ComfyUI requires to call it "SDXL");
                 output/middle depths reduced to 1 (not checked by detection). ~1.7B UNet params.
+  flux_bench    flux_small with 1 double + 4 single blocks (bench/checkpoint_modes.py: enough blocks for a
+                checkpointing plan to choose among), bf16 -> UNETLoader
   flux_small    Flux-dev-shaped diffusion model (1 double + 1 single block, hidden 3072 - fixed by
                 ComfyUI's num_heads=24 x head dim 128 -, txt_in 768 and vector_in 768 so that a plain
                 CLIP-L feeds it), bf16 -> UNETLoader
@@ -120,6 +122,7 @@ MODEL_KINDS = {
     "sdxl_small": "sdxl_small.safetensors",
     "sdxl": "sdxl.safetensors",
     "flux_small": "flux_small.safetensors",
+    "flux_bench": "flux_bench.safetensors",
     "sd3_small": "sd3_small.safetensors",
     "clip_l": "clip_l.safetensors",
     "flux_vae": "flux_vae.safetensors",
@@ -132,7 +135,7 @@ MODEL_KINDS = {
 # Which ComfyUI model folder each kind belongs in (see comfy_server.write_extra_model_paths).
 MODEL_FOLDER = {
     "sd15": "checkpoints", "sdxl_small": "checkpoints", "sdxl": "checkpoints",
-    "flux_small": "diffusion_models", "sd3_small": "diffusion_models",
+    "flux_small": "diffusion_models", "flux_bench": "diffusion_models", "sd3_small": "diffusion_models",
     "clip_l": "text_encoders", "flux_vae": "vae", "sd_vae": "vae",
     "wan21_t2v_small": "diffusion_models", "wan21_t2v_small_fp8_scaled": "diffusion_models", "wan_vae": "vae",
     "flux_dev_fp8": "diffusion_models",
@@ -318,6 +321,14 @@ def build_flux_small(path: Path, seed: int = SEED) -> None:
     _save(_cast(sd, torch.bfloat16), path, {"lora_lab_test_model": "flux_small", "seed": str(seed)})
 
 
+def build_flux_bench(path: Path, seed: int = SEED) -> None:
+    import torch
+
+    params = dict(FLUX_SMALL_PARAMS, depth=1, depth_single_blocks=4)
+    sd = _random_flux_state_dict(params, torch.float32, seed)
+    _save(_cast(sd, torch.bfloat16), path, {"lora_lab_test_model": "flux_bench", "seed": str(seed)})
+
+
 def build_flux_dev_fp8(path: Path, seed: int = SEED) -> None:
     """Filled block by block in bf16 (24 GB, not 48 in fp32), written in fp8_e4m3fn (12 GB). GPU bench only."""
     import torch
@@ -418,6 +429,8 @@ def build(kind: str, path: Path, seed: int = SEED) -> None:
         build_sdxl(path, SDXL_UNET_CONFIG, seed, kind)
     elif kind == "flux_small":
         build_flux_small(path, seed)
+    elif kind == "flux_bench":
+        build_flux_bench(path, seed)
     elif kind == "sd3_small":
         build_sd3_small(path, seed)
     elif kind == "clip_l":

@@ -96,9 +96,16 @@ def _loaded_like_comfy(model):
     return model
 
 
-def _forward_backward(model, inputs, checkpointing: bool, guard: bool, measure_bytes: bool = False):
+def _forward_backward(model, inputs, checkpointing: bool, guard: bool, measure_bytes: bool = False,
+                      recompute=None, compile: bool = False, plan_budget: float | None = None):
+    """Adapter grads of one forward/backward with Train LoRA's wrappers, the bytes kept for backward, and what
+    the plan and the compiler did.
+    recompute: which units to checkpoint (None: all); plan_budget: make that plan as `partial` does, on this
+    batch; compile: the units compiled (inductor), as the compile option does."""
     from lora_lab.lora_core.adapters.algorithms import new_adapter
-    from lora_lab.lora_core.training.checkpointing import gradient_checkpointing
+    from lora_lab.lora_core.training.checkpoint_plan import choose, measure_units
+    from lora_lab.lora_core.training.checkpointing import checkpoint_units, gradient_checkpointing
+    from lora_lab.lora_core.training.compiled_units import compiled_units
     from lora_lab.lora_core.training.frozen_layers import frozen_base
     from lora_lab.lora_core.adapters.injection import attached
     from lora_lab.lora_core.adapters.targets import select_targets
@@ -120,16 +127,28 @@ def _forward_backward(model, inputs, checkpointing: bool, guard: bool, measure_b
         storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
+    def run():
+        return model(**{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
+
     with torch.inference_mode(False), torch.enable_grad(), comfy_training_mode():  # as Train LoRA runs
-        with frozen_base(model, comfy_fetch, comfy_plain, comfy_stored), attached(model, adapters), \
-                gradient_checkpointing(model, checkpointing, guard, adapted=[modules[n] for n in names]):
-            if measure_bytes:
-                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    out = model(**{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
-            else:
-                out = model(**{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
-            out.float().pow(2).mean().backward()
-    return {n: a.down.grad.clone() for n, a in adapters.items()}, sum(storages.values())
+        with frozen_base(model, comfy_fetch, comfy_plain, comfy_stored), attached(model, adapters):
+            if plan_budget is not None:
+                recompute = choose(measure_units(checkpoint_units(model), run, guard), plan_budget, "cpu")
+            with compiled_units(checkpoint_units(model), compile) as stats, \
+                    gradient_checkpointing(model, checkpointing, guard, adapted=[modules[n] for n in names],
+                                           recompute=recompute):
+                stats.training = True
+                out = _one_pass(run, measure_bytes, pack)
+                out.float().pow(2).mean().backward()
+    info = {"recompute": recompute, "compiled": stats.outcome() if compile else "off"}
+    return {n: a.down.grad.clone() for n, a in adapters.items()}, sum(storages.values()), info
+
+
+def _one_pass(run, measure_bytes, pack):
+    if measure_bytes:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            return run()
+    return run()
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +173,10 @@ def test_each_layer_inside_a_unit_is_recomputed_once(comfy_ready, family):
         id(u), any(t.requires_grad for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor))),
         with_kwargs=True) for u in units]
     try:
-        plain_grads, _ = _forward_backward(model, inputs, checkpointing=False, guard=True)
+        plain_grads, *_ = _forward_backward(model, inputs, checkpointing=False, guard=True)
         plain, path = dict(calls), dict(on_path)
         calls.clear()
-        ckpt_grads, _ = _forward_backward(model, inputs, checkpointing=True, guard=True)
+        ckpt_grads, *_ = _forward_backward(model, inputs, checkpointing=True, guard=True)
     finally:
         for h in handles:
             h.remove()
@@ -176,6 +195,89 @@ def test_checkpointing_keeps_fewer_activation_bytes(comfy_ready, family):
     off (these models write no block input in place), since its inner hook would hide the saves."""
     model, inputs = FAMILIES[family]()
     model = _loaded_like_comfy(model)
-    _, without = _forward_backward(model, inputs, checkpointing=False, guard=False, measure_bytes=True)
-    _, with_ckpt = _forward_backward(model, inputs, checkpointing=True, guard=True, measure_bytes=True)
+    _, without, _ = _forward_backward(model, inputs, checkpointing=False, guard=False, measure_bytes=True)
+    _, with_ckpt, _ = _forward_backward(model, inputs, checkpointing=True, guard=True, measure_bytes=True)
     assert with_ckpt <= 0.5 * without, f"{family}: {with_ckpt} vs {without} bytes"
+
+
+def _count_linear_calls(model, units):
+    calls: dict[str, int] = {}
+    on_path: dict[int, bool] = {}
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    handles = [m.register_forward_hook(lambda *_, n=n: calls.__setitem__(n, calls.get(n, 0) + 1)) for n, m in linears.items()]
+    handles += [u.register_forward_hook(lambda u, a, k, out: on_path.__setitem__(
+        id(u), any(t.requires_grad for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor))),
+        with_kwargs=True) for u in units]
+    return linears, calls, on_path, handles
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_partial_recomputes_the_planned_units_once_and_gives_the_plain_gradients(comfy_ready, family):
+    """partial's plan (measured on this batch as the trainer measures its calibration batch) picks some units:
+    the Linears inside those on the gradient path run exactly twice, all others once, and the gradients are
+    the plain ones."""
+    from lora_lab.lora_core.training.checkpoint_plan import choose, measure_units
+    from lora_lab.lora_core.training.checkpointing import checkpoint_units
+
+    model, inputs = FAMILIES[family]()
+    model = _loaded_like_comfy(model)
+    units = checkpoint_units(model)
+    plain_grads, *_ = _forward_backward(model, inputs, checkpointing=False, guard=True)
+    linears, calls, on_path, handles = _count_linear_calls(model, units)
+    try:
+        _forward_backward(model, inputs, checkpointing=False, guard=True)
+        plain, path = dict(calls), dict(on_path)
+        calls.clear()
+        part_grads, _, info = _forward_backward(model, inputs, checkpointing=True, guard=True, plan_budget=0.25)
+    finally:
+        for h in handles:
+            h.remove()
+    chosen = [u for u, again in zip(units, info["recompute"]) if again]
+    assert 0 < len(chosen) <= len(units), f"{family}: {info['recompute']}"
+    recomputed = {id(m) for u in chosen if path.get(id(u)) for m in u.modules() if m is not u}
+    inside = {id(m) for u in units for m in u.modules() if m is not u}
+    for n, m in linears.items():
+        # the plan's measuring pass runs each unit twice (with grad to weigh it, then for real); a unit's own
+        # forward hook fires once per call of the unit however often its forward runs
+        expected = plain.get(n, 0) * ((2 if id(m) in recomputed else 1) + (2 if id(m) in inside else 1))
+        assert calls.get(n, 0) == expected, f"{family}: {n} ran {calls.get(n, 0)}x, expected {expected}x"
+    for n in plain_grads:
+        torch.testing.assert_close(part_grads[n], plain_grads[n], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "sd3", "wan"])
+def test_partial_keeps_between_full_and_half_of_off(comfy_ready, family):
+    """Bytes autograd keeps in one forward (as in test_checkpointing_keeps_fewer_activation_bytes): partial's
+    plan keeps at most a quarter of what the units keep without checkpointing, so the whole forward keeps at
+    most half of off, and no less than full (the two-block test transformers need both blocks recomputed to
+    get there: partial is full for them). The guard stays off for partial too (these models write no block input
+    in place): in the units partial keeps, its inner hook would hide their saves from the measuring one."""
+    model, inputs = FAMILIES[family]()
+    model = _loaded_like_comfy(model)
+    _, without, _ = _forward_backward(model, inputs, checkpointing=False, guard=False, measure_bytes=True)
+    _, full, _ = _forward_backward(model, inputs, checkpointing=True, guard=True, measure_bytes=True)
+    _, part, _ = _forward_backward(model, inputs, checkpointing=True, guard=False, measure_bytes=True, plan_budget=0.25)
+    assert full <= part <= 0.5 * without, f"{family}: full {full}, partial {part}, off {without} bytes"
+
+
+def _relative_error(got: dict, want: dict) -> float:
+    num = sum(float((got[n] - want[n]).pow(2).sum()) for n in want)
+    return (num / sum(float(want[n].pow(2).sum()) for n in want)) ** 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,mode", [("sd15", "off"), ("sd15", "full"), ("flux", "full"), ("wan", "partial")])
+def test_compiled_units_give_the_plain_gradients(comfy_ready, family, mode):
+    """torch.compile (inductor, C++ on the CPU) on the units, with the frozen layers, the in-place guard, the LoRA
+    hooks and checkpointing around them: the adapter gradients are the plain ones to float32 rounding
+    (inductor fuses and reorders reductions). Every SD and Wan unit compiles; Flux's double blocks fall back to
+    eager on the CPU (ComfyUI's CPU attention breaks the graph, and after the break the block adds in place to
+    a graph input a norm saved, which AOTAutograd refuses): the fall-back must leave the gradients plain too."""
+    model, inputs = FAMILIES[family]()
+    model = _loaded_like_comfy(model)
+    plain, *_ = _forward_backward(model, inputs, checkpointing=False, guard=True)
+    kw = {"checkpointing": mode != "off", "guard": True, "plan_budget": 0.25 if mode == "partial" else None}
+    compiled, _, info = _forward_backward(model, inputs, compile=True, **kw)
+    assert info["compiled"].startswith("on (") and " 0 graphs" not in info["compiled"], info["compiled"]
+    assert ("eager after a failed compile: DoubleStreamBlock" in info["compiled"]) == (family == "flux"), info["compiled"]
+    assert _relative_error(compiled, plain) < 1e-4, f"{family}/{mode}: {_relative_error(compiled, plain)}"
