@@ -12,8 +12,9 @@ rounds of, in order:
     each configuration (CONFIGS) at two step counts
 Times are ComfyUI's own execution time of each prompt (history execution_start -> execution_success), and
     s/forward = slope of sampling time over steps,   s/step = slope of training time over steps
-so loading, encoding, start-up and (for `compile`) compiling cancel; step/forward = s/step / s/forward. The
-compile time and the graphs compiled come apart, from the saved LoRA's lora_lab_compile metadata.
+so loading, encoding and start-up cancel; step/forward = s/step / s/forward. With `compile`, the warm-up
+prompt compiles and the measured prompts reuse its code (same process, same shapes): the compile time and the
+graphs compiled come apart, from the warm-up LoRA's lora_lab_compile metadata (and its execution time).
 
 Peak memory above resident: before each prompt the kernel's peak counter is reset (clear_refs 5), and
     peak above resident = VmHWM after the prompt - VmRSS before it
@@ -179,7 +180,7 @@ def print_table(summary: dict, family: str) -> None:
         rounds = ", ".join(f"{x:.2f}" for x in s["step_in_forwards_per_round"])
         print(f"{config:<18}{s['s_per_step']:>9.3f}{s['step_in_forwards']:>10.2f}{rounds:>18}"
               f"{s['peak_above_resident_mb']:>10.1f}{s.get('peak_vs_off', float('nan')):>8.2f}  "
-              f"{s['metadata'].get('lora_lab_compile', '')}")
+              f"{s.get('warmup', {}).get('metadata', {}).get('lora_lab_compile', '')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,19 +213,24 @@ def main(argv: list[str] | None = None) -> int:
     allocator = {"MALLOC_MMAP_THRESHOLD_": "16384", "MALLOC_TRIM_THRESHOLD_": "131072"}
     server = start_server(work, {k: v for k, v in folders.items() if v}, {"lora_lab": REPO}, env=allocator)
     runs: list[dict] = []
+    warmups: list[dict] = []
     seed = 100
     try:
         pid = server.process.pid
         native_info = server.object_info("TrainLoraNode") if any(CONFIGS[c].get("native") for c in args.configs) else None
         # warm-up, not measured: models loaded, first-call imports, caches, and each configuration once
         server.run(sampling_workflow(family, names, 1, args.size, seed), timeout=args.timeout)
-        for config in args.configs:
+        for config in args.configs:  # compile: this prompt compiles; the measured ones reuse its code
             seed += 1
+            record = {"config": config, "steps": 1, "warmup": True}
             try:
-                server.run(training_workflow(family, names, config, 1, args.size, seed, str(images), native_info),
-                           timeout=args.timeout)
+                history = server.run(training_workflow(family, names, config, 1, args.size, seed, str(images),
+                                                       native_info), timeout=args.timeout)
+                record.update(exec_s=server.execution_seconds(history), metadata=compile_metadata(loras, config, 1, seed))
             except PromptFailed as error:
-                print(f"warm-up of {config} failed: {str(error)[:500]}", flush=True)
+                record["error"] = str(error)[:2000]
+            warmups.append(record)
+            print(record, flush=True)
         for rnd in range(args.repeats):
             jobs = [("sampling", s) for s in args.sample_steps]
             for config in args.configs:
@@ -250,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     summary = summarise(runs)
+    for w in warmups:
+        if w["config"] in summary and "error" not in summary[w["config"]]:
+            summary[w["config"]]["warmup"] = {k: w.get(k) for k in ("exec_s", "metadata")}
     print_table(summary, args.family)
     loads = [r[k] for r in runs for k in ("loadavg_before", "loadavg_after")]
     print(f"load average during the runs: {min(loads):.1f}-{max(loads):.1f} (2 cores: timings above ~2 are shared)")
@@ -264,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             "setup": {"family": args.family, "size": args.size, "rank": RANK, "batch": 1, "precision": "fp32",
                       "steps": args.steps, "native_steps": args.native_steps, "sample_steps": args.sample_steps,
                       "allocator": allocator, "configs": {c: CONFIGS[c] for c in args.configs}},
-            "runs": runs, "summary": summary}, indent=2, default=str))
+            "warmups": warmups, "runs": runs, "summary": summary}, indent=2, default=str))
         print(f"wrote {args.json}")
     return 0
 

@@ -75,6 +75,13 @@ def test_one_compile_per_input_shape_and_none_for_calls_between_steps(unet):
     assert two == (2 * one[0], 2 * one[1])
 
 
+def test_a_second_run_in_the_process_reuses_the_compiled_code(unet):
+    backend, samples = DDPMUNetBackend(unet), make_samples(4)
+    first = train(backend, samples, config(steps=2, compile=True))
+    again = train(backend, samples, config(steps=2, compile=True, seed=3))
+    assert graphs(first)[0] > 0 and graphs(again) == (0, graphs(first)[1])
+
+
 def test_a_compiled_run_resumes_byte_for_byte(unet, tmp_path):
     backend, samples = DDPMUNetBackend(unet), make_samples()
     cfg = config(compile=True, steps=6, grad_accum=2)

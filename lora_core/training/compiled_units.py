@@ -10,7 +10,9 @@ recomputes a cast weight as its partitioner decides, and slices nothing).
     * Only training calls are compiled (while `stats.training` is set: the trainer sets it for each step);
       previews and validation between steps run the same units eagerly, at their own sizes, with no compile.
     * Static shapes: each new input shape (an aspect bucket, a last smaller batch) compiles once per unit
-      variant and grad mode, and is counted. Past MAX_SHAPES shapes a unit runs eagerly for new ones.
+      variant and grad mode, and is counted. Past MAX_SHAPES shapes a unit runs eagerly for new ones. Units
+      of one class and geometry share their code, and so do later runs in the same process (same backend
+      callable): a second run of the same model and sizes compiles nothing.
     * A unit class whose compilation fails (no C++ compiler, an operation the compiler refuses) runs eagerly
       from then on, and the run says so once per class: a failed compile costs time, never the run. The
       failing call is rerun eagerly on the same inputs, after checking (version counters) that no compiled
@@ -66,17 +68,27 @@ def _shape_key(args: tuple, kwargs: dict) -> tuple:
     return tuple((tuple(t.shape), t.dtype) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
 
 
-def _counting_backend(name: str | Callable[..., Any], stats: CompileStats) -> Callable[..., Any]:
-    """The named torch.compile backend, counting the graphs it is given."""
-    from torch._dynamo import lookup_backend
+_BACKENDS: dict[Any, tuple[Any, Callable[..., Any]]] = {}
+_RUNS: list[CompileStats] = []  # the run whose compiles are being counted (innermost last)
 
-    inner = lookup_backend(name)
 
-    def backend(graph, example_inputs):
-        stats.graphs += 1
-        return inner(graph, example_inputs)
+def _counting_backend(name: str | Callable[..., Any]) -> Callable[..., Any]:
+    """The named torch.compile backend, counting the graphs it is given for the run in progress. One callable
+    per backend for the life of the process: the compiler keys its cache on it, so a second run of the same
+    model and shapes reuses the first run's code (and counts no graph)."""
+    key = name if isinstance(name, str) else id(name)
+    if key not in _BACKENDS:
+        from torch._dynamo import lookup_backend
 
-    return backend
+        inner = lookup_backend(name)
+
+        def backend(graph, example_inputs):
+            if _RUNS:
+                _RUNS[-1].graphs += 1
+            return inner(graph, example_inputs)
+
+        _BACKENDS[key] = (name, backend)  # the name is kept too: a callable's id stays its own
+    return _BACKENDS[key][1]
 
 
 def _reason(error: BaseException) -> str:
@@ -171,8 +183,9 @@ def compiled_units(units: list[nn.Module], enabled: bool, backend: str | Callabl
         yield stats
         return
     warn = warn or (lambda message: logging.getLogger("lora_lab").warning("LoRA Lab: %s", message))
-    counting = _counting_backend(backend or DEFAULT_BACKEND, stats)
+    counting = _counting_backend(backend or DEFAULT_BACKEND)
     saved: list[tuple[nn.Module, object]] = []
+    _RUNS.append(stats)
     try:
         with _compiler_settings(len(units)):
             for unit in units:
@@ -181,3 +194,4 @@ def compiled_units(units: list[nn.Module], enabled: bool, backend: str | Callabl
             yield stats
     finally:
         restore_forwards(saved)
+        _RUNS.remove(stats)
