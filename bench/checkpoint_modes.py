@@ -14,7 +14,7 @@ Times are ComfyUI's own execution time of each prompt (history execution_start -
     s/forward = slope of sampling time over steps,   s/step = slope of training time over steps
 so loading, encoding and start-up cancel; step/forward = s/step / s/forward. With `compile`, the warm-up
 prompt compiles and the measured prompts reuse its code (same process, same shapes): the compile time and the
-graphs compiled come apart, from the warm-up LoRA's lora_lab_compile metadata (and its execution time).
+graphs compiled come apart, from the trainer's "compile" log line of the warm-up prompt (and its time).
 
 Peak memory above resident: before each prompt the kernel's peak counter is reset (clear_refs 5), and
     peak above resident = VmHWM after the prompt - VmRSS before it
@@ -112,8 +112,11 @@ def training_workflow(family: dict, names: dict, config: str, steps: int, size: 
         wanted = dict(NATIVE_TRAIN_INPUTS, rank=RANK, learning_rate=1e-4, training_dtype="fp32", lora_dtype="fp32",
                       steps=steps, seed=seed, **inputs)
         known = native_defaults(native_info or {})
-        g.add("TrainLoraNode", model=model, latents=made[0], positive=made[1],
-              **{**known, **{k: v for k, v in wanted.items() if k in known}})
+        trained = g.add("TrainLoraNode", model=model, latents=made[0], positive=made[1],
+                        **{**known, **{k: v for k, v in wanted.items() if k in known}})
+        outputs = list((native_info or {}).get("output", ["MODEL", "LORA_MODEL", "LOSS_MAP", "INT"]))
+        g.add("SaveLoRA", lora=trained[outputs.index("LORA_MODEL")], prefix=f"loras/bench_native_{seed}",
+              steps=trained[outputs.index("INT")])  # an output node: a prompt needs one
         return g.api()
     dataset = g.add(LORA_LAB_NODES["dataset"], folder=images, **dict(DEFAULT_DATASET_INPUTS, resolution=size))
     train = g.add(LORA_LAB_NODES["train"], model=model, clip=clip, vae=vae, dataset=dataset[0],
@@ -133,6 +136,12 @@ def compile_metadata(loras: Path, config: str, steps: int, seed: int) -> dict:
     with safe_open(str(files[-1]), "pt") as f:
         meta = f.metadata() or {}
     return {k: meta[k] for k in ("lora_lab_compile", "lora_lab_gradient_checkpointing") if k in meta}
+
+
+def compile_report(log: str) -> str:
+    """The trainer's 'LoRA Lab: compile <outcome>: <graphs, shapes, seconds>' line, if the run compiled."""
+    lines = [line.split("LoRA Lab: compile ", 1)[1] for line in log.splitlines() if "LoRA Lab: compile " in line]
+    return lines[-1].strip() if lines else ""
 
 
 def slope(points: list[tuple[int, float]]) -> float:
@@ -180,7 +189,7 @@ def print_table(summary: dict, family: str) -> None:
         rounds = ", ".join(f"{x:.2f}" for x in s["step_in_forwards_per_round"])
         print(f"{config:<18}{s['s_per_step']:>9.3f}{s['step_in_forwards']:>10.2f}{rounds:>18}"
               f"{s['peak_above_resident_mb']:>10.1f}{s.get('peak_vs_off', float('nan')):>8.2f}  "
-              f"{s.get('warmup', {}).get('metadata', {}).get('lora_lab_compile', '')}")
+              f"{s.get('warmup', {}).get('compile_report', '')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         for config in args.configs:  # compile: this prompt compiles; the measured ones reuse its code
             seed += 1
             record = {"config": config, "steps": 1, "warmup": True}
+            mark = server.log_mark()
             try:
                 history = server.run(training_workflow(family, names, config, 1, args.size, seed, str(images),
                                                        native_info), timeout=args.timeout)
-                record.update(exec_s=server.execution_seconds(history), metadata=compile_metadata(loras, config, 1, seed))
+                record.update(exec_s=server.execution_seconds(history), metadata=compile_metadata(loras, config, 1, seed),
+                              compile_report=compile_report(server.log_since(mark)))
             except PromptFailed as error:
                 record["error"] = str(error)[:2000]
             warmups.append(record)
@@ -258,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(runs)
     for w in warmups:
         if w["config"] in summary and "error" not in summary[w["config"]]:
-            summary[w["config"]]["warmup"] = {k: w.get(k) for k in ("exec_s", "metadata")}
+            summary[w["config"]]["warmup"] = {k: w.get(k) for k in ("exec_s", "metadata", "compile_report")}
     print_table(summary, args.family)
     loads = [r[k] for r in runs for k in ("loadavg_before", "loadavg_after")]
     print(f"load average during the runs: {min(loads):.1f}-{max(loads):.1f} (2 cores: timings above ~2 are shared)")

@@ -37,8 +37,9 @@ def config(**kw):
 def graphs(result) -> tuple[int, int]:
     import re
 
-    found = re.fullmatch(r"on \((\d+) units, (\d+) graphs for (\d+) input shapes, [\d.]+ s\)", result.compiled)
-    assert found, result.compiled
+    assert result.compiled == "on", result.compiled
+    found = re.fullmatch(r"(\d+) units, (\d+) graphs compiled for (\d+) input shapes in [\d.]+ s", result.compile_report)
+    assert found, result.compile_report
     return int(found[2]), int(found[3])
 
 
@@ -99,6 +100,7 @@ def test_a_failing_compiler_falls_back_to_eager_with_a_warning(unet, monkeypatch
     plain = train(backend, samples, config(gradient_checkpointing="full"))
     fell_back = train(backend, samples, config(gradient_checkpointing="full", compile=True))
     assert fell_back.compiled.startswith("failed, ran eagerly") and "no C++ compiler here" in fell_back.compiled
+    assert fell_back.compile_report.endswith("units eager")
     kinds = {type(u).__name__ for u in __import__("lora_lab.lora_core.training.checkpointing",
                                                       fromlist=["x"]).checkpoint_units(unet)}
     assert len(fell_back.warnings) == len(kinds)  # once per unit class

@@ -12,6 +12,16 @@ saved-tensor-hooks variant, because in-place blocks need their own saved-tensor 
 during the recomputation, and saved-tensor hooks do not nest (the innermost wins, which silently turned
 checkpointing off). With the guard on, the unit works on clones of its inputs, so a block that writes its
 input in place (ComfyUI's Flux: `x += ...`) cannot corrupt the copy kept for recomputation.
+
+`partial` chooses units, not operations. torch's selective activation checkpointing (keep the outputs of
+chosen ops, recompute the rest: create_selective_checkpoint_contexts) was weighed and not used: it exists only
+for the non-reentrant checkpoint, whose saved-tensor hooks the guard's would override (above); its replay matches
+ops by position and fails on any op the first pass did not run, which the no-grad first pass here does not
+promise; and what it can save is small where it matters: on ComfyUI's SD1.5 at 64 px, the outputs of the
+products and convolutions inside the units are 24.5 MB of the 32.5 MB that off keeps (keeping them keeps 75%),
+because the memory sits in those outputs (cross-attention K/V over the 77 text tokens, GEGLU), not in the
+norms and activations around them. A unit's recompute cost and kept bytes differ by 10-100x between SD's
+high- and low-resolution blocks, and that is what the plan uses.
 """
 
 from __future__ import annotations

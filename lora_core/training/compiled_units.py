@@ -57,11 +57,16 @@ class CompileStats:
     training: bool = False
 
     def outcome(self) -> str:
+        """What ran, for the LoRA's metadata: the same for the same settings and model (no counts, no times)."""
         why = "; ".join(f"{name}: {reason}" for name, reason in self.failed.items())
         if self.failed and self.eager_units == self.units:
             return f"failed, ran eagerly ({why})"
-        text = f"{self.units} units, {self.graphs} graphs for {len(self.shapes)} input shapes, {self.seconds:.1f} s"
-        return f"on ({text}" + (f"; {self.eager_units} units eager after a failed compile: {why})" if why else ")")
+        return "on" + (f" ({', '.join(self.failed)} eager after a failed compile: {why})" if why else "")
+
+    def report(self) -> str:
+        """What compiling cost this run, for the log and the result."""
+        return (f"{self.units} units, {self.graphs} graphs compiled for {len(self.shapes)} input shapes in "
+                f"{self.seconds:.1f} s" + (f", {self.eager_units} units eager" if self.eager_units else ""))
 
 
 def _shape_key(args: tuple, kwargs: dict) -> tuple:

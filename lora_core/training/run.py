@@ -39,7 +39,8 @@ class TrainResult:
     state: TrainState | None = None  # to continue the run exactly (taken after the last completed step)
     compute_dtype: str = "fp32"  # the dtype the model's layers actually computed in
     checkpointing: str = "off"  # what gradient checkpointing did: off, full (N units), partial (...), nothing to wrap
-    compiled: str = "off"  # what torch.compile did: off, on (graphs, shapes, seconds), or its fall-back
+    compiled: str = "off"  # what torch.compile did: off, on, or its fall-back (compiled_units.CompileStats.outcome)
+    compile_report: str = ""  # what compiling cost: graphs, input shapes, seconds
     warnings: list[str] = field(default_factory=list)
 
 
@@ -138,7 +139,8 @@ class Run:
         return TrainResult(lora=lora, losses=list(self.losses), steps_done=len(self.losses), interrupted=interrupted,
                            state=state, compute_dtype=dtype_name(self.compute_dtype), checkpointing=self.checkpointing,
                            compiled=self.compile_stats.outcome() if self.compile_stats and self.compile_stats.units
-                           else "off", warnings=list(self.warnings))
+                           else "off", compile_report=self.compile_stats.report() if self.compile_stats
+                           and self.compile_stats.units else "", warnings=list(self.warnings))
 
     def calibration_pass(self) -> None:
         """One forward without grad of a fixed batch, what the partial-checkpointing plan is measured on: the

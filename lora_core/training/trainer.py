@@ -206,7 +206,10 @@ def _loop(run: Run, on_step, should_stop, interrupt_on, validate) -> TrainResult
                     if isinstance(error, RuntimeError):
                         raise_clearly(error, run, "after")
                     raise crashed(error, run, "after") from error
-    return run.result()
+    result = run.result()
+    if result.compile_report:
+        logging.getLogger("lora_lab").info("LoRA Lab: compile %s: %s", result.compiled, result.compile_report)
+    return result
 
 
 def _warn(run: Run, message: str) -> None:
