@@ -56,8 +56,9 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0  # None or 0 disables clipping
     weight_decay: float | None = None  # None: the optimizer's default (AdamW: 0.01)
     init_lora: LoraWeights | None = None  # start from these weights instead of a fresh init
-    algorithm: str = "lora"  # lora | loha | lokr | dora (adapters.ALGORITHMS)
-    algorithm_options: dict[str, Any] = field(default_factory=dict)  # lokr: factor, decompose_both; dora: axis
+    algorithm: str = "lora"  # lora | loha | lokr | dora | oft (adapters.ALGORITHMS)
+    # lokr: factor, decompose_both; dora: axis; oft: block_size, constraint
+    algorithm_options: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "adamw"  # optimizers.OPTIMIZERS
     optimizer_settings: dict[str, Any] = field(default_factory=dict)  # override the optimizer's defaults
     lr_cycles: int = 1  # cosine_with_restarts
