@@ -124,12 +124,14 @@ class MaskOptions(io.ComfyNode):
             category="LoRA Lab/dataset",
             description="Masked loss for 'Load Training Images': each image's loss counts where its mask is white. "
                         f"Masks come from the image's transparency or a same-name image in a '{MASK_FOLDER}' folder "
-                        "beside it; they follow the image's bucket crop, flip and jitter and are cached with the latents.",
+                        "beside it; they follow the image's bucket crop, flip and jitter and are cached with the "
+                        "latents.",
             inputs=[
                 io.Combo.Input("mask", options=list(MASK_SOURCES), default="both",
                                tooltip=f"alpha: the image's transparency. mask_folder: {MASK_FOLDER}/<same name>.png "
                                        "(white trains, black is ignored; the image's size). both: whichever the image "
-                                       "has, multiplied when it has both. off: no masks. Images without one train whole."),
+                                       "has, multiplied when it has both. off: no masks. Images without one train "
+                                       "whole."),
                 io.Float.Input("mask_floor", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Weight of the masked-out area: 0 = it teaches nothing, 0.1 keeps a little "
                                        "background; 1 = no masking."),

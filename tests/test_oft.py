@@ -183,3 +183,39 @@ def test_gradient_reaches_the_blocks_and_a_step_changes_the_output():
             opt.step()
             losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
+
+
+def test_memory_plan_counts_the_oft_blocks_the_run_will_have():
+    from lora_lab.lora_core.cli.diffusers_backend import DDPMUNetBackend
+    from lora_lab.lora_core.cli.tiny_models import tiny_unet
+    from lora_lab.lora_core.training.memory_estimate import adapter_parameter_count
+    from lora_lab.lora_core.training.run_setup import make_adapters
+    from lora_lab.lora_core.training.trainer import TrainConfig
+
+    backend = DDPMUNetBackend(tiny_unet(seed=0, channels=(16, 32)))
+    cfg = TrainConfig(rank=4, targets="attention_mlp", algorithm="oft", algorithm_options={"block_size": 4})
+    real = [a for a in make_adapters(backend, cfg, torch.Generator().manual_seed(0)).values()]
+    assert real and all(isinstance(a, OftAdapter) for a in real)
+    assert adapter_parameter_count(backend, cfg) == sum(a.blocks.numel() for a in real)
+
+
+def test_cli_writes_oft_for_sd15_in_comfyui_form_and_refuses_other_forms_before_loading(tmp_path):
+    from cli_helpers import tiny_pipeline, write_config
+    from lora_lab.converters.trained_lora import FORMS
+    from lora_lab.lora_core.cli.config import ConfigError, load_config
+    from lora_lab.lora_core.cli.model_folders import inspect_folder
+    from lora_lab.lora_core.cli.train import preflight, run_training
+    from lora_lab.lora_core.files.lora_file import load_lora_file
+
+    folder, out = tiny_pipeline("sd15", tmp_path / "models"), tmp_path / "out"
+    cfg = write_config(tmp_path / "run.toml", folder, out,
+                       train={"algorithm": "oft", "algorithm_options": {"block_size": 4, "constraint": 0.0}})
+    with pytest.raises(ConfigError, match=r"only for SD1\.5/SDXL and only in ComfyUI form"):
+        preflight(load_config(cfg), 1)
+    config = load_config(cfg, ['output.formats=["comfyui"]'])
+    preflight(config, 1)
+    result = run_training(config, inspect_folder(folder), FORMS)
+    tensors, meta = load_lora_file(out / "lora.safetensors")
+    assert tensors and {k.rsplit(".", 1)[1] for k in tensors} == {"oft_blocks", "alpha"}
+    assert meta["lora_lab_algorithm"] == "oft" and len(result.lora.modules) == sum(k.endswith(".oft_blocks") for k in tensors)
+    assert any(t.abs().max() > 0 for k, t in tensors.items() if k.endswith(".oft_blocks"))  # two steps moved it

@@ -18,8 +18,8 @@ from .lora import LoraAdapter, LoraModuleWeights
 from .oft import OftAdapter
 from ..errors import TrainingError
 
-ALGORITHMS: dict[str, type[Adapter]] = {"lora": LoraAdapter, "loha": LohaAdapter, "lokr": LokrAdapter, "dora": DoraAdapter,
-                                         "oft": OftAdapter}
+ALGORITHMS: dict[str, type[Adapter]] = {"lora": LoraAdapter, "loha": LohaAdapter, "lokr": LokrAdapter,
+                                         "dora": DoraAdapter, "oft": OftAdapter}
 # the options each algorithm takes, with their types (a tuple: the allowed values; float takes ints too)
 ALGORITHM_OPTIONS: dict[str, dict[str, Any]] = {"lora": {}, "loha": {}, "lokr": {"factor": int, "decompose_both": bool},
                                                 "dora": {"axis": DORA_AXES},
@@ -42,7 +42,8 @@ def check_algorithm(algorithm: str, options: dict[str, Any]) -> None:
         if isinstance(kind, tuple) and value not in kind:
             raise TrainingError(f"{algorithm} option {key} = {value!r}; choose one of {', '.join(kind)}")
         accepted = (int, float) if kind is float else kind
-        if isinstance(kind, type) and (not isinstance(value, accepted) or (kind in (int, float) and isinstance(value, bool))):
+        if isinstance(kind, type) and (not isinstance(value, accepted)
+                                       or (kind in (int, float) and isinstance(value, bool))):
             raise TrainingError(f"{algorithm} option {key} must be {kind.__name__}, got {value!r}")
 
 

@@ -18,7 +18,8 @@ from .lora import LoraModuleWeights
 from .oft import OftWeights
 from ..errors import LoraFormatError
 
-__all__ = ["LoraModuleWeights", "LohaWeights", "LokrWeights", "OftWeights", "LoraWeights", "ModuleWeights", "kohya_name", "split_component"]
+__all__ = ["LoraModuleWeights", "LohaWeights", "LokrWeights", "OftWeights", "LoraWeights", "ModuleWeights",
+           "kohya_name", "split_component"]
 
 # every tensor suffix one module may have, longest first so that ".lokr_w1_a" is not read as ".lokr_w1"
 SUFFIXES = ("lora_down.weight", "lora_up.weight", "dora_scale", *LOHA_ROLES,

@@ -53,7 +53,8 @@ def rotate_channels(y: torch.Tensor, r: torch.Tensor, channel_dim: int) -> torch
     return out.reshape(y.shape).movedim(-1, channel_dim)
 
 
-def rotated_weight(weight: torch.Tensor, blocks: torch.Tensor, constraint: float, strength: float = 1.0) -> torch.Tensor:
+def rotated_weight(weight: torch.Tensor, blocks: torch.Tensor, constraint: float,
+                   strength: float = 1.0) -> torch.Tensor:
     """The weight ComfyUI's loader builds: W + t^2 (R^T - I) W over the output rows, in fp32."""
     r = cayley(blocks.float(), constraint)
     w = weight.float()
@@ -94,7 +95,8 @@ class OftAdapter(Adapter):
         super().__init__(geo, constraint, 0.0)
         if constraint < 0:
             raise TrainingError(f"OFT constraint must be >= 0 (0 = none), got {constraint}")
-        if blocks.dim() != 3 or blocks.shape[1] != blocks.shape[2] or blocks.shape[0] * blocks.shape[1] != geo.out_features:
+        square = blocks.dim() == 3 and blocks.shape[1] == blocks.shape[2]
+        if not square or blocks.shape[0] * blocks.shape[1] != geo.out_features:
             raise TrainingError(f"OFT blocks of shape {tuple(blocks.shape)} do not fit a layer with "
                                 f"{geo.out_features} outputs (need (blocks, n, n), blocks x n = outputs)")
         self.blocks = nn.Parameter(blocks.detach().float().clone())
@@ -144,7 +146,8 @@ class OftAdapter(Adapter):
         """Zero blocks (R = I: the layer starts unchanged). n = the largest divisor of the layer's outputs up to
         min(block_size or rank, sqrt(outputs)), as LyCORIS and ComfyUI's trainer choose it. alpha is unused."""
         if dropout > 0:
-            raise TrainingError(f"OFT rotates the layer's output and takes no input dropout (got {dropout}); set it to 0")
+            raise TrainingError(f"OFT rotates the layer's output and takes no input dropout (got {dropout}); "
+                                "set it to 0")
         if block_size < 0:
             raise TrainingError(f"OFT block_size must be >= 0 (0 = the rank), got {block_size}")
         n, k = factorization(geo.out_features, block_size or rank)

@@ -285,7 +285,8 @@ def _check_data(src: str, d: DataSection) -> None:
     _owned(src, "data", check_options, d.resolution, d.caption_template, d.small_images)
     _owned(src, "data", MaskConfig, d.mask, d.mask_floor)
     if d.mask != "off" and d.video.enabled:
-        raise ConfigError(f"{src}: data.mask = {d.mask!r} works on image datasets only; set it to \"off\" with data.video")
+        raise ConfigError(f"{src}: data.mask = {d.mask!r} works on image datasets only; set it to \"off\" with "
+                          "data.video")
     if d.buckets.enabled:
         b = d.buckets
         _owned(src, "data.buckets", bucket_sizes, BucketConfig(parse_resolution(d.resolution), b.min_side,

@@ -171,7 +171,8 @@ def attach_masks(images: list, root: Path, config: MaskConfig) -> list[str]:
             unmasked.append(relative(image.path, root))
     if bad:
         raise DatasetError(f"{count(len(bad), 'mask')} cannot be used: " + "; ".join(bad))
-    where = {"alpha": "alpha channel", "mask_folder": f"{MASK_FOLDER}/ file", "both": f"alpha channel or {MASK_FOLDER}/ file"}
+    where = {"alpha": "alpha channel", "mask_folder": f"{MASK_FOLDER}/ file",
+             "both": f"alpha channel or {MASK_FOLDER}/ file"}
     if unmasked:
         return [f"{count(len(unmasked), 'image')} without a mask ({where[config.source]}), trained on the whole "
                 f"image: {names(unmasked)}"]
