@@ -140,8 +140,8 @@ def train(
     # ComfyUI runs nodes under inference_mode: adapters, optimizer state and activations must be made outside it
     with torch.inference_mode(False), torch.enable_grad():
         _validate(backend, samples, config, order is not None)
-        samples = [TrainSample(usable_in_autograd(s.latent), usable_in_autograd(s.cond), s.caption, s.mask)
-                   for s in samples]
+        samples = [TrainSample(usable_in_autograd(s.latent), usable_in_autograd(s.cond), s.caption,
+                               usable_in_autograd(s.mask)) for s in samples]
         device = torch.device(backend.device)
         with fork_rng(device):
             run = Run(backend, samples, config, order, resume, distributed)
