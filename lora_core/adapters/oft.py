@@ -46,7 +46,7 @@ def cayley(blocks: torch.Tensor, constraint: float = 0.0) -> torch.Tensor:
 
 
 def rotate_channels(y: torch.Tensor, r: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """Block k of y's channels (dim channel_dim) times r_k from the left transposed: out_m = sum_n r[k, n, m] y_n."""
+    """y with each block k of its channels (dim channel_dim) replaced by r_k^T y_k."""
     y = y.movedim(channel_dim, -1)
     blocks, n = r.shape[0], r.shape[1]
     out = torch.einsum("knm,...kn->...km", r, y.reshape(*y.shape[:-1], blocks, n))

@@ -162,7 +162,7 @@ def attach_masks(images: list, root: Path, config: MaskConfig) -> list[str]:
         folder = image.path.parent
         try:
             if folder not in files:
-                files[folder] = mask_files(folder)
+                files[folder] = mask_files(folder) if config.reads_folder else {}
             image.mask = find_mask(image.path, image.placement.source, config, files[folder])
         except DatasetError as error:
             bad.append(str(error))
