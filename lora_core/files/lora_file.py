@@ -60,7 +60,7 @@ def training_metadata(
     precision is the autocast asked for; compute_dtype the dtype the layers really computed in (what
     ss_mixed_precision reports); base_loras the LoRAs the trained model already carried; gradient_checkpointing
     what checkpointing did (off, full (N units), partial (K of N units recomputed, ...), or nothing
-    to wrap); compile what torch.compile did (off, on (...), or the fall-back).
+    to wrap); compile what torch.compile did (off, on, or which unit classes fell back).
     """
     ran = compute_dtype or precision
     # Any model ComfyUI loads can be trained: unknown families get their own name in the metadata.
