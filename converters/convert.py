@@ -55,7 +55,7 @@ class Conversion:
                 out += comfyui_tensors(family, module).items()
             else:
                 tensors, entry = diffusers_tensors(family, module.component, module.name, module.weights)
-                self.config.setdefault(module.component, {})[module.name] = entry
+                self.config.setdefault(entry["component"], {})[entry["module"]] = entry
                 out += tensors.items()
         return [(k, t if k.endswith(".alpha") or self.dtype is None or not t.is_floating_point() else t.to(self.dtype))
                 for k, t in out]
@@ -96,7 +96,7 @@ class Conversion:
         done = [g for gi, g in enumerate(self.groups) if gi not in self.reasons]
         return ConvertReport(
             source=str(a.source.path or "state dict"), target=self.to, format=a.format, family=a.family.name,
-            variant=a.variant, modules_in=len(a.refs), modules_out=_modules_out(k for k, _, _ in self.entries),
+            variant=a.variant, family_note=a.detection.note if a.detection else "", modules_in=len(a.refs), modules_out=_modules_out(k for k, _, _ in self.entries),
             tensors_out=len(self.entries), fused=sum(g.op == "fuse" for g in done),
             split=sum(g.op == "split" for g in done), sliced=sum(g.op == "slices" for g in done),
             unmatched=a.unmatched + failed, dropped=a.dropped)
@@ -112,12 +112,14 @@ class Conversion:
         return meta
 
 
-def plan_conversion(source: TensorSource, to: str, arch: str | None = None, dtype: str | None = None) -> Conversion:
+def plan_conversion(source: TensorSource, to: str, arch: str | None = None, dtype: str | None = None,
+                    hint: str | None = None) -> Conversion:
+    """hint: the family of the model the LoRA is for (e.g. a connected MODEL's), used when the keys fit several."""
     if to not in TARGETS:
         raise LoraFormatError(f"unknown target format {to!r}; choose one of {TARGETS}")
     if dtype not in DTYPES:
         raise LoraFormatError(f"unknown dtype {dtype!r}; choose keep, fp16, bf16 or fp32")
-    analysis = analyse(source, arch)
+    analysis = analyse(source, arch, hint, to=to)
     family = analysis.family
     target = family.comfy_side if to == "comfyui" else "diffusers"
     slices = to == "comfyui" and family.slice_prefix is not None

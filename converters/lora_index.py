@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..lora_core.errors import LoraFormatError
 from .families import TEXT_ENCODER_INDEX, Family
+from .families import llm_text_encoders as llm
 from .families.rule import Match
 from .key_format import ParsedKey, parse_key
 from .module_weights import LOHA_ROLES, LOKR_ROLES, ModuleWeights
@@ -20,7 +21,7 @@ from .source import TensorSource
 class ModuleRef:
     """One module as found in the file: its tensor keys by role, and where it sits in the family's name map."""
 
-    component: str  # "model" | "te1" | "te2" | "te3"
+    component: str  # "model" | "te1" | "te2" | "te3" | "te4"
     raw_name: str
     flat: bool
     keys: dict[str, str] = field(default_factory=dict)  # role -> tensor key
@@ -83,6 +84,10 @@ def resolve(modules: dict[tuple, ModuleRef], family: Family) -> list[ModuleRef]:
     for ref in modules.values():
         index = family.index if ref.component == "model" else TEXT_ENCODER_INDEX
         ref.match = index.match(ref.raw_name, ref.flat)
+        if ref.match is None and ref.component != "model" and family.encoder is not None:
+            ref.match = llm.match(ref.raw_name, ref.flat)  # an LLM encoder's decoder layer, whatever its prefix
+            if ref.match is not None:
+                ref.component = family.encoder.component
         if ref.match is None:
             missing.append(ref)
     return missing

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+# diffusers pipeline component -> our component (a component of its own for Anima's text_conditioner, which holds
+# denoiser modules under a config of its own)
 COMPONENT_PREFIXES = {"transformer": "model", "unet": "model", "text_encoder": "te1", "text_encoder_2": "te2",
-                      "text_encoder_3": "te3"}
+                      "text_encoder_3": "te3", "text_encoder_4": "te4", "text_conditioner": "text_conditioner"}
 
 
 @dataclass

@@ -21,6 +21,7 @@ class ConvertReport:
     format: str = ""
     family: str = ""
     variant: str = ""
+    family_note: str = ""  # how the family was chosen when the keys alone do not say (detect.Detection.note)
     modules_in: int = 0
     modules_out: int = 0
     tensors_out: int = 0
@@ -41,7 +42,9 @@ class ConvertReport:
         return not self.unmatched
 
     def __str__(self) -> str:
-        lines = [f"source:   {self.source}", f"format:   {self.format}", f"family:   {self.variant or self.family}",
+        family = self.variant or self.family
+        lines = [f"source:   {self.source}", f"format:   {self.format}",
+                 f"family:   {family}" + (f" ({self.family_note})" if self.family_note else ""),
                  f"target:   {self.target}" + (f" -> {self.output}" if self.output else ""),
                  f"modules:  {self.modules_in} in, {self.modules_out} out ({self.fused} fused, {self.split} split"
                  + (f", {self.sliced} DoRA layers kept per part" if self.sliced else "")

@@ -30,7 +30,9 @@ CASES = [
     ("sd15_sdxl_diffusers_unet_prefix_not_loaded_by_comfy.txt", 1, "sdxl", 1, {}),
     ("sd15_sdxl_diffusers_unet_prefix_not_loaded_by_comfy.txt", 2, "sdxl", 1, {}),
     ("sd15_sdxl_diffusers_unet_prefix_not_loaded_by_comfy.txt", 3, "sd15", 1, {"diffusers": {NO_DIFFUSERS_FORM}}),
-    ("sd3_onetrainer_mixture.txt", None, None, 1, {}),
+    # six attention modules of one block, printed without shapes: at test width they fit Flux, Qwen-Image and the
+    # other MMDiTs as well as SD3 (test_detection_pairs.py), so the family is given
+    ("sd3_onetrainer_mixture.txt", None, "sd3", 1, {}),
     ("sdxl_kohya_sgm_names.txt", 0, None, 1, {}),
     ("sdxl_kohya_sgm_names.txt", 1, None, 1, {"diffusers": {NO_DIFFUSERS_FORM}}),
     ("wan_diffusers_names_finetrainers.txt", None, None, 1, {}),
