@@ -71,6 +71,8 @@ def _rebuild(m: ModuleWeights, down: Tensor, up: Tensor) -> ModuleWeights:
 def diffusers_tensors(family: Family, component: str, name: str, m: ModuleWeights) -> tuple[dict[str, Tensor], dict]:
     """Keys for one module and its config entry {"rank", "alpha", "dora", "bias", "component", "module"} (the
     pipeline component and the module's name in it)."""
+    if component == "model" and family.comfy_only and name.startswith(family.comfy_only):
+        raise ConversionError(f"no diffusers name map for {family.name}'s {name.split('.')[0]} here")
     lora = as_lora(m)
     pipeline_component, inner = place(family, component, name)
     base = f"{pipeline_component}.{inner}"

@@ -14,6 +14,7 @@ from ..lora_core.errors import LoraFormatError
 from .families import Family
 from .families.rule import Rule
 from .fuse_split import cat0, downs_equal, fuse, split, swap_halves
+from .evidence import shape_of
 from .lora_index import ModuleRef
 from .module_weights import ModuleWeights
 from .source import TensorSource
@@ -52,7 +53,7 @@ def _rows_in(source: TensorSource, ref: ModuleRef) -> tuple[int | None, int | No
             rows = source.shape(k[role])[0]
             break
     else:
-        rows = None
+        rows = shape_of(source, ref)[0] if ref.kind == "lokr" else None  # Kronecker factors: rows multiply
     cols = source.shape(k["down"])[1] if "down" in k else None
     return rows, cols
 

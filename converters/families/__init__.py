@@ -33,6 +33,8 @@ class Family:
     encoder: llm.LlmEncoder | None = None
     # diffusers pipeline components besides diffusers_prefix that hold some of the denoiser's modules
     components: tuple[str, ...] = ()
+    # module-name prefixes kept in ComfyUI form that have no diffusers name map here (reported, never guessed)
+    comfy_only: tuple[str, ...] = ()
     index: RuleIndex = field(init=False)
 
     def __post_init__(self):
@@ -85,7 +87,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("kandinsky5", kandinsky5.RULES, llm_encoders=(llm.QWEN25_VL_7B,), **_sized(kandinsky5)),
     Family("hunyuan_image21", hunyuan_image21.RULES, llm_encoders=(llm.QWEN25_VL_7B,), **_sized(hunyuan_image21)),
     Family("hunyuan_video15", hunyuan_video15.RULES, llm_encoders=(llm.QWEN25_VL_7B,), **_sized(hunyuan_video15)),
-    Family("ltx2", ltx2.RULES, llm_encoders=(llm.GEMMA3_12B,), **_sized(ltx2)),
+    Family("ltx2", ltx2.RULES, llm_encoders=(llm.GEMMA3_12B,), comfy_only=ltx2.COMFY_ONLY, **_sized(ltx2)),
     Family("ltxv", ltxv.RULES, **_sized(ltxv)),
     Family("anima", anima.RULES, llm_encoders=(llm.QWEN3_06B,), components=anima.COMPONENTS, **_sized(anima)),
 )}

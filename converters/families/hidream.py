@@ -10,7 +10,8 @@ from .sizes import Variant
 
 _ATTN = ("to_q", "to_k", "to_v", "to_out")
 _FF = ("w1", "w2", "w3")
-_MOE = ([f"ff_i.shared_experts.{w}" for w in _FF] + [f"ff_i.experts.{{j}}.{w}" for w in _FF])
+# ff_i.gate is the router's weight (a parameter, not a Linear): ComfyUI maps it like any weight
+_MOE = ([f"ff_i.shared_experts.{w}" for w in _FF] + [f"ff_i.experts.{{j}}.{w}" for w in _FF] + ["ff_i.gate"])
 DOUBLE = same_name(*[f"block.attn1.{a}" for a in _ATTN], *[f"block.attn1.{a}_t" for a in _ATTN],
                    *[f"block.{m}" for m in _MOE], *[f"block.ff_t.{w}" for w in _FF], "block.adaLN_modulation.1")
 SINGLE = same_name(*[f"block.attn1.{a}" for a in _ATTN], *[f"block.{m}" for m in _MOE], "block.adaLN_modulation.1")

@@ -1,7 +1,7 @@
 """LTX-2 (audio-video): original/ComfyUI names <-> diffusers LTX2VideoTransformer3DModel names. The blocks have the
 same names on both sides; the embedders and the adaLN modules are renamed (diffusers'
-_convert_non_diffusers_ltx2_lora_to_diffusers). The text connectors (a diffusers component of their own) are not
-mapped."""
+_convert_non_diffusers_ltx2_lora_to_diffusers). The text connectors (in the diffusion model in ComfyUI since
+2026, a pipeline component of their own in diffusers) keep their ComfyUI names; no diffusers name map for them."""
 
 from __future__ import annotations
 
@@ -31,7 +31,13 @@ AUDIO = (prefixed("transformer_blocks.{i}.", same_name(*[f"{a}.{p}" for a in _AU
          + _renamed("av_ca_audio_scale_shift_adaln_single", "av_cross_attn_audio_scale_shift")
          + _renamed("av_ca_v2a_gate_adaln_single", "av_cross_attn_audio_v2a_gate"))
 
-RULES = VIDEO + AUDIO
+# ComfyUI-only modules: kept for ComfyUI, reported (not guessed) when written for diffusers
+COMFY_ONLY = ("audio_embeddings_connector.", "video_embeddings_connector.")
+CONNECTORS = [r for c in COMFY_ONLY for r in prefixed(c + "transformer_1d_blocks.{i}.",
+                                                      same_name(*[f"attn1.{p}" for p in _ATTN], "ff.net.0.proj",
+                                                                "ff.net.2"))]
+
+RULES = VIDEO + AUDIO + CONNECTORS
 
 SIZES = (Variant("ltx2", 4096, {"transformer_blocks": 48}),)
 WIDTH_FROM = r"^transformer_blocks\.\d+\.(attn1\.to_[qkv]|attn2\.to_q|ff\.net\.0\.proj)$"
