@@ -96,7 +96,8 @@ class Conversion:
         done = [g for gi, g in enumerate(self.groups) if gi not in self.reasons]
         return ConvertReport(
             source=str(a.source.path or "state dict"), target=self.to, format=a.format, family=a.family.name,
-            variant=a.variant, family_note=a.detection.note if a.detection else "", modules_in=len(a.refs), modules_out=_modules_out(k for k, _, _ in self.entries),
+            variant=a.variant, family_note=a.detection.note if a.detection else "",
+            modules_in=len(a.refs), modules_out=_modules_out(k for k, _, _ in self.entries),
             tensors_out=len(self.entries), fused=sum(g.op == "fuse" for g in done),
             split=sum(g.op == "split" for g in done), sliced=sum(g.op == "slices" for g in done),
             unmatched=a.unmatched + failed, dropped=a.dropped)
@@ -140,18 +141,19 @@ def _modules_out(keys) -> int:
 
 
 def convert_state_dict(state_dict: dict[str, Tensor], metadata: dict[str, str] | None, to: str,
-                       arch: str | None = None, dtype: str | None = None, strict: bool = False
-                       ) -> tuple[dict[str, Tensor], dict[str, str], ConvertReport]:
-    conversion = plan_conversion(DictSource(state_dict, metadata), to, arch, dtype)
+                       arch: str | None = None, dtype: str | None = None, strict: bool = False,
+                       hint: str | None = None) -> tuple[dict[str, Tensor], dict[str, str], ConvertReport]:
+    conversion = plan_conversion(DictSource(state_dict, metadata), to, arch, dtype, hint)
     report = conversion.report()
     _check_strict(report, strict)
     return dict(conversion.tensors(state_dict.__getitem__)), conversion.metadata(), report
 
 
 def to_comfyui_state_dict(state_dict: dict[str, Tensor], metadata: dict[str, str] | None = None,
-                          arch: str | None = None) -> tuple[dict[str, Tensor], dict[str, str], ConvertReport]:
+                          arch: str | None = None, hint: str | None = None
+                          ) -> tuple[dict[str, Tensor], dict[str, str], ConvertReport]:
     """Any supported LoRA format -> keys ComfyUI's loader maps (in memory, for Load LoRA)."""
-    return convert_state_dict(state_dict, metadata, "comfyui", arch)
+    return convert_state_dict(state_dict, metadata, "comfyui", arch, hint=hint)
 
 
 def check_output_path(src: Path, dst: Path, overwrite: bool) -> None:
@@ -163,14 +165,15 @@ def check_output_path(src: Path, dst: Path, overwrite: bool) -> None:
 
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str, arch: str | None = None,
                  dtype: str | None = None, strict: bool = False, overwrite: bool = False,
-                 adapter_config: bool = False) -> ConvertReport:
-    """Stream `src` to `dst` (safetensors) in `to` format ("comfyui" | "diffusers"); atomic, module by module."""
+                 adapter_config: bool = False, hint: str | None = None) -> ConvertReport:
+    """Stream `src` to `dst` (safetensors) in `to` format ("comfyui" | "diffusers"); atomic, module by module.
+    hint: the family of the model the LoRA is for (a connected MODEL), used when the keys fit several."""
     src, dst = Path(src), Path(dst)
     check_output_path(src, dst, overwrite)
     source = open_source(src)
     with torch_threads(1):
         try:
-            conversion = plan_conversion(source, to, arch, dtype)
+            conversion = plan_conversion(source, to, arch, dtype, hint)
             report = conversion.report()
             _check_strict(report, strict)
             if not conversion.entries:
