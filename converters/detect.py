@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass, field
 
 from ..lora_core.errors import LoraFormatError
+from . import encoder_choice
 from .conversion_error import AmbiguousFamilyError
-from .evidence import CONTRADICTED, Verdict, shape_of, weigh
+from .evidence import CONTRADICTED, Verdict, weigh
 from .families import FAMILIES, GENERIC, Family, family_key, get_family, hunyuan_video, sana, wan
 from .families import llm_text_encoders as llm
 from .lora_index import ModuleRef
@@ -93,52 +94,22 @@ def _convert_alike(names: list[str], verdicts: dict[str, Verdict], refs: list[Mo
     return all(len({_signature(f, r, to) for f in fams}) == 1 for r in refs)
 
 
-def _llm_widths(source: TensorSource, te_refs: list[ModuleRef]) -> tuple[int | None, int | None]:
-    """(width, mlp width) of the LLM text encoder a file's text-encoder modules train, when they say."""
-    width = mlp = None
-    for ref in te_refs:
-        m = llm.match(ref.raw_name, ref.flat)
-        if m is None:
-            continue
-        cols = shape_of(source, ref)[1]
-        if llm.WIDTH_MODULES.search(m.name):
-            width = width or cols
-        elif llm.MLP_MODULES.search(m.name):
-            mlp = mlp or cols
-    return width, mlp
-
-
-def _encoders(family: Family, width: int | None, mlp: int | None) -> list[llm.LlmEncoder]:
-    return [e for e in family.llm_encoders if width in (None, e.width) and mlp in (None, e.mlp)]
-
-
-def choose_encoder(family: Family, width: int | None, mlp: int | None) -> llm.LlmEncoder | None:
-    """The family's LLM text encoder of this width; a single one also when the width is none we know (small
-    test models), never one of another known encoder's width."""
-    found = _encoders(family, width, mlp)
-    if found:
-        return found[0]
-    known = {e.width for f in FAMILIES.values() for e in f.llm_encoders}
-    return family.llm_encoders[0] if len(family.llm_encoders) == 1 and width not in known else None
-
-
 def _te_only(source, te_refs, components, hint, where) -> Detection:
-    width, mlp = _llm_widths(source, te_refs)
-    if width is None and mlp is None:  # CLIP / T5 names: family-neutral
+    if not any(llm.match(r.raw_name, r.flat) for r in te_refs):  # CLIP / T5 names: family-neutral
         return Detection(FAMILIES["sdxl" if "te2" in components else "sd15"])
-    fits = [n for n in PRIORITY if _encoders(FAMILIES[n], width, mlp)] or [n for n in PRIORITY
-                                                                            if FAMILIES[n].llm_encoders]
-    evidence = [f"text encoder width {width}" + (f", MLP {mlp}" if mlp else "") + ": "
-                + "; ".join(f"{n} ({', '.join(e.name for e in _encoders(FAMILIES[n], width, mlp)) or '?'})"
-                            for n in fits)]
+    dims = encoder_choice.measure(source, te_refs)
+    fits = [n for n in PRIORITY if encoder_choice.encoders(FAMILIES[n], dims)]
+    fits = fits or [n for n in PRIORITY if FAMILIES[n].llm_encoders]
+    evidence = [f"LLM text encoder ({encoder_choice.describe(dims)}): " + "; ".join(
+        f"{n} ({', '.join(e.name for e in encoder_choice.encoders(FAMILIES[n], dims)) or 'no size listed'})"
+        for n in fits)]
     if hint and family_key(hint) in fits:
         name = family_key(hint)
-        return Detection(FAMILIES[name].with_encoder(choose_encoder(FAMILIES[name], width, mlp)), "model", fits,
+        return Detection(FAMILIES[name].with_encoder(encoder_choice.choose(FAMILIES[name], dims)), "model", fits,
                          evidence, hint=hint)
     places = {(e.comfy, e.component, e.diffusers, e.hf_path) if e else None for n in fits
-              for e in [choose_encoder(FAMILIES[n], width, mlp)]}
-    family = FAMILIES[fits[0]]
-    family = family.with_encoder(choose_encoder(family, width, mlp))
+              for e in [encoder_choice.choose(FAMILIES[n], dims)]}
+    family = FAMILIES[fits[0]].with_encoder(encoder_choice.choose(FAMILIES[fits[0]], dims))
     if len(fits) == 1:
         return Detection(family, "detected", fits, evidence, hint=hint)
     if len(places) == 1 and None not in places:
@@ -220,8 +191,7 @@ def _check_not_mixed(chosen: str, verdicts: dict[str, Verdict], refs: list[Modul
 def _with_te(family: Family, source: TensorSource, te_refs: list[ModuleRef]) -> Family:
     if not family.llm_encoders:
         return family
-    width, mlp = _llm_widths(source, te_refs)
-    return family.with_encoder(choose_encoder(family, width, mlp))
+    return family.with_encoder(encoder_choice.choose(family, encoder_choice.measure(source, te_refs)))
 
 
 def detect_family(source: TensorSource, modules: dict[tuple, ModuleRef], arch: str | None) -> Family:

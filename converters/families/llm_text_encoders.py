@@ -20,6 +20,8 @@ class LlmEncoder:
     comfy: str  # ComfyUI's attribute for it in the CLIP object
     width: int  # hidden size: input width of q/k/v, gate and up
     mlp: int  # intermediate size: input width of down_proj
+    q: int  # q_proj rows (heads x head width)
+    kv: int  # k_proj / v_proj rows (key-value heads x head width)
     component: str  # our component name (te1, te4, ...) and, below, diffusers' pipeline component
     diffusers: str
     hf_path: str  # where the decoder layers sit inside that component's transformers model
@@ -38,9 +40,6 @@ MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 RULES = [Rule(DECODER + n, (DECODER + n,)) for n in MODULES]
 INDEX = RuleIndex(RULES)
-# inputs that read the hidden state (their in_features is the width) and the one that reads the MLP
-WIDTH_MODULES = re.compile(r"(q_proj|k_proj|v_proj|gate_proj|up_proj)$")
-MLP_MODULES = re.compile(r"down_proj$")
 
 # What sits in front of `layers.N` in the names tools write: ComfyUI's paths (with or without the encoder's
 # attribute), transformers' model classes (CausalLM: model.; VL / Mistral3 / Gemma3: model.language_model.;
@@ -55,15 +54,19 @@ def match(name: str, flat: bool) -> Match | None:
     return INDEX.match((_FLAT_WRAPPER if flat else _WRAPPER).sub("", name, count=1), flat)
 
 
-QWEN3_06B = LlmEncoder("Qwen3 0.6B", "qwen3_06b", 1024, 3072, "te1", "text_encoder", "", False)
-QWEN3_4B = LlmEncoder("Qwen3 4B", "qwen3_4b", 2560, 9728, "te1", "text_encoder", "model.", True)
-QWEN3_4B_KLEIN = LlmEncoder("Qwen3 4B", "qwen3_4b", 2560, 9728, "te1", "text_encoder", "model.", False)
-QWEN3_8B = LlmEncoder("Qwen3 8B", "qwen3_8b", 4096, 12288, "te1", "text_encoder", "model.", False)
-MISTRAL3_24B = LlmEncoder("Mistral Small 3 24B", "mistral3_24b", 5120, 32768, "te1", "text_encoder",
+# name, ComfyUI attribute, width, MLP, q rows, k/v rows (ComfyUI 0.33.0's classes), our component, diffusers'
+# pipeline component, the decoder's path in it (transformers class the diffusers pipeline loads), January has it
+QWEN3_06B = LlmEncoder("Qwen3 0.6B", "qwen3_06b", 1024, 3072, 2048, 1024, "te1", "text_encoder", "", False)
+QWEN3_4B = LlmEncoder("Qwen3 4B", "qwen3_4b", 2560, 9728, 4096, 1024, "te1", "text_encoder", "model.", True)
+QWEN3_4B_KLEIN = LlmEncoder("Qwen3 4B", "qwen3_4b", 2560, 9728, 4096, 1024, "te1", "text_encoder", "model.", False)
+QWEN3_8B = LlmEncoder("Qwen3 8B", "qwen3_8b", 4096, 12288, 4096, 1024, "te1", "text_encoder", "model.", False)
+MISTRAL3_24B = LlmEncoder("Mistral Small 3 24B", "mistral3_24b", 5120, 32768, 4096, 1024, "te1", "text_encoder",
                           "model.language_model.", True)
-QWEN25_VL_7B = LlmEncoder("Qwen2.5-VL 7B", "qwen25_7b", 3584, 18944, "te1", "text_encoder", "model.language_model.",
-                          True)
-QWEN3_VL_4B = LlmEncoder("Qwen3-VL 4B", "qwen3vl_4b", 2560, 9728, "te1", "text_encoder", "language_model.", False)
-GEMMA2_2B = LlmEncoder("Gemma 2 2B", "gemma2_2b", 2304, 9216, "te1", "text_encoder", "", True)
-GEMMA3_12B = LlmEncoder("Gemma 3 12B", "gemma3_12b", 3840, 15360, "te1", "text_encoder", "model.language_model.", True)
-LLAMA31_8B = LlmEncoder("Llama 3.1 8B", "llama", 4096, 14336, "te4", "text_encoder_4", "model.", True)
+QWEN25_VL_7B = LlmEncoder("Qwen2.5-VL 7B", "qwen25_7b", 3584, 18944, 3584, 512, "te1", "text_encoder",
+                          "model.language_model.", True)
+QWEN3_VL_4B = LlmEncoder("Qwen3-VL 4B", "qwen3vl_4b", 2560, 9728, 4096, 1024, "te1", "text_encoder", "language_model.",
+                         False)
+GEMMA2_2B = LlmEncoder("Gemma 2 2B", "gemma2_2b", 2304, 9216, 2048, 1024, "te1", "text_encoder", "", True)
+GEMMA3_12B = LlmEncoder("Gemma 3 12B", "gemma3_12b", 3840, 15360, 4096, 2048, "te1", "text_encoder",
+                        "model.language_model.", True)
+LLAMA31_8B = LlmEncoder("Llama 3.1 8B", "llama", 4096, 14336, 4096, 1024, "te4", "text_encoder_4", "model.", True)
