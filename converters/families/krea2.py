@@ -26,6 +26,7 @@ RULES = (_blocks("blocks.{i}.", "transformer_blocks.{i}.")
              Rule("txtmlp.1", ("txt_in.linear_1",)),
              Rule("txtmlp.3", ("txt_in.linear_2",)),
              Rule("last.linear", ("final_layer.linear",)),
+             Rule("txtfusion.projector", ("text_fusion.projector",)),  # mixes the 12 tapped encoder layers
          ])
 
 SIZES = (Variant("krea2", 6144, {"blocks": 28}),)
