@@ -70,6 +70,7 @@ def _sd_family(source: TensorSource, refs: list[ModuleRef], components: set[str]
 def _signature(family: Family, ref: ModuleRef, to: str | None):
     """What converting this module to `to` (None: either form) writes, as far as the family decides it."""
     m = family.match(ref.raw_name, ref.flat)
+    assert m is not None  # only the modules every candidate names are compared
     rule = m.rule
     parts = tuple(m.part_name(i) for i in range(len(rule.parts)))
     diffusers = m.name if m.side == "diffusers" else parts[0] if len(parts) == 1 else parts
@@ -103,8 +104,8 @@ def _te_only(source, te_refs, components, hint, where) -> Detection:
     evidence = [f"LLM text encoder ({encoder_choice.describe(dims)}): " + "; ".join(
         f"{n} ({', '.join(e.name for e in encoder_choice.encoders(FAMILIES[n], dims)) or 'no size listed'})"
         for n in fits)]
-    if hint and family_key(hint) in fits:
-        name = family_key(hint)
+    name = family_key(hint) if hint else None
+    if name is not None and name in fits:
         return Detection(FAMILIES[name].with_encoder(encoder_choice.choose(FAMILIES[name], dims)), "model", fits,
                          evidence, hint=hint)
     places = {(e.comfy, e.component, e.diffusers, e.hf_path) if e else None for n in fits
@@ -177,7 +178,7 @@ def _choose(candidates, verdicts: dict[str, Verdict], source, refs, te_refs, com
     return None, "ambiguous"
 
 
-def _check_not_mixed(chosen: str, verdicts: dict[str, Verdict], refs: list[ModuleRef], where: str) -> None:
+def _check_not_mixed(chosen: str, verdicts: dict[str, Verdict], refs: list[ModuleRef], where: object) -> None:
     """Modules another (not ruled out) family names but the chosen one does not: two LoRAs in one file."""
     mine = verdicts[chosen].hits
     others = {n: v.hits - mine for n, v in verdicts.items() if n != chosen and v.fit != CONTRADICTED and v.hits - mine}

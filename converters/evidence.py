@@ -100,10 +100,10 @@ def _sizes(family: Family, widths: set[int], deepest: dict[str, int], verdict: V
         verdict.fit = CONTRADICTED
         verdict.notes.append(f"{depth}: deeper than any {family.name} model")
         return
-    exact = next((v for v in family.sizes if _exact(v, deepest)), None)
-    if exact is not None:
+    reached = next((v for v in family.sizes if _exact(v, deepest)), None)
+    if reached is not None:
         verdict.fit = UNCONFIRMED_EXACT
-        verdict.notes.append(f"{depth}: the depth of {exact.name}")
+        verdict.notes.append(f"{depth}: the depth of {reached.name}")
     if width is not None:
         verdict.notes.append(f"width {width}: no {family.name} size listed here has it")
     elif len(widths) > 1:

@@ -48,6 +48,7 @@ class OutModule:
 
 def _rows_in(source: TensorSource, ref: ModuleRef) -> tuple[int | None, int | None]:
     k = ref.keys
+    rows: int | None
     for role in ("up", "diff", "diff_b", "hada_w1_a"):
         if role in k:
             rows = source.shape(k[role])[0]
