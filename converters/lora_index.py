@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +16,9 @@ from .key_format import ParsedKey, parse_key
 from .module_weights import LOHA_ROLES, LOKR_ROLES, ModuleWeights
 from .peft_metadata import PeftConfig
 from .source import TensorSource
+
+
+_COMFY_TE = re.compile(r"^(?:[a-z0-9_]+\.)?transformer\.")  # text_encoders.<attribute>.transformer.<module>
 
 
 @dataclass
@@ -84,6 +88,8 @@ def resolve(modules: dict[tuple, ModuleRef], family: Family) -> list[ModuleRef]:
     for ref in modules.values():
         index = family.index if ref.component == "model" else TEXT_ENCODER_INDEX
         ref.match = index.match(ref.raw_name, ref.flat)
+        if ref.match is None and ref.component != "model" and not ref.flat:  # ComfyUI's <encoder>.transformer. path
+            ref.match = index.match(_COMFY_TE.sub("", ref.raw_name, count=1), False)
         if ref.match is None and ref.component != "model" and family.encoder is not None:
             ref.match = llm.match(ref.raw_name, ref.flat)  # an LLM encoder's decoder layer, whatever its prefix
             if ref.match is not None:

@@ -28,6 +28,8 @@ class Family:
     sizes: tuple[Variant, ...] = ()
     width_from: str | None = None
     ratios: tuple[Ratio, ...] = ()
+    # text encoder component -> the base-name prefix ComfyUI maps for it where it maps no kohya name (Wan's UMT5)
+    te_comfy: dict[str, str] = field(default_factory=dict)
     # LLM text encoders ComfyUI loads for this family, told apart by width; `encoder` is the one a file uses
     llm_encoders: tuple[llm.LlmEncoder, ...] = ()
     encoder: llm.LlmEncoder | None = None
@@ -72,7 +74,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("chroma", chroma.RULES, text_encoders=TE_FLUX, slice_prefix="transformer.", **_sized(chroma)),
     Family("sd3", sd3.RULES, text_encoders=TE_SD3, slice_prefix="transformer.", **_sized(sd3)),
     Family("sana", sana.RULES, **_sized(sana)),
-    Family("wan", wan.RULES, **_sized(wan)),
+    Family("wan", wan.RULES, te_comfy={"te1": "text_encoders.umt5xxl.transformer."}, **_sized(wan)),
     # kohya keeps diffusers block names for SD1/2, and ComfyUI maps them: the ComfyUI side is diffusers-named.
     Family("sd15", sd_unet.rules_for(sd_unet.SD15), comfy_side="diffusers", diffusers_prefix="unet", text_encoders=TE_SD15),
     Family("sdxl", sd_unet.rules_for(sd_unet.SDXL), diffusers_prefix="unet", text_encoders=TE_SDXL),
