@@ -8,7 +8,7 @@ training prompts with checkpointing off and on. For each prompt the kernel's pea
 is what that training run needed on top of the loaded server. Each mode runs twice (off, on, off, on) with
 a new seed each time (an identical prompt would come from ComfyUI's cache); the smaller of the two is kept.
 
-    COMFYUI_PATH=/work/comfy/jan /work/comfy/jan/.venv/bin/python bench/checkpoint_memory.py \
+    COMFYUI_PATH=/path/to/ComfyUI /path/to/ComfyUI/.venv/bin/python bench/checkpoint_memory.py \
         [--steps 2] [--size 256] [--batch 4] [--json bench/results/checkpoint_memory_jan.json]
 """
 

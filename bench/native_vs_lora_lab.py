@@ -20,7 +20,7 @@ would charge the later runs with the earlier ones' peak. The idle server's VmHWM
 prompt) is recorded too. The native node forces a full model load; LoRA Lab need not, and this measures it.
 
 Usage (ComfyUI's python; models are built once into $LORA_LAB_TEST_CACHE or <tmp>/lora_lab_test_cache_<uid>):
-    COMFYUI_PATH=/work/comfy/ComfyUI /work/comfy/ComfyUI/.venv/bin/python bench/native_vs_lora_lab.py \
+    COMFYUI_PATH=/path/to/ComfyUI /path/to/ComfyUI/.venv/bin/python bench/native_vs_lora_lab.py \
         [--steps 2 6] [--lora-lab-steps 2 22] [--no-gradient-checkpointing]
         [--configs native lora_lab_default lora_lab_all_linear] [--json bench/results.json]
 """

@@ -5,7 +5,7 @@ Saved bytes are summed over the distinct storages autograd keeps in one forward 
 same wrappers Train LoRA uses. Without checkpointing the in-place guard is off (SD1.5 writes no block input in
 place), since its own hook would hide the saves from the measuring one.
 
-    COMFYUI_PATH=/work/comfy/jan /work/comfy/jan/.venv/bin/python bench/training_memory.py [--sizes 64 128 256] [--batches 1 4]
+    COMFYUI_PATH=/path/to/ComfyUI /path/to/ComfyUI/.venv/bin/python bench/training_memory.py [--sizes 64 128 256] [--batches 1 4]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from comfy_api.latest import ComfyExtension, io
 from .cache_node import EncodingCacheNode
 from .convert_nodes import ConvertLora, InspectLora
 from .dataset_node import LoadTrainingImages
-from .dataset_options import Augmentation, BucketOptions, CaptionOptions
+from .dataset_options import Augmentation, BucketOptions, CaptionOptions, MaskOptions
 from .load_node import LoadLora
 from .loss_plot_node import PlotTrainingLoss
 from .merge_node import MergeLoras
@@ -34,6 +34,6 @@ class LoraLabExtension(ComfyExtension):
         server = prompt_server()
         if server is not None:
             register_routes(server.routes)
-        return [LoadTrainingImages, LoadTrainingVideos, BucketOptions, CaptionOptions, Augmentation, EncodingCacheNode,
-                TrainLora, *OPTION_NODES, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora, InspectLora, MergeLoras,
-                ResizeLora]
+        return [LoadTrainingImages, LoadTrainingVideos, BucketOptions, CaptionOptions, Augmentation, MaskOptions,
+                EncodingCacheNode, TrainLora, *OPTION_NODES, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora,
+                InspectLora, MergeLoras, ResizeLora]
