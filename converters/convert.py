@@ -97,6 +97,7 @@ class Conversion:
         return ConvertReport(
             source=str(a.source.path or "state dict"), target=self.to, format=a.format, family=a.family.name,
             variant=a.variant, family_note=a.detection.note if a.detection else "",
+            candidates=a.detection.undecided if a.detection else [],
             modules_in=len(a.refs), modules_out=_modules_out(k for k, _, _ in self.entries),
             tensors_out=len(self.entries), fused=sum(g.op == "fuse" for g in done),
             split=sum(g.op == "split" for g in done), sliced=sum(g.op == "slices" for g in done),
@@ -107,7 +108,13 @@ class Conversion:
         meta = {k: v for k, v in a.source.metadata.items() if k != LORA_ADAPTER_METADATA_KEY}
         meta["format"] = "pt"
         meta["lora_lab.converted_from"] = a.format
-        meta["lora_lab.family"] = a.variant
+        undecided = a.detection.undecided if a.detection else []
+        meta.pop("lora_lab.family", None)
+        meta.pop("lora_lab.family_candidates", None)
+        if undecided:  # the file does not say which: name every candidate, never the one whose names were used
+            meta["lora_lab.family_candidates"] = ", ".join(undecided)
+        else:
+            meta["lora_lab.family"] = a.variant
         if self.to == "diffusers" and self.config:
             meta[LORA_ADAPTER_METADATA_KEY] = adapter_metadata(a.family, self.config)
         return meta

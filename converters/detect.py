@@ -36,13 +36,19 @@ class Detection:
     hint: str | None = None
 
     @property
+    def undecided(self) -> list[str]:
+        """The families the file may be for, when the keys do not say and nothing named one (they convert alike):
+        reports and metadata name all of them, never the one whose name map was used."""
+        return list(self.candidates) if self.how == "same conversion" else []
+
+    @property
     def note(self) -> str:
         """A few words for reports on how the family was chosen (empty when the keys alone say it)."""
         others = [c for c in self.candidates if c != self.family.name]
         if self.how == "model":
             return ("the connected model's family" + (f"; the keys also fit {', '.join(others)}" if others else ""))
         if self.how == "same conversion":
-            return f"these keys convert the same for {', '.join(others)}"
+            return "the keys do not say which; they convert the same for each; --arch or a connected model names it"
         if self.how == "ambiguous":
             return f"ambiguous: the keys fit {', '.join(self.candidates)}"
         if self.hint and family_key(self.hint) not in (None, self.family.name):

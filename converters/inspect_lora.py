@@ -31,11 +31,13 @@ class LoraReport:
     candidates: list[str] = field(default_factory=list)  # the families the keys fit equally well (best first)
     evidence: list[str] = field(default_factory=list)  # what the keys and shapes say about each of them
     ambiguous: bool = False  # the keys fit several families that convert them differently: --arch decides
+    undecided: list[str] = field(default_factory=list)  # the keys fit these alike (they convert alike), none named
 
     def __str__(self) -> str:
         meta = {k: (v if len(v) <= 120 else v[:117] + "...") for k, v in sorted(self.metadata.items())}
         family = ("ambiguous: " + " or ".join(self.candidates) + " (convert needs --arch)" if self.ambiguous
-                  else self.variant + (f" ({self.family_note})" if self.family_note else ""))
+                  else ("one of " + ", ".join(self.undecided) if self.undecided else self.variant)
+                  + (f" ({self.family_note})" if self.family_note else ""))
         lines = [f"file:      {self.path}", f"format:    {self.format}", f"family:    {family}",
                  f"modules:   {self.modules} ({', '.join(f'{k}: {v}' for k, v in sorted(self.components.items()))})",
                  f"rank(s):   {', '.join(map(str, self.ranks)) or '-'}",
@@ -91,6 +93,6 @@ def inspect_lora(path: str | os.PathLike, arch: str | None = None, hint: str | N
                           sorted(ranks), sorted(alphas), sorted(kinds), dict(source.metadata),
                           _trigger_words(source.metadata), components, a.unmatched,
                           d.note if d and not ambiguous else "", d.candidates if d else [], d.evidence if d else [],
-                          ambiguous)
+                          ambiguous, d.undecided if d else [])
     finally:
         source.close()

@@ -22,6 +22,7 @@ class ConvertReport:
     family: str = ""
     variant: str = ""
     family_note: str = ""  # how the family was chosen when the keys alone do not say (detect.Detection.note)
+    candidates: list[str] = field(default_factory=list)  # the keys fit these alike and none was named
     modules_in: int = 0
     modules_out: int = 0
     tensors_out: int = 0
@@ -42,7 +43,7 @@ class ConvertReport:
         return not self.unmatched
 
     def __str__(self) -> str:
-        family = self.variant or self.family
+        family = "one of " + ", ".join(self.candidates) if self.candidates else self.variant or self.family
         lines = [f"source:   {self.source}", f"format:   {self.format}",
                  f"family:   {family}" + (f" ({self.family_note})" if self.family_note else ""),
                  f"target:   {self.target}" + (f" -> {self.output}" if self.output else ""),

@@ -60,7 +60,8 @@ def comfy_state_dict_from_file(path: Path, hint: str | None = None
             # keys no rule converts are left for ComfyUI's own loader (it reports any it cannot map either)
             keys = set(source.keys())
             state_dict.update({u.key: source.get(u.key) for u in report.unmatched if u.key in keys})
-            family = report.variant if report.family != "generic" else None
+            family = ("/".join(report.candidates) if report.candidates
+                      else report.variant if report.family != "generic" else None)
             note = report.family_note
     finally:
         source.close()

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from lora_lab.__main__ import main
 from lora_lab.converters import convert_state_dict, inspect_lora
@@ -52,8 +53,29 @@ def test_flux_qwen_sparse_qwen_image_lora_stops_with_the_candidates(tmp_path, ca
     save_file(SPARSE_QWEN, src)
     assert main(["convert", str(src), str(out), "--to", "comfyui"]) == 2
     err = capsys.readouterr().err
-    assert "ambiguous model family" in err and "qwen_image" in err and "--arch" in err and not out.exists()
+    assert "ambiguous model family" in err and "qwen_image" in err and "flux" in err and "--arch" in err
+    assert not out.exists()
     assert main(["convert", str(src), str(out), "--to", "comfyui", "--arch", "qwen_image"]) == 0 and out.exists()
+    assert safe_open(str(out), "pt").metadata()["lora_lab.family"] == "qwen_image"
+
+
+def test_flux_qwen_sparse_qwen_image_lora_to_diffusers_names_no_single_family(tmp_path, capsys):
+    """In diffusers form every candidate writes these keys alike (transformer.transformer_blocks...), so the file
+    converts - byte for byte what --arch qwen_image writes - but neither the report nor the file's metadata name
+    Flux (or any one family): they list every candidate, Qwen-Image among them."""
+    src, out, named = tmp_path / "qwen.safetensors", tmp_path / "out.safetensors", tmp_path / "named.safetensors"
+    save_file(SPARSE_QWEN, src)
+    assert main(["convert", str(src), str(out), "--to", "diffusers"]) == 0
+    text = capsys.readouterr().out
+    family_line = next(line for line in text.splitlines() if line.startswith("family:"))
+    assert family_line.split("(")[0].split() == ["family:", "one", "of", "flux,", "hunyuan_video,", "chroma,",
+                                                 "qwen_image,", "flux2"], family_line
+    meta = safe_open(str(out), "pt").metadata()
+    assert "lora_lab.family" not in meta and "qwen_image" in meta["lora_lab.family_candidates"].split(", ")
+    assert main(["convert", str(src), str(named), "--to", "diffusers", "--arch", "qwen_image"]) == 0
+    assert _same(load_file(out), load_file(named))
+    _, _, report = convert_state_dict(SPARSE_QWEN, {}, "diffusers", hint="qwen_image")
+    assert report.family == "qwen_image" and not report.candidates
 
 
 def test_flux_qwen_the_models_family_decides():
@@ -83,16 +105,22 @@ def test_flux_qwen_inspect_lists_the_candidates_and_the_evidence(tmp_path, capsy
     assert inspect_lora(src, hint="qwen_image").family == "qwen_image"
 
 
-def test_flux_chroma_shared_blocks_convert_alike_and_the_model_names_the_family():
+def test_flux_chroma_shared_blocks_convert_alike_and_the_model_names_the_family(tmp_path):
     """Flux and Chroma share their block names and width: a LoRA on those blocks converts identically for both (so
-    it converts), and the report says so; the model's family names it."""
+    it converts), and the report names both, not one; the model's family names it."""
     sd = _kohya({f"double_blocks.{b}.{m}": shape for b in (0, 1)
                  for m, shape in (("img_attn.qkv", (9216, 3072)), ("img_mlp.0", (12288, 3072)))})
     for to in ("comfyui", "diffusers"):
         flux, _, report = convert_state_dict(sd, {}, to)
-        assert report.family == "flux" and "chroma" in report.family_note and not report.unmatched
+        # none named, all listed (HunyuanVideo's double blocks have these names and width too)
+        assert report.candidates == ["flux", "hunyuan_video", "chroma"] and not report.unmatched
+        assert "family:   one of flux, hunyuan_video, chroma (the keys do not say which" in str(report)
         chroma, _, report = convert_state_dict(sd, {}, to, hint="chroma")
-        assert report.family == "chroma" and _same(flux, chroma)
+        assert report.family == "chroma" and not report.candidates and _same(flux, chroma)
+    save_file(sd, tmp_path / "shared.safetensors")
+    report = inspect_lora(tmp_path / "shared.safetensors")
+    assert report.undecided == ["flux", "hunyuan_video", "chroma"]
+    assert "family:    one of flux, hunyuan_video, chroma (" in str(report)
     # Chroma's own modules name it without help
     sd.update(_kohya({"distilled_guidance_layer.layers.0.in_layer": (5120, 5120)}))
     assert convert_state_dict(sd, {}, "comfyui")[2].family == "chroma"
