@@ -2,8 +2,8 @@
 
 Exit status (lora_core/exit_status.py, shared by every command): 0 - every key was converted (or dropped by
 its nature, with the reason printed); 3 - the output was written but some keys were left unconverted (they
-are listed); 2 - refused (bad or unsafe input, output exists, --strict with unconverted keys, usage error):
-nothing written; 1 - an I/O error while working (full disk, a file another program holds): nothing written.
+are listed); 2 - refused (bad or unsafe input, output exists, --strict with unconverted keys, keys that fit several
+model families that convert them differently - pass --arch -, usage error): nothing written; 1 - an I/O error while working (full disk, a file another program holds): nothing written.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from ..lora_core.errors import LoraLabError
 from ..lora_core.exit_status import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_REFUSED
 
 DTYPE_CHOICES = ("keep", "fp16", "bf16", "fp32")
-ARCH_HELP = ("model family when detection is ambiguous (flux, chroma, sd15, sdxl, sd3, sana, wan, hunyuan_video, "
-             "qwen_image, lumina2, z_image, generic)")
+ARCH_HELP = ("model family, for a file whose keys fit several (the error and `inspect` list the candidates): "
+             "sd15, sdxl, sd3, flux, flux2, chroma, sana, wan, hunyuan_video, hunyuan_video15, hunyuan_image21, "
+             "qwen_image, lumina2, z_image, krea2, hidream, kandinsky5, ltx2, ltxv, anima, generic")
 
 
 def run_reporting(action: Callable[[], object]) -> int:

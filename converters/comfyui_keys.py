@@ -22,6 +22,11 @@ def module_key(family: Family, component: str, name: str) -> str:
         if name.endswith(PARAMETERS) and not name.endswith("modulation.lin"):
             return f"diffusion_model.{name}"
         return "lora_unet_" + flatten(name)
+    encoder = family.encoder
+    if encoder is not None and component == encoder.component and name.startswith("layers."):
+        return encoder.comfy_name(name)  # an LLM encoder: the form ComfyUI maps on every snapshot that has it
+    if component in family.te_comfy:
+        return family.te_comfy[component] + name
     prefix = family.text_encoders.get(component, (f"lora_{component}_", ""))[0]
     return prefix + flatten(name)
 

@@ -14,3 +14,14 @@ class ConversionError(ValueError):
 
 class NotALoraError(LoraFormatError):
     """The file holds tensors, but they are not a LoRA (e.g. a full model checkpoint)."""
+
+
+class AmbiguousFamilyError(LoraFormatError):
+    """The keys fit several model families that convert them differently: a decision the caller must make
+    (--arch, the node's arch input, or the connected model), never a guess."""
+
+    def __init__(self, where: object, candidates: list[str], evidence: list[str]):
+        self.candidates, self.evidence = list(candidates), list(evidence)
+        super().__init__(f"{where}: ambiguous model family: the keys fit {', '.join(candidates)}, which convert them "
+                         f"differently; pass --arch (one of {', '.join(candidates)}). Evidence: "
+                         + " | ".join(evidence))

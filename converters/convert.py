@@ -55,7 +55,7 @@ class Conversion:
                 out += comfyui_tensors(family, module).items()
             else:
                 tensors, entry = diffusers_tensors(family, module.component, module.name, module.weights)
-                self.config.setdefault(module.component, {})[module.name] = entry
+                self.config.setdefault(entry["component"], {})[entry["module"]] = entry
                 out += tensors.items()
         return [(k, t if k.endswith(".alpha") or self.dtype is None or not t.is_floating_point() else t.to(self.dtype))
                 for k, t in out]
@@ -96,7 +96,9 @@ class Conversion:
         done = [g for gi, g in enumerate(self.groups) if gi not in self.reasons]
         return ConvertReport(
             source=str(a.source.path or "state dict"), target=self.to, format=a.format, family=a.family.name,
-            variant=a.variant, modules_in=len(a.refs), modules_out=_modules_out(k for k, _, _ in self.entries),
+            variant=a.variant, family_note=a.detection.note if a.detection else "",
+            candidates=a.detection.undecided if a.detection else [],
+            modules_in=len(a.refs), modules_out=_modules_out(k for k, _, _ in self.entries),
             tensors_out=len(self.entries), fused=sum(g.op == "fuse" for g in done),
             split=sum(g.op == "split" for g in done), sliced=sum(g.op == "slices" for g in done),
             unmatched=a.unmatched + failed, dropped=a.dropped)
@@ -106,18 +108,26 @@ class Conversion:
         meta = {k: v for k, v in a.source.metadata.items() if k != LORA_ADAPTER_METADATA_KEY}
         meta["format"] = "pt"
         meta["lora_lab.converted_from"] = a.format
-        meta["lora_lab.family"] = a.variant
+        undecided = a.detection.undecided if a.detection else []
+        meta.pop("lora_lab.family", None)
+        meta.pop("lora_lab.family_candidates", None)
+        if undecided:  # the file does not say which: name every candidate, never the one whose names were used
+            meta["lora_lab.family_candidates"] = ", ".join(undecided)
+        else:
+            meta["lora_lab.family"] = a.variant
         if self.to == "diffusers" and self.config:
             meta[LORA_ADAPTER_METADATA_KEY] = adapter_metadata(a.family, self.config)
         return meta
 
 
-def plan_conversion(source: TensorSource, to: str, arch: str | None = None, dtype: str | None = None) -> Conversion:
+def plan_conversion(source: TensorSource, to: str, arch: str | None = None, dtype: str | None = None,
+                    hint: str | None = None) -> Conversion:
+    """hint: the family of the model the LoRA is for (e.g. a connected MODEL's), used when the keys fit several."""
     if to not in TARGETS:
         raise LoraFormatError(f"unknown target format {to!r}; choose one of {TARGETS}")
     if dtype not in DTYPES:
         raise LoraFormatError(f"unknown dtype {dtype!r}; choose keep, fp16, bf16 or fp32")
-    analysis = analyse(source, arch)
+    analysis = analyse(source, arch, hint, to=to)
     family = analysis.family
     target = family.comfy_side if to == "comfyui" else "diffusers"
     slices = to == "comfyui" and family.slice_prefix is not None
@@ -138,18 +148,19 @@ def _modules_out(keys) -> int:
 
 
 def convert_state_dict(state_dict: dict[str, Tensor], metadata: dict[str, str] | None, to: str,
-                       arch: str | None = None, dtype: str | None = None, strict: bool = False
-                       ) -> tuple[dict[str, Tensor], dict[str, str], ConvertReport]:
-    conversion = plan_conversion(DictSource(state_dict, metadata), to, arch, dtype)
+                       arch: str | None = None, dtype: str | None = None, strict: bool = False,
+                       hint: str | None = None) -> tuple[dict[str, Tensor], dict[str, str], ConvertReport]:
+    conversion = plan_conversion(DictSource(state_dict, metadata), to, arch, dtype, hint)
     report = conversion.report()
     _check_strict(report, strict)
     return dict(conversion.tensors(state_dict.__getitem__)), conversion.metadata(), report
 
 
 def to_comfyui_state_dict(state_dict: dict[str, Tensor], metadata: dict[str, str] | None = None,
-                          arch: str | None = None) -> tuple[dict[str, Tensor], dict[str, str], ConvertReport]:
+                          arch: str | None = None, hint: str | None = None
+                          ) -> tuple[dict[str, Tensor], dict[str, str], ConvertReport]:
     """Any supported LoRA format -> keys ComfyUI's loader maps (in memory, for Load LoRA)."""
-    return convert_state_dict(state_dict, metadata, "comfyui", arch)
+    return convert_state_dict(state_dict, metadata, "comfyui", arch, hint=hint)
 
 
 def check_output_path(src: Path, dst: Path, overwrite: bool) -> None:
@@ -161,14 +172,15 @@ def check_output_path(src: Path, dst: Path, overwrite: bool) -> None:
 
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: str, arch: str | None = None,
                  dtype: str | None = None, strict: bool = False, overwrite: bool = False,
-                 adapter_config: bool = False) -> ConvertReport:
-    """Stream `src` to `dst` (safetensors) in `to` format ("comfyui" | "diffusers"); atomic, module by module."""
+                 adapter_config: bool = False, hint: str | None = None) -> ConvertReport:
+    """Stream `src` to `dst` (safetensors) in `to` format ("comfyui" | "diffusers"); atomic, module by module.
+    hint: the family of the model the LoRA is for (a connected MODEL), used when the keys fit several."""
     src, dst = Path(src), Path(dst)
     check_output_path(src, dst, overwrite)
     source = open_source(src)
     with torch_threads(1):
         try:
-            conversion = plan_conversion(source, to, arch, dtype)
+            conversion = plan_conversion(source, to, arch, dtype, hint)
             report = conversion.report()
             _check_strict(report, strict)
             if not conversion.entries:

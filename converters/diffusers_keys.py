@@ -14,11 +14,24 @@ from .module_weights import ModuleWeights
 from .peft_metadata import build_config
 
 
+_TE_COMPONENTS = {"te1": "text_encoder", "te2": "text_encoder_2", "te3": "text_encoder_3", "te4": "text_encoder_4"}
+
+
 def component_prefix(family: Family, component: str) -> str:
     if component == "model":
         return family.diffusers_prefix
-    return family.text_encoders.get(component, ("", {"te1": "text_encoder", "te2": "text_encoder_2",
-                                                      "te3": "text_encoder_3"}[component]))[1]
+    return family.text_encoders.get(component, ("", _TE_COMPONENTS[component]))[1]
+
+
+def place(family: Family, component: str, name: str) -> tuple[str, str]:
+    """(diffusers pipeline component, module name inside it) of one of our modules."""
+    if component == "model":
+        own = next((c for c in family.components if name.startswith(c + ".")), None)
+        return (own, name[len(own) + 1:]) if own else (family.diffusers_prefix, name)
+    encoder = family.encoder
+    if encoder is not None and component == encoder.component and name.startswith("layers."):
+        return encoder.diffusers, encoder.hf_path + name
+    return component_prefix(family, component), name
 
 
 def as_lora(m: ModuleWeights) -> ModuleWeights:
@@ -56,9 +69,13 @@ def _rebuild(m: ModuleWeights, down: Tensor, up: Tensor) -> ModuleWeights:
 
 
 def diffusers_tensors(family: Family, component: str, name: str, m: ModuleWeights) -> tuple[dict[str, Tensor], dict]:
-    """Keys for one module and its config entry {"rank", "alpha", "dora", "bias"}."""
+    """Keys for one module and its config entry {"rank", "alpha", "dora", "bias", "component", "module"} (the
+    pipeline component and the module's name in it)."""
+    if component == "model" and family.comfy_only and name.startswith(family.comfy_only):
+        raise ConversionError(f"no diffusers name map for {family.name}'s {name.split('.')[0]} here")
     lora = as_lora(m)
-    base = f"{component_prefix(family, component)}.{name}"
+    pipeline_component, inner = place(family, component, name)
+    base = f"{pipeline_component}.{inner}"
     out = {f"{base}.lora_A.weight": lora.tensors["down"], f"{base}.lora_B.weight": lora.tensors["up"]}
     rank, scale = lora.rank, lora.scale
     if "magnitude" in lora.tensors:
@@ -69,17 +86,17 @@ def diffusers_tensors(family: Family, component: str, name: str, m: ModuleWeight
     if "diff_b" in lora.tensors:  # PEFT lora_bias lives in lora_B and is scaled with it
         b = lora.tensors["diff_b"]
         out[f"{base}.lora_B.bias"] = (b.float() / scale).to(b.dtype)
-    entry = {"rank": rank, "alpha": scale * rank, "dora": "magnitude" in lora.tensors, "bias": "diff_b" in lora.tensors}
+    entry = {"rank": rank, "alpha": scale * rank, "dora": "magnitude" in lora.tensors, "bias": "diff_b" in lora.tensors,
+             "component": pipeline_component, "module": inner}
     return out, entry
 
 
 def adapter_metadata(family: Family, config: dict[str, dict[str, dict]]) -> str:
-    """The `lora_adapter_metadata` header value: one LoraConfig per component, keys prefixed as diffusers saves them.
-    config: component -> module name -> {"rank", "alpha", "dora", "bias"} (from diffusers_tensors)."""
+    """The `lora_adapter_metadata` header value: one LoraConfig per pipeline component, keys prefixed as diffusers
+    saves them. config: pipeline component -> module name in it -> entry (from diffusers_tensors)."""
     packed = {}
     for component, entries in config.items():
         lora_config = build_config({n: e["rank"] for n, e in entries.items()}, {n: e["alpha"] for n, e in entries.items()},
                                    any(e["dora"] for e in entries.values()), any(e["bias"] for e in entries.values()))
-        prefix = component_prefix(family, component)
-        packed.update({f"{prefix}.{k}": v for k, v in lora_config.items()})
+        packed.update({f"{component}.{k}": v for k, v in lora_config.items()})
     return json.dumps(packed, sort_keys=True)

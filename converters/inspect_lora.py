@@ -27,16 +27,27 @@ class LoraReport:
     trigger_words: list[str]
     components: dict[str, int] = field(default_factory=dict)
     unmatched: list[UnmatchedKey] = field(default_factory=list)
+    family_note: str = ""  # how the family was chosen when the keys alone do not say
+    candidates: list[str] = field(default_factory=list)  # the families the keys fit equally well (best first)
+    evidence: list[str] = field(default_factory=list)  # what the keys and shapes say about each of them
+    ambiguous: bool = False  # the keys fit several families that convert them differently: --arch decides
+    undecided: list[str] = field(default_factory=list)  # the keys fit these alike (they convert alike), none named
 
     def __str__(self) -> str:
         meta = {k: (v if len(v) <= 120 else v[:117] + "...") for k, v in sorted(self.metadata.items())}
-        lines = [f"file:      {self.path}", f"format:    {self.format}", f"family:    {self.variant}",
+        family = ("ambiguous: " + " or ".join(self.candidates) + " (convert needs --arch)" if self.ambiguous
+                  else ("one of " + ", ".join(self.undecided) if self.undecided else self.variant)
+                  + (f" ({self.family_note})" if self.family_note else ""))
+        lines = [f"file:      {self.path}", f"format:    {self.format}", f"family:    {family}",
                  f"modules:   {self.modules} ({', '.join(f'{k}: {v}' for k, v in sorted(self.components.items()))})",
                  f"rank(s):   {', '.join(map(str, self.ranks)) or '-'}",
                  f"alpha(s):  {', '.join(f'{a:g}' for a in self.alphas) or '- (scale 1)'}",
                  f"adapters:  {', '.join(self.adapter_types)}",
                  f"triggers:  {', '.join(self.trigger_words) or '-'}",
                  f"unmatched: {len(self.unmatched)}"]
+        why = ([f"candidates: {', '.join(self.candidates)}"] if len(self.candidates) > 1 else [])
+        why += ["evidence:"] + [f"  {e}" for e in self.evidence] if self.evidence else []
+        lines[3:3] = why
         lines += [f"  {u.key}: {u.reason}" for u in self.unmatched[:50]]
         lines.append(f"metadata:  {len(meta)} entries")
         lines += [f"  {k}: {v}" for k, v in meta.items()]
@@ -61,10 +72,11 @@ def _trigger_words(metadata: dict[str, str]) -> list[str]:
     return list(dict.fromkeys(words))
 
 
-def inspect_lora(path: str | os.PathLike, arch: str | None = None) -> LoraReport:
+def inspect_lora(path: str | os.PathLike, arch: str | None = None, hint: str | None = None) -> LoraReport:
+    """hint: the family of the model the LoRA is for, when known (a connected MODEL)."""
     source = open_source(path)
     try:
-        a = analyse(source, arch)
+        a = analyse(source, arch, hint, allow_ambiguous=True)
         load = a.loader(source.meta)
         ranks, alphas, kinds, components = set(), set(), set(), {}
         for ref in a.refs:
@@ -75,7 +87,12 @@ def inspect_lora(path: str | os.PathLike, arch: str | None = None) -> LoraReport
                 if m.alpha is not None:
                     alphas.add(round(m.alpha, 6))
             components[ref.component] = components.get(ref.component, 0) + 1
-        return LoraReport(str(path), a.format, a.family.name, a.variant, len(a.refs), sorted(ranks), sorted(alphas),
-                          sorted(kinds), dict(source.metadata), _trigger_words(source.metadata), components, a.unmatched)
+        d = a.detection
+        ambiguous = bool(d and d.how == "ambiguous")
+        return LoraReport(str(path), a.format, "ambiguous" if ambiguous else a.family.name, a.variant, len(a.refs),
+                          sorted(ranks), sorted(alphas), sorted(kinds), dict(source.metadata),
+                          _trigger_words(source.metadata), components, a.unmatched,
+                          d.note if d and not ambiguous else "", d.candidates if d else [], d.evidence if d else [],
+                          ambiguous, d.undecided if d else [])
     finally:
         source.close()

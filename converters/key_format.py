@@ -19,6 +19,8 @@ PREFIXES = (
     ("text_encoders.clip_l.transformer.", "comfyui", "te1", False),
     ("text_encoders.clip_g.transformer.", "comfyui", "te2", False),
     ("text_encoders.t5xxl.transformer.", "comfyui", "te3", False),
+    ("text_encoders.", "comfyui", "te1", False),  # an LLM encoder: text_encoders.<attribute>.transformer.model.
+    ("lora_te4_", "kohya", "te4", True),
     ("model.diffusion_model.", "comfyui", "model", False),
     ("diffusion_model.", "comfyui", "model", False),
     ("unet.base_model.model.", "peft", "model", False),
@@ -27,8 +29,14 @@ PREFIXES = (
     ("unet.", "diffusers", "model", False),
     ("text_encoder_2.", "diffusers", "te2", False),
     ("text_encoder_3.", "diffusers", "te3", False),
+    ("text_encoder_4.", "diffusers", "te4", False),  # HiDream's Llama
     ("text_encoder.", "diffusers", "te1", False),
 )
+
+# Pipeline components besides the transformer that hold denoiser modules: the name keeps them (Anima's LLM adapter).
+OWN_COMPONENTS = ("text_conditioner.",)
+# PEFT keys of an LLM text encoder saved on its own (base_model.model.model.layers.N...)
+_PEFT_LLM = re.compile(r"^(model\.)?(language_model\.)?layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.")
 
 # (suffix, role). Checked in order: more specific suffixes first.
 SUFFIXES = (
@@ -84,11 +92,14 @@ def parse_key(key: str) -> ParsedKey | None:
         if name:
             return ParsedKey(key, "xlabs", "model", f"{block}.{n}.{name}", "down" if du == "down" else "up", False)
     style, component, flat, rest = "bare", "model", False, key
-    for prefix, p_style, p_component, p_flat in PREFIXES:
-        if key.startswith(prefix):
-            style, component, flat, rest = p_style, p_component, p_flat, key[len(prefix):]
-            break
-    if style == "peft" and rest.startswith("text_model."):
+    if key.startswith(OWN_COMPONENTS):
+        style = "diffusers"
+    else:
+        for prefix, p_style, p_component, p_flat in PREFIXES:
+            if key.startswith(prefix):
+                style, component, flat, rest = p_style, p_component, p_flat, key[len(prefix):]
+                break
+    if style == "peft" and (rest.startswith("text_model.") or _PEFT_LLM.match(rest)):
         component = "te1"
     for suffix, role in SUFFIXES:
         if rest.endswith(suffix):

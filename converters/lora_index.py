@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -9,6 +10,7 @@ from torch import Tensor
 
 from ..lora_core.errors import LoraFormatError
 from .families import TEXT_ENCODER_INDEX, Family
+from .families import llm_text_encoders as llm
 from .families.rule import Match
 from .key_format import ParsedKey, parse_key
 from .module_weights import LOHA_ROLES, LOKR_ROLES, ModuleWeights
@@ -16,11 +18,14 @@ from .peft_metadata import PeftConfig
 from .source import TensorSource
 
 
+_COMFY_TE = re.compile(r"^(?:[a-z0-9_]+\.)?transformer\.")  # text_encoders.<attribute>.transformer.<module>
+
+
 @dataclass
 class ModuleRef:
     """One module as found in the file: its tensor keys by role, and where it sits in the family's name map."""
 
-    component: str  # "model" | "te1" | "te2" | "te3"
+    component: str  # "model" | "te1" | "te2" | "te3" | "te4"
     raw_name: str
     flat: bool
     keys: dict[str, str] = field(default_factory=dict)  # role -> tensor key
@@ -83,6 +88,12 @@ def resolve(modules: dict[tuple, ModuleRef], family: Family) -> list[ModuleRef]:
     for ref in modules.values():
         index = family.index if ref.component == "model" else TEXT_ENCODER_INDEX
         ref.match = index.match(ref.raw_name, ref.flat)
+        if ref.match is None and ref.component != "model" and not ref.flat:  # ComfyUI's <encoder>.transformer. path
+            ref.match = index.match(_COMFY_TE.sub("", ref.raw_name, count=1), False)
+        if ref.match is None and ref.component != "model" and family.encoder is not None:
+            ref.match = llm.match(ref.raw_name, ref.flat)  # an LLM encoder's decoder layer, whatever its prefix
+            if ref.match is not None:
+                ref.component = family.encoder.component
         if ref.match is None:
             missing.append(ref)
     return missing

@@ -74,7 +74,7 @@ def encode_modules(family: Family, modules: list[OutModule], to: str
                 if m.component == "model" and not family.diffusers_supported:
                     raise ConversionError(f"no diffusers name map for {family.name} models")
                 produced, entry = diffusers_tensors(family, m.component, m.name, m.weights)
-                config.setdefault(m.component, {})[m.name] = entry
+                config.setdefault(entry["component"], {})[entry["module"]] = entry
         except ConversionError as e:
             rejected.append((m, str(e)))
             continue

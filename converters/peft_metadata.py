@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+# diffusers pipeline component -> our component (a component of its own for Anima's text_conditioner, which holds
+# denoiser modules under a config of its own)
 COMPONENT_PREFIXES = {"transformer": "model", "unet": "model", "text_encoder": "te1", "text_encoder_2": "te2",
-                      "text_encoder_3": "te3"}
+                      "text_encoder_3": "te3", "text_encoder_4": "te4", "text_conditioner": "text_conditioner"}
 
 
 @dataclass
@@ -33,6 +35,8 @@ class PeftConfig:
         for key, value in self.alpha_pattern.items():
             if re.match(rf"(.*\.)?({key})$", module):
                 return float(value)
+        if module.endswith(".to_out.0"):  # key_format reads a plain `to_out` (HiDream, Flux 2) as `to_out.0`
+            return self.alpha_for(module[:-2])
         return None if self.lora_alpha is None else float(self.lora_alpha)
 
 
@@ -70,10 +74,17 @@ def build_config(ranks: dict[str, int], alphas: dict[str, float], use_dora: bool
 
     r = most_common(ranks.values())
     alpha = most_common(alphas.values())
+    names = set(ranks)
+
+    def key(m: str) -> str:
+        # PEFT matches a pattern key as a suffix ("(.*\.)?key$"): a name that ends another target's name
+        # (Flux's proj_out and single_transformer_blocks.N.proj_out) is anchored, or both would take its value
+        return f"^{m}$" if any(n.endswith("." + m) for n in names) else m
+
     config = {
         "r": int(r), "lora_alpha": float(alpha), "target_modules": sorted(ranks),
-        "rank_pattern": {m: int(v) for m, v in ranks.items() if v != r},
-        "alpha_pattern": {m: float(v) for m, v in alphas.items() if v != alpha},
+        "rank_pattern": {key(m): int(v) for m, v in ranks.items() if v != r},
+        "alpha_pattern": {key(m): float(v) for m, v in alphas.items() if v != alpha},
         "use_rslora": False, "use_dora": bool(use_dora), "lora_dropout": 0.0, "bias": "none",
         "init_lora_weights": True,
     }

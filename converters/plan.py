@@ -14,6 +14,7 @@ from ..lora_core.errors import LoraFormatError
 from .families import Family
 from .families.rule import Rule
 from .fuse_split import cat0, downs_equal, fuse, split, swap_halves
+from .evidence import shape_of
 from .lora_index import ModuleRef
 from .module_weights import ModuleWeights
 from .source import TensorSource
@@ -47,12 +48,13 @@ class OutModule:
 
 def _rows_in(source: TensorSource, ref: ModuleRef) -> tuple[int | None, int | None]:
     k = ref.keys
+    rows: int | None
     for role in ("up", "diff", "diff_b", "hada_w1_a"):
         if role in k:
             rows = source.shape(k[role])[0]
             break
     else:
-        rows = None
+        rows = shape_of(source, ref)[0] if ref.kind == "lokr" else None  # Kronecker factors: rows multiply
     cols = source.shape(k["down"])[1] if "down" in k else None
     return rows, cols
 

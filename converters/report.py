@@ -21,6 +21,8 @@ class ConvertReport:
     format: str = ""
     family: str = ""
     variant: str = ""
+    family_note: str = ""  # how the family was chosen when the keys alone do not say (detect.Detection.note)
+    candidates: list[str] = field(default_factory=list)  # the keys fit these alike and none was named
     modules_in: int = 0
     modules_out: int = 0
     tensors_out: int = 0
@@ -41,7 +43,9 @@ class ConvertReport:
         return not self.unmatched
 
     def __str__(self) -> str:
-        lines = [f"source:   {self.source}", f"format:   {self.format}", f"family:   {self.variant or self.family}",
+        family = "one of " + ", ".join(self.candidates) if self.candidates else self.variant or self.family
+        lines = [f"source:   {self.source}", f"format:   {self.format}",
+                 f"family:   {family}" + (f" ({self.family_note})" if self.family_note else ""),
                  f"target:   {self.target}" + (f" -> {self.output}" if self.output else ""),
                  f"modules:  {self.modules_in} in, {self.modules_out} out ({self.fused} fused, {self.split} split"
                  + (f", {self.sliced} DoRA layers kept per part" if self.sliced else "")

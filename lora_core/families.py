@@ -17,7 +17,9 @@ _SAI = "https://github.com/Stability-AI/generative-models"
 @dataclass(frozen=True)
 class Family:
     name: str
-    comfy_configs: tuple[str, ...] = ()  # ComfyUI supported_models class-name prefixes (their subclasses too)
+    # ComfyUI supported_models class-name prefixes (their subclasses too); a name ending in "$" matches only that
+    # class (HiDream, not HiDreamO1; HunyuanVideo15, not its super-resolution model)
+    comfy_configs: tuple[str, ...] = ()
     diffusers_denoiser: str = ""  # the diffusers class lora-lab train loads ("": not trained from the command line)
     ss_base_model: str = ""  # kohya's ss_base_model_version ("": the family's name)
     architecture: str = ""  # modelspec.architecture ("": "<name>/lora")
@@ -35,16 +37,24 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("sana", (), "SanaTransformer2DModel", "sana", "sana/lora", "https://github.com/NVlabs/Sana"),
     Family("wan", ("WAN",), "WanTransformer3DModel", "wan2.1", "wan-2.1/lora", "https://github.com/Wan-Video/Wan2.1"),
     Family("hunyuan_video", ("HunyuanVideo",)),
+    # ComfyUI models whose LoRAs the converters name (converters/families/): no trainer entry, default metadata
+    Family("anima", ("Anima$",)),
+    Family("krea2", ("Krea2$",)),
+    Family("hidream", ("HiDream$",)),
+    Family("kandinsky5", ("Kandinsky5",)),
+    Family("hunyuan_image21", ("HunyuanImage21$",)),  # a HunyuanVideo subclass in ComfyUI: named before it
+    Family("hunyuan_video15", ("HunyuanVideo15$",)),
+    Family("ltx2", ("LTXAV$",)),
 )}
 
 
 def family_of_comfy_config(class_names: list[str]) -> str | None:
     """The family of a ComfyUI model config, from its class and base class names (most derived first): the
-    longest prefix that matches wins (Flux2 before Flux)."""
+    longest prefix that matches wins (Flux2 before Flux); "Name$" matches that class only."""
     prefixes = sorted(((p, f.name) for f in FAMILIES.values() for p in f.comfy_configs), key=lambda pf: -len(pf[0]))
     for name in class_names:
         for prefix, family in prefixes:
-            if name.startswith(prefix):
+            if name == prefix[:-1] if prefix.endswith("$") else name.startswith(prefix):
                 return family
     return None
 

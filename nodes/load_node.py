@@ -11,36 +11,45 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..converters.convert import plan_conversion
-from ..converters.conversion_error import NotALoraError
+from ..converters.conversion_error import AmbiguousFamilyError, NotALoraError
 from ..converters.source import open_source
 from ..lora_core.errors import LoraFormatError
+from .family import model_family
 from .lora_apply import apply_lora
 from .types import LORA
 
 log = logging.getLogger("lora_lab")
 
 NONE = "[none]"
-_cache: dict[str, tuple[float, tuple[dict[str, torch.Tensor], str | None]]] = {}
+_cache: dict[tuple[str, str | None], tuple[float, tuple[dict[str, torch.Tensor], str | None, str]]] = {}
 
 
-def comfy_state_dict_from_file(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
-    """The LoRA's tensors in the form ComfyUI maps (diffusers/PEFT and others converted in memory), and its family.
+def comfy_state_dict_from_file(path: Path, hint: str | None = None
+                               ) -> tuple[dict[str, torch.Tensor], str | None, str]:
+    """The LoRA's tensors in the form ComfyUI maps (diffusers/PEFT and others converted in memory), its family, and
+    a line on how that family was chosen (empty when the keys alone say it).
 
-    Damaged, empty or unsafe files (a pickle holding code is never unpickled) and files that are not LoRAs raise
-    a LoraFormatError naming the file. A key layout we do not parse goes to ComfyUI as it is: its own loader may
-    know it, and the match report below says what it mapped.
+    hint: the family of the MODEL it is applied to, which decides when the keys fit several families. Damaged,
+    empty or unsafe files (a pickle holding code is never unpickled) and files that are not LoRAs raise a
+    LoraFormatError naming the file. A key layout we do not parse, or keys that fit several families none of
+    which is the model's, go to ComfyUI as they are: its own loader may know them, and the match report below
+    says what it mapped.
     """
     mtime = path.stat().st_mtime
-    cached = _cache.get(str(path))
+    cached = _cache.get((str(path), hint))
     if cached and cached[0] == mtime:
         return cached[1]
-    family = None
+    family, note = None, ""
     source = open_source(path)
     try:
         try:
-            conversion = plan_conversion(source, "comfyui")
+            conversion = plan_conversion(source, "comfyui", hint=hint)
         except NotALoraError:
             raise
+        except AmbiguousFamilyError as error:  # never a guess: ComfyUI's own key map decides what it reads
+            note = f"not converted: the keys fit {', '.join(error.candidates)}, and the model is {hint or 'unknown'}"
+            log.info("LoRA Lab: %s loaded as-is (%s)", path.name, error)
+            state_dict = {key: source.get(key) for key in source.keys()}
         except LoraFormatError as error:  # a layout we do not parse: ComfyUI's own loader may know it
             log.info("LoRA Lab: %s loaded as-is (%s)", path.name, error)
             state_dict = {key: source.get(key) for key in source.keys()}
@@ -51,12 +60,14 @@ def comfy_state_dict_from_file(path: Path) -> tuple[dict[str, torch.Tensor], str
             # keys no rule converts are left for ComfyUI's own loader (it reports any it cannot map either)
             keys = set(source.keys())
             state_dict.update({u.key: source.get(u.key) for u in report.unmatched if u.key in keys})
-            family = report.variant if report.family != "generic" else None
+            family = ("/".join(report.candidates) if report.candidates
+                      else report.variant if report.family != "generic" else None)
+            note = report.family_note
     finally:
         source.close()
     _cache.clear()
-    _cache[str(path)] = (mtime, (state_dict, family))
-    return state_dict, family
+    _cache[(str(path), hint)] = (mtime, (state_dict, family, note))
+    return state_dict, family, note
 
 
 class LoadLora(io.ComfyNode):
@@ -85,16 +96,16 @@ class LoadLora(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name, strength_model, strength_clip, clip=None, lora=None) -> io.NodeOutput:
-        family = None
+        family, note = None, ""
         if lora is not None:
             state_dict, source = lora.state_dict(), "from Train LoRA"
         elif lora_name != NONE:
             path = Path(folder_paths.get_full_path_or_raise("loras", lora_name))
-            (state_dict, family), source = comfy_state_dict_from_file(path), lora_name
+            (state_dict, family, note), source = comfy_state_dict_from_file(path, model_family(model)), lora_name
         else:
             raise LoraFormatError("Load LoRA: choose a lora_name or connect a LORA.")
         if strength_model == 0 and strength_clip == 0:
             return io.NodeOutput(model, clip, "strengths are 0: nothing applied")
         model, clip, report = apply_lora(model, clip, state_dict, strength_model, strength_clip, source, family)
-        text = f"{source}: {report}"
+        text = f"{source}: {report}" + (f"\nfamily: {family or 'as the file names it'} ({note})" if note else "")
         return io.NodeOutput(model, clip, text, ui=ui.PreviewText(text))

@@ -30,7 +30,9 @@ CASES = [
     ("sd15_sdxl_diffusers_unet_prefix_not_loaded_by_comfy.txt", 1, "sdxl", 1, {}),
     ("sd15_sdxl_diffusers_unet_prefix_not_loaded_by_comfy.txt", 2, "sdxl", 1, {}),
     ("sd15_sdxl_diffusers_unet_prefix_not_loaded_by_comfy.txt", 3, "sd15", 1, {"diffusers": {NO_DIFFUSERS_FORM}}),
-    ("sd3_onetrainer_mixture.txt", None, None, 1, {}),
+    # six attention modules of one block, printed without shapes: at test width they fit Flux, Qwen-Image and the
+    # other MMDiTs as well as SD3 (test_detection_pairs.py), so the family is given
+    ("sd3_onetrainer_mixture.txt", None, "sd3", 1, {}),
     ("sdxl_kohya_sgm_names.txt", 0, None, 1, {}),
     ("sdxl_kohya_sgm_names.txt", 1, None, 1, {"diffusers": {NO_DIFFUSERS_FORM}}),
     ("wan_diffusers_names_finetrainers.txt", None, None, 1, {}),
@@ -60,6 +62,21 @@ CASES = [
     ("wan22_ti2v_5b.txt", 2, None, 64, {}),
     ("flux_onetrainer_dora_split_qkv.txt", None, None, 64, {"diffusers": {"DoRA"}}),
     ("flux_diffusers_attention_only.txt", None, None, 64, {}),
+    # 2026 families: kohya, ComfyUI (diffusion_model.) and diffusers forms
+    *[(f"{name}_formats.txt", s, None, 64, {}) for name, n in (("flux2", 6), ("krea2", 3), ("hidream", 3),
+                                                               ("kandinsky5", 4), ("hunyuan_image21", 3),
+                                                               ("hunyuan_video15", 3), ("anima", 4)) for s in range(n)],
+    *[("ltx2_formats.txt", s, None, 64, {"diffusers": {"no diffusers name map"}}) for s in (0, 1)],  # text connectors
+    ("ltx2_formats.txt", 2, None, 64, {}),
+    ("anima_kohya_te_real_partial.txt", None, "anima", 1, {}),  # a text-encoder fragment: any LLM family's names
+    ("flux2_klein_lokr_real_partial.txt", None, "flux2", 1, {"diffusers": {NO_DIFFUSERS_FORM}}),
+    ("hidream_real_partial.txt", 0, None, 1, {}),
+    ("hidream_real_partial.txt", 1, None, 1, {"diffusers": {NO_DIFFUSERS_FORM}}),
+    # LLM text encoders, decoder layer 0, kohya and ComfyUI forms (at test size the shape ratios tell Flux 2's three
+    # encoders apart); a text-encoder-only file of an encoder several families load needs its family
+    *[("llm_text_encoders_DERIVED.txt", 2 * i + form, arch, 16, {}) for i, arch in enumerate(
+        ("anima", "z_image", "flux2", "flux2", "flux2", "qwen_image", "lumina2", "hidream", "krea2", "ltx2"))
+      for form in (0, 1)],
 ]
 
 # (fixture, section) -> the family (and variant) detection must give without --arch
@@ -69,7 +86,20 @@ DETECTED = {("hunyuanvideo_various.txt", 1): "hunyuan_video i2v", ("hunyuanvideo
             ("lumina2_formats.txt", 0): "lumina2", ("lumina2_formats.txt", 1): "lumina2",
             ("z_image_formats.txt", 0): "z_image", ("z_image_formats.txt", 1): "z_image", ("z_image_formats.txt", 2): "z_image",
             ("wan22_ti2v_5b.txt", 0): "wan t2v (wan2.2_5b)", ("wan22_ti2v_5b.txt", 2): "wan t2v (wan2.2_5b)",
-            ("flux_onetrainer_dora_split_qkv.txt", None): "flux", ("flux_diffusers_attention_only.txt", None): "flux"}
+            ("flux_onetrainer_dora_split_qkv.txt", None): "flux", ("flux_diffusers_attention_only.txt", None): "flux",
+            ("flux2_formats.txt", 0): "flux2 dev", ("flux2_formats.txt", 2): "flux2 dev",
+            ("flux2_formats.txt", 3): "flux2 klein 4b", ("flux2_formats.txt", 4): "flux2 klein 4b",
+            ("flux2_formats.txt", 5): "flux2 klein 9b", ("krea2_formats.txt", 0): "krea2", ("krea2_formats.txt", 2): "krea2",
+            ("hidream_formats.txt", 0): "hidream", ("hidream_formats.txt", 2): "hidream",
+            ("kandinsky5_formats.txt", 0): "kandinsky5 lite", ("kandinsky5_formats.txt", 3): "kandinsky5 image",
+            ("hunyuan_image21_formats.txt", 0): "hunyuan_image21", ("hunyuan_image21_formats.txt", 2): "hunyuan_image21",
+            ("hunyuan_video15_formats.txt", 0): "hunyuan_video15", ("hunyuan_video15_formats.txt", 2): "hunyuan_video15",
+            ("ltx2_formats.txt", 0): "ltx2", ("ltx2_formats.txt", 2): "ltx2", ("anima_formats.txt", 0): "anima",
+            ("anima_formats.txt", 2): "anima", ("anima_formats.txt", 3): "anima",
+            # text-encoder-only files: the encoder's width names the family where one family loads it
+            ("llm_text_encoders_DERIVED.txt", 0): "anima", ("llm_text_encoders_DERIVED.txt", 6): "flux2",
+            ("llm_text_encoders_DERIVED.txt", 8): "flux2", ("llm_text_encoders_DERIVED.txt", 12): "lumina2",
+            ("llm_text_encoders_DERIVED.txt", 15): "hidream", ("llm_text_encoders_DERIVED.txt", 19): "ltx2"}
 
 
 def _ids(case):

@@ -125,10 +125,11 @@ def test_different_part_scales_are_baked_into_b():
     meta = {"lora_adapter_metadata": json.dumps({"transformer.r": 4, "transformer.lora_alpha": 4,
                                                  "transformer.rank_pattern": {"transformer_blocks.0.attn.to_k": 8},
                                                  "transformer.alpha_pattern": {"transformer_blocks.0.attn.to_k": 2}})}
-    comfy, cmeta, _ = convert_state_dict(sd, meta, "comfyui")
-    assert_same_deltas(module_deltas(sd, meta), module_deltas(comfy, cmeta))
-    back, bmeta, _ = convert_state_dict(comfy, cmeta, "diffusers")
-    assert_same_deltas(module_deltas(sd, meta), module_deltas(back, bmeta))
+    # q and k of one block fit several MMDiTs (Flux fuses them into qkv, Qwen-Image does not): the family is given
+    comfy, cmeta, _ = convert_state_dict(sd, meta, "comfyui", arch="flux")
+    assert_same_deltas(module_deltas(sd, meta, "flux"), module_deltas(comfy, cmeta, "flux"))
+    back, bmeta, _ = convert_state_dict(comfy, cmeta, "diffusers", arch="flux")
+    assert_same_deltas(module_deltas(sd, meta, "flux"), module_deltas(back, bmeta, "flux"))
 
 
 def test_rslora_scale_is_kept_as_kohya_alpha():

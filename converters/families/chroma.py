@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from .flux import BLOCK_LIMITS, DOUBLE_BLOCK, SINGLE_BLOCK
+from .flux import DOUBLE_BLOCK, RATIOS, SINGLE_BLOCK, WIDTH_FROM
 from .rule import Rule
+from .sizes import Variant
 
 G = "distilled_guidance_layer."
 
@@ -18,4 +19,6 @@ RULES = DOUBLE_BLOCK + SINGLE_BLOCK + [
     Rule(G + "out_proj", (G + "out_proj",)),
 ]
 
-__all__ = ["RULES", "BLOCK_LIMITS"]
+SIZES = (Variant("chroma", 3072, {"double_blocks": 19, "single_blocks": 38}),)
+
+__all__ = ["RULES", "SIZES", "WIDTH_FROM", "RATIOS"]

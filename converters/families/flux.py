@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .rule import Rule
+from .sizes import Variant, ratio
 
 
 def always(out_rows: int, in_features: int) -> bool:
@@ -51,4 +52,9 @@ RULES = DOUBLE_BLOCK + SINGLE_BLOCK + MODULATION + [
 ]
 
 # Flux-dev / schnell have 19 double and 38 single blocks: a higher index is another model (HunyuanVideo, Qwen).
-BLOCK_LIMITS = {"double_blocks": 19, "single_blocks": 38, "transformer_blocks": 19, "single_transformer_blocks": 38}
+SIZES = (Variant("flux", 3072, {"double_blocks": 19, "single_blocks": 38}),)
+WIDTH_FROM = r"(_attn\.qkv|_attn\.proj|_mlp\.0|linear1|_mod\.lin)$"
+# Flux-layout blocks (also Chroma, HunyuanVideo, HunyuanImage 2.1): a 4x GELU MLP; linear1 = q, k, v and that MLP
+# (3 rows per width when it covers q, k, v only: XLabs); linear2 reads attention and MLP (5x the width).
+RATIOS = (ratio(r"_mlp\.0$", "MLP 4x the width", 4), ratio(r"_mlp\.2$", "MLP output from 4x the width", "1/4"),
+          ratio(r"\.linear1$", "linear1 = q, k, v and a 4x MLP", 7, 3), ratio(r"\.linear2$", "linear2 from 5x the width", "1/5"))

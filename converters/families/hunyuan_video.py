@@ -7,8 +7,9 @@ time_in.mlp.0, ...): those are read as the same modules.
 
 from __future__ import annotations
 
-from .flux import DOUBLE_BLOCK, SINGLE_BLOCK, always
+from .flux import DOUBLE_BLOCK, RATIOS, SINGLE_BLOCK, WIDTH_FROM, always
 from .rule import Rule
+from .sizes import Variant
 
 D = "double_blocks.{i}."
 T = "transformer_blocks.{i}."
@@ -30,10 +31,14 @@ def _with_tencent_spelling(rules: list[Rule]) -> list[Rule]:
             for r in rules]
 
 
-RULES = _with_tencent_spelling(DOUBLE_BLOCK) + SINGLE_BLOCK + [
+# The Flux-layout blocks with their modulation: shared by HunyuanImage 2.1 and HunyuanVideo 1.5.
+BLOCKS = _with_tencent_spelling(DOUBLE_BLOCK) + SINGLE_BLOCK + [
     Rule(D + "img_mod.lin", (T + "norm1.linear",), also=(D + "img_mod.linear",)),
     Rule(D + "txt_mod.lin", (T + "norm1_context.linear",), also=(D + "txt_mod.linear",)),
     Rule(S + "modulation.lin", (ST + "norm.linear",), also=(S + "modulation.linear",)),
+]
+# The text side: token refiner and its embedders.
+TEXT_IN = [
     Rule(R + "self_attn.qkv", (RT + "attn.to_q", RT + "attn.to_k", RT + "attn.to_v"), (1, 1, 1),
          also=(R + "self_attn_qkv",)),
     Rule(R + "self_attn.proj", (RT + "attn.to_out.0",), also=(R + "self_attn_proj",)),
@@ -45,17 +50,22 @@ RULES = _with_tencent_spelling(DOUBLE_BLOCK) + SINGLE_BLOCK + [
     Rule("txt_in.t_embedder.out_layer", (TE + "timestep_embedder.linear_2",), also=("txt_in.t_embedder.mlp.2",)),
     Rule("txt_in.c_embedder.in_layer", (TE + "text_embedder.linear_1",), also=("txt_in.c_embedder.linear_1",)),
     Rule("txt_in.c_embedder.out_layer", (TE + "text_embedder.linear_2",), also=("txt_in.c_embedder.linear_2",)),
+]
+FINAL = [
     Rule("img_in.proj", ("x_embedder.proj",)),
+    Rule("final_layer.linear", ("proj_out",)),
+    Rule("final_layer.adaLN_modulation.1", ("norm_out.linear",), swap=always),
+]
+
+RULES = BLOCKS + TEXT_IN + [
     Rule("time_in.in_layer", ("time_text_embed.timestep_embedder.linear_1",), also=("time_in.mlp.0",)),
     Rule("time_in.out_layer", ("time_text_embed.timestep_embedder.linear_2",), also=("time_in.mlp.2",)),
     Rule("vector_in.in_layer", ("time_text_embed.text_embedder.linear_1",)),
     Rule("vector_in.out_layer", ("time_text_embed.text_embedder.linear_2",)),
     Rule("guidance_in.in_layer", ("time_text_embed.guidance_embedder.linear_1",), also=("guidance_in.mlp.0",)),
     Rule("guidance_in.out_layer", ("time_text_embed.guidance_embedder.linear_2",), also=("guidance_in.mlp.2",)),
-    Rule("final_layer.linear", ("proj_out",)),
-    Rule("final_layer.adaLN_modulation.1", ("norm_out.linear",), swap=always),
-]
+] + FINAL
 
-BLOCK_LIMITS = {"double_blocks": 20, "single_blocks": 40, "transformer_blocks": 20, "single_transformer_blocks": 40}
+SIZES = (Variant("hunyuan_video", 3072, {"double_blocks": 20, "single_blocks": 40}),)
 # img_in / x_embedder input channels: 16 for T2V, 33 for I2V (latent concatenation)
 I2V_IN_CHANNELS = 33

@@ -4,6 +4,7 @@ ComfyUI names (attention.qkv fused) <-> diffusers Lumina2Transformer2DModel name
 from __future__ import annotations
 
 from .rule import Rule, prefixed
+from .sizes import Variant, ratio
 
 BLOCK = [
     Rule("attention.qkv", ("attn.to_q", "attn.to_k", "attn.to_v"), (3, 1, 1)),  # q 2304 rows, k and v 768 each
@@ -25,3 +26,6 @@ RULES = (prefixed("layers.{i}.", BLOCK + MODULATION) + prefixed("noise_refiner.{
          ])
 
 WIDTH = 2304
+SIZES = (Variant("lumina2", WIDTH, {"layers": 26, "noise_refiner": 2, "context_refiner": 2}),)
+WIDTH_FROM = r"(attention\.qkv|attention\.out|feed_forward\.w[13])$"
+RATIOS = (ratio(r"attention\.qkv$", "grouped-query qkv (5/3 of the width)", "5/3"),)

@@ -112,6 +112,8 @@ class RuleIndex:
             m = rule.pattern(template, flat).fullmatch(name)
             if m:
                 return Match(rule, side, part, m.groupdict())
+        if name.endswith(".to_out.0"):  # key_format reads old diffusers' `to_out` as `to_out.0`; some models'
+            return self.match(name[:-2], flat, sides)  # output projection is a plain `to_out` (HiDream, Flux 2)
         return None
 
 

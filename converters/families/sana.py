@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .rule import Rule
+from .sizes import Variant
 
 B = "blocks.{i}."
 T = "transformer_blocks.{i}."
@@ -27,3 +28,5 @@ RULES = [
 
 # hidden width -> variant name (inferred from shapes)
 VARIANTS = {1152: "sana_600m", 2240: "sana_1600m"}
+SIZES = (Variant("sana 600m", 1152, {"blocks": 28}), Variant("sana 1600m", 2240, {"blocks": 20}))
+WIDTH_FROM = r"(attn\.qkv|attn\.proj|cross_attn\.q_linear)$"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .rule import Rule
+from .sizes import Variant, ratio
 
 
 def _always(out_rows: int, in_features: int) -> bool:
@@ -41,4 +42,7 @@ RULES = [
 ]
 
 # SD3 medium has 24 joint blocks, SD3.5 large 38: a higher index is another model (e.g. Qwen-Image's 60).
-BLOCK_LIMITS = {"joint_blocks": 38, "transformer_blocks": 38}
+SIZES = (Variant("sd3 medium / sd3.5 medium", 1536, {"joint_blocks": 24}),
+         Variant("sd3.5 large", 2432, {"joint_blocks": 38}))
+WIDTH_FROM = r"(attn2?\.qkv|attn2?\.proj|mlp\.fc1|adaLN_modulation\.1)$"
+RATIOS = (ratio(r"mlp\.fc1$", "MLP 4x the width", 4), ratio(r"mlp\.fc2$", "MLP output from 4x the width", "1/4"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .rule import Rule
+from .sizes import Variant, ratio
 
 B = "blocks.{i}."
 
@@ -43,3 +44,8 @@ RULES = [
 
 I2V_MARKERS = ("k_img", "v_img", "img_emb", "add_k_proj", "add_v_proj", "image_embedder")
 VARIANTS = {1536: "wan_1.3b", 3072: "wan2.2_5b", 5120: "wan_14b"}
+# Wan 2.1 and 2.2 share the names (2.2 A14B is two 2.1-14B-shaped experts)
+SIZES = (Variant("wan 1.3b", 1536, {"blocks": 30}), Variant("wan2.2 5b", 3072, {"blocks": 30}),
+         Variant("wan 14b", 5120, {"blocks": 40}))
+WIDTH_FROM = r"(self_attn\.[qkvo]|cross_attn\.q|ffn\.0)$"
+RATIOS = ()

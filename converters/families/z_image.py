@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .rule import Rule, prefixed, same_name
+from .sizes import Variant, ratio
 
 BLOCK = [
     Rule("attention.qkv", ("attention.to_q", "attention.to_k", "attention.to_v"), (1, 1, 1)),
@@ -19,3 +20,6 @@ RULES = (prefixed("layers.{i}.", BLOCK + MODULATION) + prefixed("noise_refiner.{
          ] + same_name("t_embedder.mlp.0", "t_embedder.mlp.2", "cap_embedder.1"))
 
 WIDTH = 3840
+SIZES = (Variant("z_image", WIDTH, {"layers": 30, "noise_refiner": 2, "context_refiner": 2}),)
+WIDTH_FROM = r"(attention\.qkv|attention\.out|feed_forward\.w[13])$"
+RATIOS = (ratio(r"attention\.qkv$", "qkv of equal widths (3x)", 3),)
