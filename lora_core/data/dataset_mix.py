@@ -104,7 +104,8 @@ def check_trainable(dataset: AnyDataset) -> None:
 
 
 def mix_summary(mix: DatasetMix) -> str:
-    lines = [f"{count(len(mix.parts), 'dataset')} combined; each batch comes from one of them:"]
+    lines = [f"{count(len(mix.parts), 'dataset')} combined; each batch comes from one of them:"
+             if len(mix.parts) > 1 else "1 dataset:"]
     for part in mix.parts:
         lines.append(f"  {part.name}: {part.share:.1%} of batches, {_role(part)}, "
                      f"{count(len(part.dataset.images), part.dataset.noun)} ({part.samples_per_epoch} samples per epoch)")
