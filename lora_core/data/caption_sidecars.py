@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from ..errors import DatasetError
 from ..files.atomic import atomic_write_bytes, new_temp_file, remove_temp
 from .captions import apply_template
 from .dataset_files import count, find_files, names, normal_extension, relative
-from .image_io import IMAGE_EXTENSIONS
+from .image_io import IMAGE_EXTENSIONS, decode_rgb
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,15 @@ def dataset_images(root: Path, extension: str = ".txt") -> list[ImageFile]:
     """The images Load Training Images would read from root, in its order, with their sidecar paths."""
     found = find_files(root, _is_image, normal_extension(extension), "images")
     return [ImageFile(entry.path, sidecar_path(entry.path, extension)) for entry in found.entries]
+
+
+def listed_images(root: Path, extension: str = ".txt") -> list[ImageFile]:
+    """The image files directly in root in the directory's own order: the order in which ComfyUI's
+    'Load Image Dataset from Folder' loads them, so a list captioned from that node pairs with it."""
+    if not root.is_dir():
+        raise DatasetError(f"Dataset folder not found: {root}")
+    paths = [root / name for name in os.listdir(root) if name.lower().endswith(IMAGE_EXTENSIONS)]
+    return [ImageFile(p, sidecar_path(p, extension)) for p in paths if p.is_file()]
 
 
 def named_images(root: Path, filenames: Sequence[str], extension: str = ".txt") -> list[ImageFile]:
@@ -107,12 +118,25 @@ def write_new(path: Path, data: bytes) -> bool:
         remove_temp(tmp)
 
 
-def write_sidecars(root: Path, images: Sequence[ImageFile], captions: Sequence[str], overwrite: bool = False) -> SidecarReport:
-    """captions[i] into images[i]'s sidecar: new files always, existing ones only with overwrite."""
+def pixels_for_captioning(path: Path, max_side: int = 0) -> torch.Tensor:
+    """An IMAGE batch of one, (1, H, W, 3) in [0, 1], upright, shrunk (area-averaged) so its longer side is at most
+    max_side (0: as it is): vision-language encoders spend tokens on every patch."""
+    pixels = torch.from_numpy(decode_rgb(path)).permute(2, 0, 1)[None]
+    height, width = pixels.shape[-2:]
+    if max_side and max(height, width) > max_side:
+        scale = max_side / max(height, width)
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        pixels = torch.nn.functional.interpolate(pixels, size=size, mode="bilinear", antialias=True).clamp(0, 1)
+    return pixels.permute(0, 2, 3, 1).contiguous()
+
+
+def write_sidecars(root: Path, images: Sequence[ImageFile], captions: Sequence[str], overwrite: bool = False,
+                   report: SidecarReport | None = None) -> SidecarReport:
+    """captions[i] into images[i]'s sidecar: new files always, existing ones only with overwrite (into `report`)."""
     if len(images) != len(captions):
         raise DatasetError(f"{count(len(captions), 'caption')} for {count(len(images), 'image')} in {root}: "
                            "one caption per image, in the same order")
-    report = SidecarReport()
+    report = report if report is not None else SidecarReport()
     for image, caption in zip(images, captions):
         name = relative(image.sidecar, root)
         if not caption.strip():
