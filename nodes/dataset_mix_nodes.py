@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..lora_core.data.dataset_mix import REGULARISATION_TARGETS, SHARE_BY, as_regularisation, combine, mix_captions, mix_summary
+from ..lora_core.data.dataset_mix import (REGULARISATION_TARGETS, SHARE_BY, as_regularisation, combine, mix_captions,
+                                          mix_summary)
 from .types import DATASET
 
 SLOTS = 4

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from ..lora_core.data.dataset import ImageDataset
 from ..lora_core.data.dataset_metadata import dataset_fingerprint
-from ..lora_core.data.dataset_mix import DatasetMix, DatasetPart, check_trainable, mix_fingerprint, mix_metadata, parts_of, training_view
+from ..lora_core.data.dataset_mix import (DatasetMix, DatasetPart, check_trainable, mix_fingerprint, mix_metadata,
+                                          parts_of, training_view)
 from ..lora_core.data.mixed_training_data import merge_training_data
 from ..lora_core.data.preservation_captions import dop_captions, preservation_conds
 from ..lora_core.data.training_samples import TrainingData
@@ -49,8 +50,12 @@ def prepare_run_data(patcher, dataset, vae, clip, conditioning: list | None, bat
     for part, part_conditioning in zip(parts, _split(conditioning, parts)):
         def then(data, encoders, cache, part=part):
             for name, texts in _texts(options, part, data).items():
-                conds[name] += preservation_conds(data, encoders, cache, texts, TERM_NAMES[name]) if texts else [None] * len(data.samples)
-                captions[name] += texts or [""] * len(data.samples)
+                if not texts:  # a regularisation dataset: no preservation term on its batches
+                    texts = [""] * len(data.samples)
+                    conds[name] += [None] * len(data.samples)
+                else:
+                    conds[name] += preservation_conds(data, encoders, cache, texts, TERM_NAMES[name])
+                captions[name] += texts
 
         datas.append(prepare_training_data(patcher, part.dataset, vae, clip, part_conditioning, batch_size, seed,
                                            train_text_encoder=train_text_encoder, then=then))

@@ -144,9 +144,11 @@ def mix_metadata(mix: DatasetMix, drawn: Sequence[int] | None = None) -> dict[st
 
 def mix_fingerprint(mix: DatasetMix) -> str:
     """Equal for the same datasets, shares and roles (for resume checks)."""
-    return make_key("dataset_mix", [[dataset_fingerprint(p.dataset), p.share,
-                                     None if p.regularisation is None else [p.regularisation.target, p.regularisation.weight]]
-                                    for p in mix.parts])
+    def role(part: DatasetPart) -> list | None:
+        reg = part.regularisation
+        return None if reg is None else [reg.target, reg.weight]
+
+    return make_key("dataset_mix", [[dataset_fingerprint(p.dataset), p.share, role(p)] for p in mix.parts])
 
 
 def training_view(mix: DatasetMix) -> ImageDataset:

@@ -182,7 +182,8 @@ class Run:
         self.updating = False
         return self.losses[-1]
 
-    def _loss(self, batch: list[int], x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor, conds: list[Any]) -> torch.Tensor:
+    def _loss(self, batch: list[int], x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor,
+              conds: list[Any]) -> torch.Tensor:
         if self.preservation is None:
             return diffusion_loss(self.backend, x0, noise, u, conds, self.config.loss)
         return self.preservation.loss(self.backend, self.attachment, batch, x0, noise, u, conds, self.config.loss)
