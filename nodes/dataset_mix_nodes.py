@@ -33,7 +33,7 @@ class CombineDatasets(io.ComfyNode):
         for k in range(1, SLOTS + 1):
             inputs += [DATASET.Input(f"dataset_{k}", optional=k > 2,
                                      tooltip="From a dataset loader, Regularisation Dataset or another Combine Datasets."),
-                       io.Float.Input(f"weight_{k}", default=1.0, min=0.0, max=10000.0, step=0.1,
+                       io.Float.Input(f"weight_{k}", default=1.0, min=0.0, max=10000.0, step=0.1, optional=k > 2,
                                       tooltip="Share of the batches (share_by weight) or repeats of the dataset's "
                                               "samples (share_by repeats).")]
         return io.Schema(
