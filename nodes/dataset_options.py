@@ -1,4 +1,4 @@
-"""Small option nodes for the dataset loaders: buckets, caption handling, augmentation (each optional)."""
+"""Small option nodes for the dataset loaders: buckets, caption handling, augmentation, loss masks (each optional)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from comfy_api.latest import io
 from ..lora_core.data.augment import AugmentConfig
 from ..lora_core.data.caption_transforms import CaptionTransforms
 from ..lora_core.data.dataset import SMALL_IMAGE_POLICIES
-from .types import AUGMENTATION, BUCKET_OPTIONS, CAPTION_OPTIONS
+from ..lora_core.data.masks import MASK_FOLDER, MASK_SOURCES, MaskConfig
+from .types import AUGMENTATION, BUCKET_OPTIONS, CAPTION_OPTIONS, MASK_OPTIONS
 
 BUCKET_DEFAULTS = {"min_bucket_side": 256, "max_bucket_side": 2048, "bucket_step": 64, "small_images": "upscale"}
 CAPTION_DEFAULTS = {"caption_extension": ".txt", "caption_dropout": 0.0, "tag_dropout": 0.0, "shuffle_tags": False,
@@ -112,6 +113,35 @@ class Augmentation(io.ComfyNode):
     def execute(cls, flip, crop_jitter, brightness, contrast, saturation, hue, variants, seed) -> io.NodeOutput:
         return io.NodeOutput(AugmentConfig(flip=flip, crop_jitter=crop_jitter, brightness=brightness, contrast=contrast,
                                            saturation=saturation, hue=hue, variants=variants, seed=seed))
+
+
+class MaskOptions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoraLabMaskOptions",
+            display_name="Mask Options",
+            category="LoRA Lab/dataset",
+            description="Masked loss for 'Load Training Images': each image's loss counts where its mask is white. "
+                        f"Masks come from the image's transparency or a same-name image in a '{MASK_FOLDER}' folder "
+                        "beside it; they follow the image's bucket crop, flip and jitter and are cached with the "
+                        "latents.",
+            inputs=[
+                io.Combo.Input("mask", options=list(MASK_SOURCES), default="both",
+                               tooltip=f"alpha: the image's transparency. mask_folder: {MASK_FOLDER}/<same name>.png "
+                                       "(white trains, black is ignored; the image's size). both: whichever the image "
+                                       "has, multiplied when it has both. off: no masks. Images without one train "
+                                       "whole."),
+                io.Float.Input("mask_floor", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Weight of the masked-out area: 0 = it teaches nothing, 0.1 keeps a little "
+                                       "background; 1 = no masking."),
+            ],
+            outputs=[MASK_OPTIONS.Output(display_name="mask_options")],
+        )
+
+    @classmethod
+    def execute(cls, mask, mask_floor) -> io.NodeOutput:
+        return io.NodeOutput(MaskConfig(source=mask, floor=mask_floor))
 
 
 def caption_transforms(options: dict | None) -> CaptionTransforms:

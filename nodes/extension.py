@@ -9,7 +9,7 @@ from .caption_nodes import CaptionImages, SaveCaptions
 from .convert_nodes import ConvertLora, InspectLora
 from .dataset_node import LoadTrainingImages
 from .dataset_mix_nodes import CombineDatasets, RegularisationDataset
-from .dataset_options import Augmentation, BucketOptions, CaptionOptions
+from .dataset_options import Augmentation, BucketOptions, CaptionOptions, MaskOptions
 from .load_node import LoadLora
 from .loss_plot_node import PlotTrainingLoss
 from .merge_node import MergeLoras
@@ -37,6 +37,7 @@ class LoraLabExtension(ComfyExtension):
         server = prompt_server()
         if server is not None:
             register_routes(server.routes)
-        return [LoadTrainingImages, LoadTrainingVideos, BucketOptions, CaptionOptions, Augmentation, EncodingCacheNode,
-                TrainLora, *OPTION_NODES, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora, InspectLora, MergeLoras,
-                ResizeLora, PreservationOptions, CombineDatasets, RegularisationDataset, CaptionImages, SaveCaptions]
+        return [LoadTrainingImages, LoadTrainingVideos, BucketOptions, CaptionOptions, Augmentation, MaskOptions,
+                EncodingCacheNode, TrainLora, *OPTION_NODES, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora,
+                InspectLora, MergeLoras, ResizeLora, PreservationOptions, CombineDatasets, RegularisationDataset,
+                CaptionImages, SaveCaptions]

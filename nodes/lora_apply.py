@@ -24,6 +24,7 @@ _MODULE_SUFFIXES = (
     ".lora_A.weight", ".lora_B.weight", ".diff", ".diff_b", ".set_weight", ".reshape_weight",
     ".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b", ".hada_t1", ".hada_t2",
     ".lokr_w1", ".lokr_w2", ".lokr_w1_a", ".lokr_w1_b", ".lokr_w2_a", ".lokr_w2_b", ".lokr_t2",
+    ".oft_blocks", ".rescale",
     ".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight",
 )
 

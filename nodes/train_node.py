@@ -142,7 +142,8 @@ class TrainLora(io.ComfyNode):
                              tooltip="Validation loss of the dataset's held-out images every N steps (and at the end), "
                                      "at fixed noise; 0 = off."),
                 io.Combo.Input("algorithm", options=list(ALGORITHMS), default="lora", optional=True,
-                               tooltip="lora (LoCon on convs), loha, lokr or dora; settings in 'LoRA Lab Algorithm'."),
+                               tooltip="lora (LoCon on convs), loha, lokr, dora or oft (rotates each layer's output "
+                                       "channels; rank = its block size); settings in 'LoRA Lab Algorithm'."),
                 io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw", optional=True,
                                tooltip="adamw8bit needs bitsandbytes; came/lion pytorch-optimizer; prodigy prodigyopt "
                                        "(set learning_rate 1.0); adamw_schedulefree schedulefree (constant schedule)."),

@@ -128,7 +128,8 @@ class AlgorithmOptions(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LoraLabAlgorithmOptions", display_name="LoRA Lab Algorithm", category=CATEGORY,
-            description="Settings of the LoRA algorithm chosen on Train LoRA (LoKr factor, DoRA axis, dropout).",
+            description="Settings of the LoRA algorithm chosen on Train LoRA (LoKr factor, DoRA axis, OFT block "
+                        "size and constraint, dropout).",
             inputs=[
                 io.Int.Input("lokr_factor", default=-1, min=-1, max=4096,
                              tooltip="LoKr: split each dimension as factor x rest; -1 = as square as possible. "
@@ -140,15 +141,24 @@ class AlgorithmOptions(io.ComfyNode):
                                        "PEFT/paper layout (converts to diffusers); ComfyUI's loader applies it "
                                        "approximately (it divides by the base weight's norm)."),
                 io.Float.Input("dropout", default=0.0, min=0.0, max=0.9, step=0.01,
-                               tooltip="Dropout on the LoRA path's input."),
+                               tooltip="Dropout on the LoRA path's input (not OFT: it rotates the output)."),
+                io.Int.Input("oft_block_size", default=0, min=0, max=4096, optional=True,
+                             tooltip="OFT: output channels rotate in blocks of up to this size (the largest divisor "
+                                     "of the layer's width, at most its square root, as LyCORIS). 0 = the rank."),
+                io.Float.Input("oft_constraint", default=0.0, min=0.0, max=1000.0, step=0.01, optional=True,
+                               tooltip="OFT: cap on the norm of the skew-symmetric Q over a layer's blocks (how far "
+                                       "it may rotate); saved as alpha, as ComfyUI's loader reads it. 0 = none."),
             ],
             outputs=[ALGORITHM_OPTIONS.Output(display_name="algorithm_options")],
         )
 
     @classmethod
-    def execute(cls, lokr_factor, lokr_decompose_both, dora_axis, dropout) -> io.NodeOutput:
+    def execute(cls, lokr_factor, lokr_decompose_both, dora_axis, dropout, oft_block_size=0,
+                oft_constraint=0.0) -> io.NodeOutput:
         return io.NodeOutput({"lokr": {"factor": lokr_factor, "decompose_both": lokr_decompose_both},
-                              "dora": {"axis": dora_axis}, "dropout": dropout})
+                              "dora": {"axis": dora_axis}, "oft": {"block_size": oft_block_size,
+                                                                   "constraint": float(oft_constraint)},
+                              "dropout": dropout})
 
 
 class TextEncoderOptions(io.ComfyNode):

@@ -8,6 +8,7 @@ LOSS = io.Custom("LORA_LAB_LOSS")  # {"loss": [float per step], "name": str}
 BUCKET_OPTIONS = io.Custom("LORA_LAB_BUCKET_OPTIONS")  # dict from 'Bucket Options' (nodes/dataset_options.py)
 CAPTION_OPTIONS = io.Custom("LORA_LAB_CAPTION_OPTIONS")  # dict from 'Caption Options'
 AUGMENTATION = io.Custom("LORA_LAB_AUGMENTATION")  # lora_core.augment.AugmentConfig from 'Augmentation'
+MASK_OPTIONS = io.Custom("LORA_LAB_MASK_OPTIONS")  # lora_core.data.masks.MaskConfig from 'Mask Options'
 # Optional config groups for Train LoRA (nodes/train_options.py); each carries a plain dict of settings.
 OPTIMIZER_OPTIONS = io.Custom("LORA_LAB_OPTIMIZER_OPTIONS")
 LOSS_OPTIONS = io.Custom("LORA_LAB_LOSS_OPTIONS")

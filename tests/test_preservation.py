@@ -199,3 +199,26 @@ def test_refused_with_text_encoder_training_and_mismatched_conds(unet):
     short = PreservationTerm("dop", 1.0, [cond("dog")], {}, ["dog"])
     with pytest.raises(TrainingError, match="1 preservation conds for 4 samples"):
         train(backend, samples(), config(), preservation=Preservation([short]))
+
+
+def test_a_mask_weights_the_data_term_and_not_the_preservation_terms(unet):
+    backend = DDPMUNetBackend(unet)
+    lora = train(backend, samples(), config(steps=2)).lora  # a LoRA that is not zero, so DOP's term is not either
+    g = torch.Generator().manual_seed(5)
+    x0, noise, u = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g), torch.rand(4, generator=g)
+    conds, zero = [s.cond for s in samples()], torch.zeros(4, 8, 8)
+    adapters = make_adapters(backend, config(init_lora=lora), torch.Generator().manual_seed(0))
+    with torch.no_grad(), attached(backend.root, adapters) as attachment:
+        def loss(terms, masks, role=None):
+            kept = Preservation(terms, [role] * 4 if role else None)
+            return kept.loss(backend, attachment, [0, 1, 2, 3], x0, noise, u, conds, config().loss, masks)
+
+        sigma = backend.sigma_from_u(u)
+        dop_only = dop().multiplier * toward_base(backend, attachment, backend.noisy(x0, noise, sigma), sigma,
+                                                  dop().conds)
+        assert torch.equal(loss([], zero), torch.zeros(4)) and not torch.equal(loss([], None), torch.zeros(4))
+        assert torch.equal(loss([dop()], torch.ones(4, 8, 8)), loss([dop()], None))  # all ones = no mask
+        assert dop_only.abs().min() > 0 and torch.allclose(loss([dop()], zero), dop_only, rtol=1e-5, atol=0)
+        images, base = Regularisation("images", 0.5), Regularisation("base_prediction", 0.5)
+        assert torch.equal(loss([], zero, images), torch.zeros(4))  # toward its images: a data term, masked
+        assert torch.equal(loss([], zero, base), loss([], None, base)) and loss([], None, base).abs().min() > 0

@@ -1,6 +1,6 @@
 """Adapters by algorithm name, and the saved form of each (algorithms/ holds one file per algorithm).
 
-    y = layer(x) + multiplier * h(x)     (DoRA also rescales per channel: algorithms/dora.py)
+    y = layer(x) + multiplier * h(x)     (DoRA also rescales per channel: dora.py; OFT rotates the output: oft.py)
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ from .dora import AXES as DORA_AXES, DoraAdapter, needs_fetch
 from .loha import LohaAdapter
 from .lokr import LokrAdapter
 from .lora import LoraAdapter, LoraModuleWeights
+from .oft import OftAdapter
 from ..errors import TrainingError
 
-ALGORITHMS: dict[str, type[Adapter]] = {"lora": LoraAdapter, "loha": LohaAdapter, "lokr": LokrAdapter, "dora": DoraAdapter}
-# the options each algorithm takes, with their types (a tuple: the allowed values)
+ALGORITHMS: dict[str, type[Adapter]] = {"lora": LoraAdapter, "loha": LohaAdapter, "lokr": LokrAdapter,
+                                         "dora": DoraAdapter, "oft": OftAdapter}
+# the options each algorithm takes, with their types (a tuple: the allowed values; float takes ints too)
 ALGORITHM_OPTIONS: dict[str, dict[str, Any]] = {"lora": {}, "loha": {}, "lokr": {"factor": int, "decompose_both": bool},
-                                                "dora": {"axis": DORA_AXES}}
+                                                "dora": {"axis": DORA_AXES},
+                                                "oft": {"block_size": int, "constraint": float}}
 
 __all__ = ["ALGORITHMS", "ALGORITHM_OPTIONS", "DORA_AXES", "Adapter", "Geometry", "LoraAdapter", "ModuleWeights",
            "adapter_from_weights", "check_algorithm", "is_adaptable", "new_adapter"]
@@ -38,19 +41,24 @@ def check_algorithm(algorithm: str, options: dict[str, Any]) -> None:
         kind = allowed[key]
         if isinstance(kind, tuple) and value not in kind:
             raise TrainingError(f"{algorithm} option {key} = {value!r}; choose one of {', '.join(kind)}")
-        if isinstance(kind, type) and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+        accepted = (int, float) if kind is float else kind
+        if isinstance(kind, type) and (not isinstance(value, accepted)
+                                       or (kind in (int, float) and isinstance(value, bool))):
             raise TrainingError(f"{algorithm} option {key} must be {kind.__name__}, got {value!r}")
 
 
 def new_adapter(module: nn.Module, rank: int, alpha: float, dropout: float, generator: torch.Generator,
                 algorithm: str = "lora", fetch: Fetch | None = None, name: str = "", **options: Any) -> Adapter:
     """A fresh adapter of `algorithm` whose side path starts at zero (the layer is unchanged).
-    options: LoKr factor / decompose_both, DoRA axis; fetch: the backend's weight fetch (DoRA)."""
+    options: LoKr factor / decompose_both, DoRA axis, OFT block_size / constraint; fetch: the backend's weight
+    fetch (DoRA needs it; OFT reads the layer's bias through it)."""
     check_algorithm(algorithm, options)
     cls = ALGORITHMS[algorithm]
     geo = geometry(module)
     if cls is DoraAdapter:
         options = {**options, "module": module, "fetch": needs_fetch(fetch)}
+    elif cls is OftAdapter:
+        options = {**options, "fetch": fetch}
     return cls.create(geo, rank, alpha, dropout, generator, name=name, **options)
 
 
@@ -59,6 +67,8 @@ def adapter_from_weights(module: nn.Module, weights: ModuleWeights, fetch: Fetch
     geo = geometry(module)
     if isinstance(weights, LoraModuleWeights) and weights.dora_scale is not None:
         return DoraAdapter.from_weights(geo, weights, needs_fetch(fetch))
+    if weights.kind == OftAdapter.kind:
+        return OftAdapter.from_weights(geo, weights, fetch)
     for cls in (LoraAdapter, LohaAdapter, LokrAdapter):
         if weights.kind == cls.kind:
             return cls.from_weights(geo, weights)

@@ -1,5 +1,5 @@
 """Trained adapter weights, independent of any model object: per module its saved form (LoRA, LoHa,
-LoKr, DoRA) and alpha, and the kohya/LyCORIS key layout ComfyUI's loader reads.
+LoKr, DoRA, OFT) and alpha, and the kohya/LyCORIS key layout ComfyUI's loader reads.
 
 Module keys are paths in the trained model; text-encoder modules are "<component>:<path>" (te1, te2, te3).
 """
@@ -15,13 +15,15 @@ from .base import ModuleWeights
 from .loha import ROLES as LOHA_ROLES, LohaWeights
 from .lokr import LokrWeights
 from .lora import LoraModuleWeights
+from .oft import OftWeights
 from ..errors import LoraFormatError
 
-__all__ = ["LoraModuleWeights", "LohaWeights", "LokrWeights", "LoraWeights", "ModuleWeights", "kohya_name", "split_component"]
+__all__ = ["LoraModuleWeights", "LohaWeights", "LokrWeights", "OftWeights", "LoraWeights", "ModuleWeights",
+           "kohya_name", "split_component"]
 
 # every tensor suffix one module may have, longest first so that ".lokr_w1_a" is not read as ".lokr_w1"
 SUFFIXES = ("lora_down.weight", "lora_up.weight", "dora_scale", *LOHA_ROLES,
-            "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_w1", "lokr_w2", "alpha")
+            "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_w1", "lokr_w2", "oft_blocks", "rescale", "alpha")
 TEXT_ENCODER_PREFIX = {"te1": "lora_te1_", "te2": "lora_te2_", "te3": "lora_te3_"}
 
 
@@ -44,6 +46,8 @@ def _module_weights(prefix: str, parts: dict[str, torch.Tensor], kernel: tuple[i
     if "hada_w1_a" in parts:
         rank = int(parts["hada_w1_b"].shape[0])
         return LohaWeights(*(parts[r].float() for r in LOHA_ROLES), alpha=_alpha(alpha_t, rank), kernel=kernel)
+    if "oft_blocks" in parts:
+        return _oft_weights(prefix, parts, alpha_t)
     if any(k.startswith("lokr_") for k in parts):
         weights = LokrWeights({k: v.float() for k, v in parts.items()}, alpha=0.0)
         weights.alpha = _alpha(alpha_t, weights.rank or 1)
@@ -55,6 +59,18 @@ def _module_weights(prefix: str, parts: dict[str, torch.Tensor], kernel: tuple[i
     dora = parts.get("dora_scale")
     return LoraModuleWeights(down=down, up=up, alpha=_alpha(alpha_t, int(down.shape[0])),
                              dora_scale=None if dora is None else dora.float())
+
+
+def _oft_weights(prefix: str, parts: dict[str, torch.Tensor], alpha_t: torch.Tensor | None) -> OftWeights:
+    """OFT's alpha is its constraint; none means unconstrained (ComfyUI reads a missing alpha as 0)."""
+    blocks = parts["oft_blocks"]
+    if blocks.dim() != 3:
+        raise LoraFormatError(f"LoRA module {prefix!r}: oft_blocks of shape {tuple(blocks.shape)} is BOFT or unknown; "
+                              "only OFT's (blocks, n, n) is read")
+    if "rescale" in parts:
+        raise LoraFormatError(f"LoRA module {prefix!r} has an OFT rescale, which ComfyUI's loader does not apply; "
+                              "LoRA Lab neither trains nor continues such files")
+    return OftWeights(blocks.float(), alpha=float(alpha_t) if alpha_t is not None else 0.0)
 
 
 def _alpha(alpha_t: torch.Tensor | None, rank: int) -> float:

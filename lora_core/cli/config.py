@@ -1,7 +1,7 @@
 """`lora-lab train` configuration: a TOML file, flags on top, checked before any model loads.
 
     [model]   path, family, dtype, text_encoder, prediction, shift, device
-    [data]    path, resolution, trigger_word, captions, buckets, augment, cache_folder, video clips, validation
+    [data]    path, resolution, trigger_word, captions, buckets, augment, mask, cache_folder, video clips, validation
     [train]   any field of lora_core.trainer.TrainConfig (steps, learning_rate, rank, alpha, targets, ...)
     [output]  dir, name, formats, save_every, tensorboard, loss_plot, resume, overwrite
 
@@ -77,6 +77,8 @@ class DataSection:
     validation: float = 0.0  # fraction (< 1) or count (>= 1) of images held out for a validation loss
     validate_every: int = 0  # steps between validation losses (0: only with validation images, every 10%)
     cache_folder: str = ""  # cached latents / text encodings on disk ("" = in memory only)
+    mask: str = "off"  # loss masks: off | alpha | mask_folder | both (data/masks.py; images only)
+    mask_floor: float = 0.0  # weight of the masked-out area
     buckets: BucketSection = field(default_factory=BucketSection)
     video: VideoSection = field(default_factory=VideoSection)
     captions: CaptionTransforms = field(default_factory=CaptionTransforms)
@@ -278,8 +280,13 @@ def _check_data(src: str, d: DataSection) -> None:
     from ..data.buckets import BucketConfig, bucket_sizes
     from ..data.dataset import check_options, parse_resolution
     from ..data.frame_sampling import check_sampling, snap_frames
+    from ..data.masks import MaskConfig
 
     _owned(src, "data", check_options, d.resolution, d.caption_template, d.small_images)
+    _owned(src, "data", MaskConfig, d.mask, d.mask_floor)
+    if d.mask != "off" and d.video.enabled:
+        raise ConfigError(f"{src}: data.mask = {d.mask!r} works on image datasets only; set it to \"off\" with "
+                          "data.video")
     if d.buckets.enabled:
         b = d.buckets
         _owned(src, "data.buckets", bucket_sizes, BucketConfig(parse_resolution(d.resolution), b.min_side,

@@ -80,6 +80,13 @@ def preflight(config: RunConfig, world_size: int) -> ModelFolder:
     folder = inspect_folder(config.model.path)
     check_family(folder, config.model.family)
     check_parts(folder, config.model.text_encoder)
+    formats = config.output.formats
+    if config.train.algorithm == "oft" and (folder.family not in ("sd15", "sdxl") or formats != ["comfyui"]):
+        # the UNets' ComfyUI form is kohya keys as trained; every other form goes through the converter, which
+        # does not read OFT: refuse now rather than after training
+        raise ConfigError(f"{config.source}: algorithm = \"oft\" is written by lora-lab train only for SD1.5/SDXL "
+                          f"and only in ComfyUI form (this is a {folder.family} model, formats {formats}); set "
+                          "output.formats = [\"comfyui\"], or train OFT for other models with the Train LoRA node")
     data = Path(config.data.path).expanduser()
     if not data.is_dir():
         raise ConfigError(f"{config.source}: data.path {data} is not a folder")

@@ -36,8 +36,9 @@ def load_dataset(config: RunConfig):
         return load_video_folder(d.path, resolution, v.frames, v.frame_sampling, v.target_fps, v.clips_per_video,
                                  include_images=v.include_images, **common)
     from ..data.dataset import load_image_folder
+    from ..data.masks import MaskConfig
 
-    return load_image_folder(d.path, resolution, **common)
+    return load_image_folder(d.path, resolution, masks=MaskConfig(d.mask, d.mask_floor), **common)
 
 
 def training_data(config: RunConfig, dataset, model, dist: Distributed | None):

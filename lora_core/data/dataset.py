@@ -26,6 +26,7 @@ from ..cache.encoding_cache import ensure_writable
 from ..errors import DatasetError
 from .frame_sampling import FramePlan
 from .image_io import IMAGE_EXTENSIONS, image_size, load_training_pixels
+from .masks import MASK_FOLDER, MaskConfig, MaskRef, attach_masks
 
 ACCEPTED = ", ".join(IMAGE_EXTENSIONS)
 SMALL_IMAGE_POLICIES = ("upscale", "skip")
@@ -42,6 +43,7 @@ class TrainImage:
     placement: Placement | None = None
     digest: str = ""  # content hash of the file (a frame folder: of its frame hashes)
     frames: FramePlan | None = None
+    mask: MaskRef | None = None  # where its loss mask comes from (data/masks.py); None: weight 1 everywhere
 
     @property
     def folder(self) -> str:
@@ -90,6 +92,7 @@ class ImageDataset:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache_folder: Path | None = None
     kind: str = "images"
+    masks: MaskConfig = field(default_factory=MaskConfig)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -175,6 +178,7 @@ def load_image_folder(
     caption_transforms: CaptionTransforms | None = None,
     augment: AugmentConfig | None = None,
     cache_folder: str | Path | None = None,
+    masks: MaskConfig | None = None,
 ) -> ImageDataset:
     """Load every image under `folder` (resolved path); raises DatasetError.
 
@@ -183,13 +187,15 @@ def load_image_folder(
     their bucket. validation: a fraction (< 1) or number (>= 1) of images held out for validation loss.
     Unreadable images are skipped and named in `warnings`; so are images without captions, which get
     `default_caption`. The caption is `caption_template` with {trigger} and {caption} filled in; without a
-    template, `trigger_word` is prepended unless the caption already starts with it.
+    template, `trigger_word` is prepended unless the caption already starts with it. masks: where loss masks
+    come from (data/masks.py; None: no masks).
     """
     size = check_options(resolution, caption_template, small_images)
     sizes = bucket_sizes(buckets) if buckets is not None else fixed_size(size)
     root = Path(folder).expanduser()
     extension = normal_extension(caption_extension)
-    found = find_files(root, _is_image, extension, f"{ACCEPTED} images")
+    masks = masks or MaskConfig()
+    found = find_files(root, _is_image, extension, f"{ACCEPTED} images", skip=(MASK_FOLDER,) if masks.active else ())
     warnings = found.warnings
 
     images: list[TrainImage] = []
@@ -216,10 +222,12 @@ def load_image_folder(
         raise DatasetError(f"None of the {len(unreadable)} images in {root} could be read: {names(unreadable)}")
     if unreadable:
         warnings.append(f"Skipped {count(len(unreadable), 'unreadable image')}: {names(unreadable)}")
+    warnings += attach_masks(images, root, masks)
     return finish_dataset(
         images, found, root, size, "image", upscaled=upscaled, skipped=skipped, uncaptioned=uncaptioned,
         trigger_word=trigger_word, default_caption=default_caption, caption_template=caption_template, buckets=buckets,
-        validation=validation, caption_transforms=caption_transforms, augment=augment, cache_folder=cache_folder)
+        validation=validation, caption_transforms=caption_transforms, augment=augment, cache_folder=cache_folder,
+        masks=masks)
 
 
 def check_options(resolution: int | tuple[int, int], caption_template: str, small_images: str) -> Size:
@@ -248,6 +256,7 @@ def finish_dataset(
     skipped: list[str], uncaptioned: list[str], trigger_word: str, default_caption: str, caption_template: str,
     buckets: BucketConfig | None, validation: float, caption_transforms: CaptionTransforms | None,
     augment: AugmentConfig | None, cache_folder: str | Path | None, kind: str = "images",
+    masks: MaskConfig | None = None,
 ) -> ImageDataset:
     """What every folder loader ends with, after its own warnings in found.warnings: the warnings on small items
     (`noun`s), items without captions and latin-1 captions, the cache folder check, and the validation split."""
@@ -265,7 +274,7 @@ def finish_dataset(
     return ImageDataset(images=train, resolution=size, warnings=warnings, root=root, trigger_word=trigger_word.strip(),
                         buckets=buckets, validation=held_out, caption_transforms=caption_transforms or CaptionTransforms(),
                         augment=augment or AugmentConfig(), cache_folder=Path(cache_folder) if cache_folder else None,
-                        kind=kind)
+                        kind=kind, masks=masks or MaskConfig())
 
 
 def report_small(warnings: list[str], upscaled: list[str], skipped: list[str], noun: str) -> None:

@@ -39,10 +39,11 @@ class FoundFiles:
 
 
 def find_files(root: Path, accept: Callable[[Path], bool], caption_extension: str, what: str,
-               noun: str = "images") -> FoundFiles:
+               noun: str = "images", skip: tuple[str, ...] = ()) -> FoundFiles:
     """Every accepted entry under root (itself, then each N_name folder), sorted, with its caption.
 
     `accept(path)` says whether a directory entry is a training item (a file, or a frame folder for videos).
+    `skip`: folder names that hold something else (mask/), passed over without a warning.
     Raises DatasetError when the folder is missing, unreadable, or holds nothing accepted.
     """
     if not root.exists():
@@ -51,7 +52,7 @@ def find_files(root: Path, accept: Callable[[Path], bool], caption_extension: st
         raise DatasetError(f"Dataset path is not a folder: {root} (expected a folder of {what})")
     out = FoundFiles()
     try:
-        groups = [(root, 1)] + _repeat_folders(root, accept, out.warnings, what)
+        groups = [(root, 1)] + _repeat_folders(root, accept, out.warnings, what, skip)
         for folder, repeats in groups:
             default = _folder_default(folder, caption_extension, root, out)
             for path in _accepted(folder, accept):
@@ -76,9 +77,10 @@ def normal_extension(extension: str) -> str:
     return extension
 
 
-def _repeat_folders(root: Path, accept: Callable[[Path], bool], warnings: list[str], what: str) -> list[tuple[Path, int]]:
+def _repeat_folders(root: Path, accept: Callable[[Path], bool], warnings: list[str], what: str,
+                    skip: tuple[str, ...] = ()) -> list[tuple[Path, int]]:
     groups = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not hidden(p)):
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not hidden(p) and p.name not in skip):
         if accept(sub):
             continue  # a frame folder of the root itself, not a repeat folder
         match = REPEAT_FOLDER.match(sub.name)
@@ -91,7 +93,8 @@ def _repeat_folders(root: Path, accept: Callable[[Path], bool], warnings: list[s
             continue
         if not _accepted(sub, accept):
             warnings.append(f"Repeat folder {sub.name}/ has no {what}")
-        nested = sorted(p.name for p in sub.iterdir() if p.is_dir() and not hidden(p) and not accept(p))
+        nested = sorted(p.name for p in sub.iterdir() if p.is_dir() and not hidden(p) and not accept(p)
+                        and p.name not in skip)
         if nested:
             warnings.append(f"Ignored folders inside {sub.name}/ (only one level is read): {names(nested)}")
         groups.append((sub, repeats))

@@ -43,14 +43,22 @@ def dataset_metadata(dataset: ImageDataset) -> dict[str, str]:
                     ss_bucket_reso_steps=str(cfg.step))
     if dataset.kind == "videos":
         meta["lora_lab_frame_counts"] = json.dumps(sorted({k[2] for k in groups}))
+    if dataset.masks.active:  # only then: files of runs without masks keep their bytes
+        masked = sum(i.mask is not None for i in dataset.images)
+        meta["ss_masked_loss"] = json.dumps(True)
+        meta["lora_lab_masks"] = json.dumps({"source": dataset.masks.source, "floor": dataset.masks.floor,
+                                             "masked_images": masked}, sort_keys=True)
     return meta
 
 
 def dataset_fingerprint(dataset: ImageDataset) -> str:
     """A hash of everything the run's samples depend on (files' content, placements, frames, captions, repeats,
-    validation split, caption transforms, augmentation): equal for the same data, for resume checks."""
+    validation split, caption transforms, augmentation, masks): equal for the same data, for resume checks."""
     from ..cache.keys import make_key
 
     items = [[i.digest, i.placement, list(i.frames.indices) if i.frames else None, i.caption, i.repeats]
              for i in dataset.all_items()]
-    return make_key("dataset", items, len(dataset.images), dataset.caption_transforms, dataset.augment)
+    parts = [items, len(dataset.images), dataset.caption_transforms, dataset.augment]
+    if dataset.masks.active:  # only then: a run without masks keeps the fingerprint it always had
+        parts.append([dataset.masks, [i.mask.key(i.digest) if i.mask else None for i in dataset.all_items()]])
+    return make_key("dataset", *parts)

@@ -158,7 +158,9 @@ def training_view(mix: DatasetMix) -> ImageDataset:
     first = parts[0].dataset
     triggers = list(dict.fromkeys(p.dataset.trigger_word for p in parts if p.dataset.trigger_word))
     kinds = {p.dataset.kind for p in parts}
-    return replace(first, images=[i for p in parts for i in p.dataset.images],
+    # the masks of the first dataset that has them, so the metadata counts the masked images of all of them
+    masks = next((p.dataset.masks for p in parts if p.dataset.masks.active), first.masks)
+    return replace(first, images=[i for p in parts for i in p.dataset.images], masks=masks,
                    validation=[i for p in parts for i in p.dataset.validation], trigger_word=", ".join(triggers),
                    warnings=[w for p in parts for w in p.dataset.warnings],
                    kind="videos" if "videos" in kinds else first.kind)

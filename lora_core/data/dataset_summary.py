@@ -66,8 +66,19 @@ def _settings(dataset: ImageDataset) -> list[str]:
         if a.jitters:
             parts.append(f"crop/colour jitter: {a.variant_count} cached variants per {dataset.noun}")
         lines.append("augmentation: " + "; ".join(parts))
+    if dataset.masks.active:
+        lines.append(_masks(dataset))
     lines.append(f"cache: {dataset.cache_folder if dataset.cache_folder else 'memory only'}")
     return lines
+
+
+def _masks(dataset: ImageDataset) -> str:
+    """How many training images have a loss mask, and from where."""
+    masked = [i.mask for i in dataset.images if i.mask is not None]
+    alpha = sum(m.alpha for m in masked)
+    files = sum(m.file is not None for m in masked)
+    return (f"masked loss ({dataset.masks.source}, floor {dataset.masks.floor:g}): {len(masked)} of "
+            f"{count(len(dataset.images), dataset.noun)} masked ({alpha} by alpha, {files} by a mask file)")
 
 
 def _size(resolution) -> str:

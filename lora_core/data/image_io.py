@@ -67,6 +67,27 @@ def pil_to_float_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
+def has_alpha(image: Image.Image) -> bool:
+    """Whether pil_to_float_rgb composites this image onto white (it carries transparency)."""
+    return image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
+
+
+def alpha_channel(image: Image.Image) -> np.ndarray:
+    """(H, W) float32 opacity in [0, 1] (1 where the image has no transparency), as pil_to_float_rgb reads it."""
+    if not has_alpha(image):
+        return np.ones((image.height, image.width), dtype=np.float32)
+    return np.asarray(image.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
+
+
+def grey(image: Image.Image) -> np.ndarray:
+    """(H, W) float32 brightness in [0, 1]: 16-bit and float grey kept exact, other modes through PIL's L."""
+    if image.mode in _GREY_FULL_SCALE:
+        return np.clip(np.asarray(image).astype(np.float32) / _GREY_FULL_SCALE[image.mode], 0.0, 1.0)
+    if image.mode == "F":
+        return _float_grey_to_unit(np.asarray(image, dtype=np.float32))
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
 def _float_grey_to_unit(grey: np.ndarray) -> np.ndarray:
     """Float images carry no declared range: take [0,1] if it fits, else 8-bit, else 16-bit full scale."""
     finite = grey[np.isfinite(grey)]
@@ -86,7 +107,7 @@ def resize_and_crop(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def fit_to_placement(rgb: np.ndarray, placement: Placement) -> np.ndarray:
-    """Resize (H, W, 3) float pixels to placement.resized and cut the bucket window at placement.crop.
+    """Resize (H, W, C) float pixels to placement.resized and cut the bucket window at placement.crop.
 
     Lanczos when shrinking (sharp, alias-free); bicubic when enlarging (Lanczos rings more on upscale).
     """
@@ -99,7 +120,7 @@ def fit_to_placement(rgb: np.ndarray, placement: Placement) -> np.ndarray:
         resample = Image.Resampling.LANCZOS if placement.scale < 1.0 else Image.Resampling.BICUBIC
         rgb = np.stack(
             [np.asarray(Image.fromarray(np.ascontiguousarray(rgb[..., c])).resize((new_w, new_h), resample))
-             for c in range(3)],
+             for c in range(rgb.shape[2])],
             axis=2,
         )
     (left, top), (target_w, target_h) = placement.crop, placement.bucket

@@ -22,6 +22,7 @@ from ..cache.keys import make_key
 from .caption_transforms import CaptionTransforms, StepCaption, without_separator
 from .dataset import ImageDataset, TrainImage
 from .dataset_files import count, names, relative
+from .masks import decode_mask, fitted_mask, latent_grid, loss_weight, mask_key
 from ..cache.encoding_cache import EncodingCache
 from ..errors import DatasetError
 from ..data.samples import TrainSample, usable_in_autograd
@@ -36,6 +37,7 @@ class SampleInfo:
     flipped: bool
     latent: torch.Tensor  # the training latent (C, h, w) or (C, T, h, w)
     per_step: bool = False  # the cond is for one step's drawn caption (not worth keeping beyond it)
+    mask: torch.Tensor | None = None  # loss weight on the latent grid (h, w), floor applied; None: 1 everywhere
 
     @property
     def original_size(self) -> Size:
@@ -126,7 +128,7 @@ def build_training_data(dataset: ImageDataset, encoders: Encoders, cache: Encodi
                 cond = StepCaption(item.caption, transforms, _drawn(texts, encoders.make_cond, info))
             else:
                 cond = encoders.make_cond(texts.get(base_text), info)
-            sample = TrainSample(latent=info.latent, cond=cond, caption=base_text)
+            sample = TrainSample(latent=info.latent, cond=cond, caption=base_text, mask=info.mask)
             if is_validation:
                 validation.append(sample)
                 continue
@@ -184,6 +186,7 @@ class _Builder:
         variants = [Variant()] if validation else variants_for(augment, item.digest)
         orientations = (False, True) if augment.flip > 0 and not validation else (False,)
         out = []
+        decoded_mask: list = []  # the item's mask, decoded once, only on a cache miss
         for variant in variants:
             assert item.placement is not None
             placement = jittered(item.placement, variant)
@@ -201,8 +204,23 @@ class _Builder:
                                placement, flipped, variant.key(), self.encoders.pixels_id)
                 raw = self.cache.get_or_encode("latents", key, lambda f=flipped: load(f))
                 latent = self.encoders.latent_in(raw)[0].float()
-                out.append(SampleInfo(item=item, placement=placement, flipped=flipped, latent=latent))
+                mask = self.mask(item, placement, flipped, tuple(latent.shape[-2:]), decoded_mask)
+                out.append(SampleInfo(item=item, placement=placement, flipped=flipped, latent=latent, mask=mask))
         return out
+
+    def mask(self, item: TrainImage, placement: Placement, flipped: bool, grid: tuple[int, int],
+             decoded: list) -> torch.Tensor | None:
+        """The item's loss weight on this latent's grid: its mask fitted like its pixels, through the cache."""
+        if item.mask is None:
+            return None
+
+        def encode() -> torch.Tensor:
+            if not decoded:
+                decoded.append(decode_mask(item.path, item.mask))
+            return latent_grid(fitted_mask(decoded[0], placement, flipped), grid)
+
+        key = mask_key(item.mask, item.digest, placement, flipped, grid)
+        return loss_weight(self.cache.get_or_encode("masks", key, encode).float(), self.dataset.masks.floor)
 
 
 def _check_after_failures(order_items: list[OrderItem], batch_size: int, failed: list[str]) -> None:

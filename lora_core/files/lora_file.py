@@ -125,7 +125,8 @@ def algorithm_metadata(config) -> dict[str, str]:
     meta = {"lora_lab_algorithm": algorithm, "lora_lab_optimizer": getattr(config, "optimizer", "adamw"),
             "ss_optimizer": getattr(config, "optimizer", "adamw"), "ss_unet_lr": _num(config.learning_rate)}
     if algorithm != "lora":
-        args = {"algo": "lora" if algorithm == "dora" else algorithm, **{k: str(v) for k, v in options.items()}}
+        lycoris_algo = {"dora": "lora", "oft": "diag-oft"}.get(algorithm, algorithm)  # LyCORIS' own names
+        args = {"algo": lycoris_algo, **{k: str(v) for k, v in options.items()}}
         if algorithm == "dora":
             args["dora_wd"] = "True"
             args["wd_on_output"] = str(options.get("axis", "input") == "output")

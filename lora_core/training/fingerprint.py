@@ -2,8 +2,8 @@
 
 The settings part holds every setting that changes the arithmetic (not `steps`: a run may be extended;
 not `seed`: after a resume every random draw comes from the saved RNG state; not output or UI options).
-The dataset part is a SHA-256 over each sample's latent bytes and caption, in order: it changes with any
-image, crop, flip, VAE or caption.
+The dataset part is a SHA-256 over each sample's latent bytes and caption (and loss mask, when it has one), in
+order: it changes with any image, crop, flip, VAE, caption or mask.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ def dataset_fingerprint(samples: Iterable[Any]) -> dict[str, Any]:
         digest.update(json.dumps(list(latent.shape)).encode())
         digest.update(latent.numpy().tobytes())
         digest.update(str(getattr(sample, "caption", "")).encode("utf-8") + b"\0")
+        mask = getattr(sample, "mask", None)
+        if mask is not None:  # only then: a run without masks keeps the fingerprint it always had
+            digest.update(b"mask" + mask.detach().float().cpu().contiguous().numpy().tobytes())
         count += 1
     return {"samples": count, "sha256": digest.hexdigest()}
 

@@ -103,13 +103,17 @@ class Preservation:
         return self.roles[batch[0]] if self.roles is not None else None
 
     def loss(self, backend: Backend, attachment: Any, batch: list[int], x0: torch.Tensor, noise: torch.Tensor,
-             u: torch.Tensor, conds: list[Any], options: LossOptions) -> torch.Tensor:
-        """Per-sample loss of one micro-batch: its data term (or regularisation term) plus the preservation terms."""
+             u: torch.Tensor, conds: list[Any], options: LossOptions,
+             masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample loss of one micro-batch: its data term (or regularisation term) plus the preservation terms.
+
+        masks weight the terms toward images only: a mask says where a sample's image is learned, while a term
+        toward the base keeps the model's behaviour over the whole image (the background most of all)."""
         role = self.role(batch)
         if role is not None and role.target == "base_prediction":
             sigma = backend.sigma_from_u(u)
             return role.weight * toward_base(backend, attachment, backend.noisy(x0, noise, sigma), sigma, conds)
-        loss = diffusion_loss(backend, x0, noise, u, conds, options)
+        loss = diffusion_loss(backend, x0, noise, u, conds, options, masks)
         if role is not None:  # toward its images: a data term with the dataset's weight (DreamBooth prior loss)
             return role.weight * loss
         if not self.terms:

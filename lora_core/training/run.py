@@ -12,7 +12,7 @@ import torch
 
 from ..adapters.lora_weights import LoraWeights
 from ..data.sample_order import BatchOrder, EpochShuffle
-from ..data.samples import TrainSample, draw_cond
+from ..data.samples import TrainSample, batch_masks, draw_cond
 from ..errors import NonFiniteLossError, TrainingError
 from ..optimizers import evaluation_weights
 from .backend import Backend
@@ -166,8 +166,9 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         for m, (batch, noise, u, conds) in enumerate(self._local_draws()):
             x0 = torch.stack([self.samples[i].latent for i in batch]).float().to(self.device)
+            masks = batch_masks([self.samples[i] for i in batch])
             with autocast(self.config.precision, self.device):
-                loss = self._loss(batch, x0, torch.stack(noise).to(self.device), u, conds).mean()
+                loss = self._loss(batch, x0, torch.stack(noise).to(self.device), u, conds, masks).mean()
             value = float(loss.detach()) if self.dist is None else self.dist.mean(float(loss.detach()))
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss became {value} at step {step + 1} (micro-step {m + 1})",
@@ -183,10 +184,11 @@ class Run:
         return self.losses[-1]
 
     def _loss(self, batch: list[int], x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor,
-              conds: list[Any]) -> torch.Tensor:
+              conds: list[Any], masks: torch.Tensor | None) -> torch.Tensor:
         if self.preservation is None:
-            return diffusion_loss(self.backend, x0, noise, u, conds, self.config.loss)
-        return self.preservation.loss(self.backend, self.attachment, batch, x0, noise, u, conds, self.config.loss)
+            return diffusion_loss(self.backend, x0, noise, u, conds, self.config.loss, masks)
+        return self.preservation.loss(self.backend, self.attachment, batch, x0, noise, u, conds, self.config.loss,
+                                      masks)
 
     def _clip_and_step(self, step: int) -> None:
         if self.dist is not None:

@@ -57,8 +57,9 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0  # None or 0 disables clipping
     weight_decay: float | None = None  # None: the optimizer's default (AdamW: 0.01)
     init_lora: LoraWeights | None = None  # start from these weights instead of a fresh init
-    algorithm: str = "lora"  # lora | loha | lokr | dora (adapters.ALGORITHMS)
-    algorithm_options: dict[str, Any] = field(default_factory=dict)  # lokr: factor, decompose_both; dora: axis
+    algorithm: str = "lora"  # lora | loha | lokr | dora | oft (adapters.ALGORITHMS)
+    # lokr: factor, decompose_both; dora: axis; oft: block_size, constraint
+    algorithm_options: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "adamw"  # optimizers.OPTIMIZERS
     optimizer_settings: dict[str, Any] = field(default_factory=dict)  # override the optimizer's defaults
     lr_cycles: int = 1  # cosine_with_restarts
@@ -106,6 +107,11 @@ def _validate(backend: Backend, samples: list[TrainSample], config: TrainConfig,
     check_train_config(config)
     if not samples:
         raise TrainingError("no training samples")
+    misfit = [i for i, s in enumerate(samples) if s.mask is not None and s.mask.shape != s.latent.shape[-2:]]
+    if misfit:
+        s = samples[misfit[0]]
+        raise TrainingError(f"{len(misfit)} sample masks do not match their latent grid (first: sample {misfit[0]}, "
+                            f"mask {tuple(s.mask.shape)}, latent {tuple(s.latent.shape)})")
     shapes = {tuple(s.latent.shape) for s in samples}
     if len(shapes) > 1 and config.batch_size > 1 and not order_given:
         raise TrainingError(f"batch_size > 1 needs latents of one shape (or aspect buckets), got {sorted(shapes)}")
@@ -137,7 +143,8 @@ def train(
     # ComfyUI runs nodes under inference_mode: adapters, optimizer state and activations must be made outside it
     with torch.inference_mode(False), torch.enable_grad():
         _validate(backend, samples, config, order is not None)
-        samples = [TrainSample(usable_in_autograd(s.latent), usable_in_autograd(s.cond), s.caption) for s in samples]
+        samples = [TrainSample(usable_in_autograd(s.latent), usable_in_autograd(s.cond), s.caption,
+                               usable_in_autograd(s.mask)) for s in samples]
         device = torch.device(backend.device)
         with fork_rng(device):
             kept = preservation.usable_in_autograd() if preservation is not None else None

@@ -18,7 +18,7 @@ from .devices import fork_rng
 from ..errors import TrainingError
 from .objective import diffusion_loss
 from .precision import autocast
-from ..data.samples import TrainSample, draw_cond
+from ..data.samples import TrainSample, batch_masks, draw_cond
 
 DEFAULT_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)  # u: 0 clean .. 1 pure noise
 
@@ -61,8 +61,9 @@ class ValidationLoss:
                 noise = torch.stack([self.noise[i][k] for i, k in batch]).to(device)
                 u = torch.tensor([self.levels[k] for _, k in batch])
                 conds = [draw_cond(self.samples[i].cond, fixed) for i, _ in batch]
+                masks = batch_masks([self.samples[i] for i, _ in batch])  # the loss training minimises
                 with autocast(self.precision, device):
-                    losses = diffusion_loss(self.backend, x0, noise, u, conds)
+                    losses = diffusion_loss(self.backend, x0, noise, u, conds, masks=masks)
                 total += float(losses.float().sum())
                 n += len(batch)
         return total / n
