@@ -5,12 +5,15 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .cache_node import EncodingCacheNode
+from .caption_nodes import CaptionImages, SaveCaptions
 from .convert_nodes import ConvertLora, InspectLora
 from .dataset_node import LoadTrainingImages
+from .dataset_mix_nodes import CombineDatasets, RegularisationDataset
 from .dataset_options import Augmentation, BucketOptions, CaptionOptions, MaskOptions
 from .load_node import LoadLora
 from .loss_plot_node import PlotTrainingLoss
 from .merge_node import MergeLoras
+from .preservation_options import PreservationOptions
 from .progress_events import prompt_server
 from .progress_log import register_routes
 from .resize_node import ResizeLora
@@ -36,4 +39,5 @@ class LoraLabExtension(ComfyExtension):
             register_routes(server.routes)
         return [LoadTrainingImages, LoadTrainingVideos, BucketOptions, CaptionOptions, Augmentation, MaskOptions,
                 EncodingCacheNode, TrainLora, *OPTION_NODES, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora,
-                InspectLora, MergeLoras, ResizeLora]
+                InspectLora, MergeLoras, ResizeLora, PreservationOptions, CombineDatasets, RegularisationDataset,
+                CaptionImages, SaveCaptions]

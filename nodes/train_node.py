@@ -12,7 +12,6 @@ import comfy.utils
 from comfy_api.latest import io, ui
 
 from ..lora_core.adapters.algorithms import ALGORITHMS
-from ..lora_core.data.dataset_metadata import dataset_fingerprint
 from ..lora_core.training.devices import autocast_available
 from ..lora_core.errors import (LoraLabError, NonFiniteLossError, TrainingCrashed, TrainingError,
                                 TrainingOutOfMemory)
@@ -40,9 +39,10 @@ from .lora_state import TrainedLora, trained_lora
 from .rope_autograd import ensure_rope_autograd
 from .training_mode import comfy_training_mode
 from .train_progress import TrainProgress
-from .training_data import largest_latent_shape, prepare_training_data
-from .types import (ALGORITHM_OPTIONS, DATASET, LORA, LOSS, LOSS_OPTIONS, OPTIMIZER_OPTIONS, PREVIEW_OPTIONS,
-                    TEXT_ENCODER_OPTIONS)
+from .run_data import prepare_run_data
+from .training_data import largest_latent_shape
+from .types import (ALGORITHM_OPTIONS, DATASET, LORA, LOSS, LOSS_OPTIONS, OPTIMIZER_OPTIONS, PRESERVATION_OPTIONS,
+                    PREVIEW_OPTIONS, TEXT_ENCODER_OPTIONS)
 
 log = logging.getLogger("lora_lab")
 
@@ -107,7 +107,7 @@ class TrainLora(io.ComfyNode):
                                       "when conditioning is connected; needed for per-step caption dropout / shuffling, "
                                       "text-encoder training and previews."),
                 io.Vae.Input("vae", tooltip="VAE used to encode the training images to latents once (cached)."),
-                DATASET.Input("dataset", tooltip="From 'Load Training Images' or 'Load Training Videos'."),
+                DATASET.Input("dataset", tooltip="From 'Load Training Images', 'Load Training Videos' or 'Combine Datasets'."),
                 io.Int.Input("steps", default=500, min=1, max=1_000_000, tooltip="Optimizer steps."),
                 io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6,
                                tooltip="Peak learning rate of the chosen optimizer (Prodigy: 1.0, it finds its own step size)."),
@@ -171,6 +171,9 @@ class TrainLora(io.ComfyNode):
                                          "LoRA inside the compiled code). The first step at each image size "
                                          "compiles; falls back to plain PyTorch with a warning where compiling "
                                          "fails."),
+                PRESERVATION_OPTIONS.Input("preservation", optional=True,
+                                           tooltip="From 'LoRA Lab Preservation': differential output / blank-prompt "
+                                                   "preservation (needs clip)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained LoRA applied."),
@@ -213,7 +216,7 @@ class TrainLora(io.ComfyNode):
              gradient_checkpointing, seed, output_name, custom_targets="", clip=None, conditioning=None,
              validation_every=50, algorithm="lora", optimizer="adamw", save_every=0, resume_from="",
              optimizer_options=None, loss_options=None, algorithm_options=None, text_encoder_options=None,
-             previews=None, compile=False) -> io.NodeOutput:
+             previews=None, compile=False, preservation=None) -> io.NodeOutput:
         name = lora_output_name(output_name)
         patcher = model.clone()
         family = model_family(patcher)
@@ -225,8 +228,9 @@ class TrainLora(io.ComfyNode):
         resume = load_resume(resume_from)
         encoders = text_encoders.trainable(clip, text_encoder_options.get("train_t5", False)) if train_te else {}
 
-        data = prepare_training_data(patcher, dataset, vae, clip, conditioning, batch_size, seed,
-                                     train_text_encoder=train_te)
+        run = prepare_run_data(patcher, dataset, vae, clip, conditioning, batch_size, seed,
+                               train_text_encoder=train_te, preservation=preservation)
+        data = run.data
         # The VAE and text encoder are done: let ComfyUI evict them before the model is loaded to train.
         comfy.model_management.free_memory(1e30, patcher.load_device)
 
@@ -241,15 +245,17 @@ class TrainLora(io.ComfyNode):
             warmup_steps=warmup_steps, precision=resolve_precision(precision, patcher.load_device),
             gradient_checkpointing=checkpointing_mode(gradient_checkpointing), compile=compile, seed=seed,
             algorithm=algorithm, optimizer=optimizer,
-            identity={"family": family, "dataset inputs": dataset_fingerprint(dataset)}, **fields,
+            identity={"family": family, "dataset inputs": run.fingerprint}, **fields,
         )
         load_for_training(patcher, backend, config, largest_latent_shape(data))
         validate = (ValidationLoss(backend, data.validation, validation_every, last_step=steps, batch_size=batch_size,
                                    precision=config.precision) if data.validation and validation_every > 0 else None)
 
         def finished(result) -> TrainedLora:
-            return trained_lora(result, config, dataset, family, name, backend.prediction, underneath,
+            lora = trained_lora(result, config, run.view, family, name, backend.prediction, underneath,
                                 tuple(text_encoders.present(clip)))
+            lora.metadata.update(run.metadata())  # preservation and the datasets of a mix, when there are any
+            return lora
 
         previewer = None
         if previews:
@@ -258,12 +264,12 @@ class TrainLora(io.ComfyNode):
         on_step = StepHooks(TrainProgress(steps, cls.hidden.unique_id), finished, name, save_every, previewer)
         with torch.inference_mode(False), torch.enable_grad(), comfy_training_mode(), \
                 trainable_bypass_adapters(patcher, clip.patcher if encoders else None):
-            result = _train(patcher, backend, data, config, on_step, validate, resume, finished, name)
+            result = _train(patcher, backend, data, config, on_step, validate, resume, finished, name, run.preservation)
         return _outputs(cls, patcher, clip, finished(result), result, name, validate, previewer)
 
 
 def _train(patcher, backend: ComfyBackend, data, config: TrainConfig, on_step, validate, resume, finished,
-           name: str):
+           name: str, preservation=None):
     """train() in ComfyUI's terms: cancel ends the run with the last step saved; NaN, out of memory and crashes
     save it too and say where."""
     ensure_rope_autograd()
@@ -274,7 +280,7 @@ def _train(patcher, backend: ComfyBackend, data, config: TrainConfig, on_step, v
         return train(backend, data.samples, config, on_step=on_step,
                      should_stop=comfy.model_management.processing_interrupted,
                      interrupt_on=(comfy.model_management.InterruptProcessingException,),
-                     order=data.order, validate=validate, resume=resume)
+                     order=data.order, validate=validate, resume=resume, preservation=preservation)
     except (NonFiniteLossError, TrainingOutOfMemory, TrainingCrashed) as error:
         kind = {NonFiniteLossError: "loss became non-finite", TrainingOutOfMemory: "out of memory"}.get(
             type(error), "training failed")

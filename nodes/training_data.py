@@ -27,12 +27,13 @@ log = logging.getLogger("lora_lab")
 
 
 def prepare_training_data(patcher, dataset, vae, clip, conditioning: list | None, batch_size: int,
-                          seed: int, train_text_encoder: bool = False) -> TrainingData:
+                          seed: int, train_text_encoder: bool = False, then=None) -> TrainingData:
     """Encode (or read from the cache) every latent and caption the run needs; raises DatasetError.
 
     Runs outside inference mode and without grad, so that what it makes can be saved by autograd later.
     train_text_encoder: captions are not encoded here but at each step, with grad, through the CLIP that
     carries the adapters (nodes/text_encoder_conds.py); no caption cache then.
+    then(data, encoders, cache): more encodings made the captions' way, in the same context (preservation captions).
     """
     if clip is None and conditioning is None:
         raise DatasetError("Train LoRA needs a clip (to encode the dataset's captions) or a conditioning list "
@@ -67,9 +68,11 @@ def prepare_training_data(patcher, dataset, vae, clip, conditioning: list | None
         make_cond=encoded_each_step(clip, patcher, seed, sizes_of) if text_each_step else make_cond,
         text_each_step=text_each_step)
     with torch.inference_mode(False), torch.no_grad():
-        data = build_training_data(dataset, encoders, EncodingCache(dataset.cache_folder), seed=seed,
-                                   batch_size=batch_size,
+        cache = EncodingCache(dataset.cache_folder)
+        data = build_training_data(dataset, encoders, cache, seed=seed, batch_size=batch_size,
                                    conditionings=list(conditioning) if conditioning is not None else None)
+        if then is not None:
+            then(data, encoders, cache)
     for warning in data.warnings:
         log.warning("LoRA Lab: %s", warning)
     log.info("LoRA Lab: %s", data.report)

@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-DATASET = io.Custom("LORA_LAB_DATASET")  # lora_core.dataset.ImageDataset
+DATASET = io.Custom("LORA_LAB_DATASET")  # lora_core ImageDataset, or a DatasetMix (data/dataset_mix.py)
 LORA = io.Custom("LORA_LAB_LORA")  # nodes.lora_state.TrainedLora
 LOSS = io.Custom("LORA_LAB_LOSS")  # {"loss": [float per step], "name": str}
 BUCKET_OPTIONS = io.Custom("LORA_LAB_BUCKET_OPTIONS")  # dict from 'Bucket Options' (nodes/dataset_options.py)
@@ -15,3 +15,4 @@ LOSS_OPTIONS = io.Custom("LORA_LAB_LOSS_OPTIONS")
 ALGORITHM_OPTIONS = io.Custom("LORA_LAB_ALGORITHM_OPTIONS")
 TEXT_ENCODER_OPTIONS = io.Custom("LORA_LAB_TEXT_ENCODER_OPTIONS")
 PREVIEW_OPTIONS = io.Custom("LORA_LAB_PREVIEW_OPTIONS")
+PRESERVATION_OPTIONS = io.Custom("LORA_LAB_PRESERVATION_OPTIONS")  # dict from nodes/preservation_options.py

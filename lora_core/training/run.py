@@ -22,6 +22,7 @@ from .fingerprint import check_same_run, run_fingerprint
 from .noise import sample_noise
 from .objective import diffusion_loss
 from .precision import autocast, compute_dtype, dtype_name
+from .preservation import Preservation, attach_fingerprint
 from .run_setup import make_adapters, optimizer_and_schedule, param_groups
 from .state import TrainState, copied_to_cpu, restore_rng, rng_state
 from .timesteps import sampler
@@ -48,8 +49,12 @@ class Run:
     """One training run's objects; step() does one optimizer step, state() captures it between steps."""
 
     def __init__(self, backend: Backend, samples: list[TrainSample], config: TrainConfig, order: BatchOrder | None,
-                 resume: TrainState | None, distributed: Any = None):
+                 resume: TrainState | None, distributed: Any = None, preservation: Preservation | None = None):
         self.backend, self.samples, self.config = backend, samples, config
+        self.preservation = preservation if preservation is not None and preservation.active else None
+        if self.preservation is not None:
+            self.preservation.check(len(samples), config.train_text_encoder)
+        self.attachment: Any = None  # the attached adapters (trainer._loop): preservation switches them off
         self.dist = distributed  # distributed.Distributed: this rank's slice of each batch, grads averaged
         self.device = torch.device(backend.device)
         self.gen = torch.Generator().manual_seed(config.seed)  # CPU generator: same draws on every device
@@ -59,7 +64,7 @@ class Run:
         self.optimizer, self.scheduler = optimizer_and_schedule(groups, config)
         self.ema = make_ema(self.params, config.ema_decay) if config.ema_decay else None
         self.sample_u = sampler(backend, config.timestep_options())
-        self.fingerprint = run_fingerprint(config, samples)
+        self.fingerprint = attach_fingerprint(run_fingerprint(config, samples), self.preservation)
         self.compute_dtype = compute_dtype(config.precision, getattr(backend, "compute_dtype", torch.float32))
         # fp16 gradients underflow without loss scaling, whether autocast or the model's own dtype made them fp16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.compute_dtype == torch.float16)
@@ -182,8 +187,7 @@ class Run:
             x0 = torch.stack([self.samples[i].latent for i in batch]).float().to(self.device)
             masks = batch_masks([self.samples[i] for i in batch])
             with autocast(self.config.precision, self.device):
-                loss = diffusion_loss(self.backend, x0, torch.stack(noise).to(self.device), u, conds, self.config.loss,
-                                      masks).mean()
+                loss = self._loss(batch, x0, torch.stack(noise).to(self.device), u, conds, masks).mean()
             value = float(loss.detach()) if self.dist is None else self.dist.mean(float(loss.detach()))
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss became {value} at step {step + 1} (micro-step {m + 1})",
@@ -197,6 +201,13 @@ class Run:
         self.boundary = self._boundary()
         self.updating = False
         return self.losses[-1]
+
+    def _loss(self, batch: list[int], x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor,
+              conds: list[Any], masks: torch.Tensor | None) -> torch.Tensor:
+        if self.preservation is None:
+            return diffusion_loss(self.backend, x0, noise, u, conds, self.config.loss, masks)
+        return self.preservation.loss(self.backend, self.attachment, batch, x0, noise, u, conds, self.config.loss,
+                                      masks)
 
     def _clip_and_step(self, step: int) -> None:
         if self.dist is not None:

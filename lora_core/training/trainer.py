@@ -31,6 +31,7 @@ from .devices import fork_rng
 from .failures import crashed, raise_clearly
 from .frozen_layers import frozen_base, frozen_parameters, plain_fetch, plain_stored, torch_plain
 from .loss_options import LossOptions
+from .preservation import Preservation
 from .run import Run, TrainResult
 from .run_setup import roots
 from .state import TrainState
@@ -133,6 +134,7 @@ def train(
     resume: TrainState | None = None,
     validate: Callable[[int], float | None] | None = None,
     distributed: Any = None,
+    preservation: Preservation | None = None,
 ) -> TrainResult:
     """Train a LoRA on `backend.root`. Adapters and layer wrappers are attached for the run and always removed.
 
@@ -141,6 +143,7 @@ def train(
     and its .state continues the run. A NaN loss raises NonFiniteLossError, running out of memory
     TrainingOutOfMemory and any other exception TrainingCrashed, all carrying that result. validate(step) may return a validation loss for the report.
     distributed (lora_core.distributed.Distributed): data-parallel, this process computes its rank's slice.
+    preservation (training/preservation.py): preservation terms and regularisation datasets, indexed like samples.
     """
     # ComfyUI runs nodes under inference_mode: adapters, optimizer state and activations must be made outside it
     with torch.inference_mode(False), torch.enable_grad():
@@ -149,7 +152,8 @@ def train(
                                usable_in_autograd(s.mask)) for s in samples]
         device = torch.device(backend.device)
         with fork_rng(device):
-            run = Run(backend, samples, config, order, resume, distributed)
+            kept = preservation.usable_in_autograd() if preservation is not None else None
+            run = Run(backend, samples, config, order, resume, distributed, kept)
             return _loop(run, on_step, should_stop, interrupt_on, validate)
 
 
@@ -162,7 +166,7 @@ def _loop(run: Run, on_step, should_stop, interrupt_on, validate) -> TrainResult
             stack.enter_context(frozen_base(tree, getattr(backend, "fetch_weight", plain_fetch),
                                             getattr(backend, "is_plain", torch_plain),
                                             getattr(backend, "stored_weights", plain_stored)))
-        stack.enter_context(attached(trees, run.adapters))
+        run.attachment = stack.enter_context(attached(trees, run.adapters))
         modules = dict(backend.root.named_modules())
         adapted = [modules[n] for n in run.adapters if ":" not in n]
         mode = checkpointing_mode(config.gradient_checkpointing)

@@ -46,6 +46,9 @@ Kinds (see MODEL_KINDS):
   wan_vae       Wan 2.1 causal 3-D VAE (ComfyUI's WanVAE key layout, z 16, 8x spatial / 4x temporal) with
                 base width 32 instead of 96 (VAELoader reads the width from decoder.head.0.gamma), bf16
                 -> VAELoader
+Not a file: a small vision-language text encoder (ComfyUI's Qwen3-VL classes, language model cut down through its
+model_options config override, which no loader reads from a file) is built in memory by
+test_nodes/vision_clip.py, in the test process or in a test server (node LoraLabTestVisionClip).
 """
 
 from __future__ import annotations

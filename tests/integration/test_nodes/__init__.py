@@ -3,6 +3,9 @@
 LoraLabTestConditioning: a CONDITIONING of any width without a real text encoder, deterministic in
 (seed, text) - different captions give different conditionings. For flow models whose real encoder (T5)
 is too large to build here; the harness' default for Flux/SD3 is still a real CLIP-L via CLIPLoader.
+
+LoraLabTestVisionClip: a random small vision-language text encoder of a real architecture (ComfyUI's Qwen3-VL
+classes, vision_clip.py), for Caption Images; an error on ComfyUI versions that have none.
 """
 
 import hashlib
@@ -36,5 +39,21 @@ class LoraLabTestConditioning:
         return ([[cond, extra]],)
 
 
-NODE_CLASS_MAPPINGS = {"LoraLabTestConditioning": LoraLabTestConditioning}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoraLabTestConditioning": "LoRA Lab test conditioning"}
+class LoraLabTestVisionClip:
+    CATEGORY = "LoRA Lab/testing"
+    FUNCTION = "build"
+    RETURN_TYPES = ("CLIP",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 1234, "min": 0, "max": 2**31 - 1})}}
+
+    def build(self, seed):
+        from .vision_clip import tiny_vision_clip
+
+        return (tiny_vision_clip(seed),)
+
+
+NODE_CLASS_MAPPINGS = {"LoraLabTestConditioning": LoraLabTestConditioning, "LoraLabTestVisionClip": LoraLabTestVisionClip}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoraLabTestConditioning": "LoRA Lab test conditioning",
+                              "LoraLabTestVisionClip": "LoRA Lab test vision-language CLIP"}
