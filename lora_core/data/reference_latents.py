@@ -20,7 +20,7 @@ from ..errors import DatasetError
 from .augment import Variant, apply_colour, flip_pixels, jittered
 from .buckets import Placement
 from .dataset_files import reason
-from .image_io import load_training_pixels
+from .image_io import decode_rgb, fit_to_placement
 from .pairs import ControlRef
 
 
@@ -49,7 +49,7 @@ class ReferenceLatents:
         index = (control.path, placement, tuple(variant.key()))
         if index not in self.decoded:
             try:
-                decoded = load_training_pixels(control.path, placement).numpy()
+                decoded = fit_to_placement(decode_rgb(control.path), placement)
             except Exception as error:  # PIL raises many types for bad files; name the control
                 raise DatasetError(f"cannot decode its control {control.path.name}: {reason(error)}") from error
             self.decoded[index] = apply_colour(decoded, variant)
