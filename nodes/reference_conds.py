@@ -13,6 +13,7 @@ only, so the loss sees the target alone.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -71,3 +72,13 @@ class SampleReferences:
             "reference latents that 'Control Images' gives each training image (as ReferenceLatent would). Train an "
             "edit model (Flux Kontext, Flux 2, Qwen-Image edit, ...) on pairs, or disconnect 'Control Images' to "
             "train this model on the images alone")
+
+
+def memory_shape(latent_shape: tuple[int, ...], references: tuple[torch.Tensor, ...]) -> tuple[int, ...]:
+    """The latent shape whose area (what ComfyUI's memory_required counts: batch x every dim after the channels) is
+    the sample's own plus its references', as the sampler passes them in cond_shapes: the last side made longer."""
+    if not references:
+        return tuple(latent_shape)
+    rows = math.prod(latent_shape[1:-1])
+    extra = sum(math.prod(r.shape[2:]) for r in references)
+    return (*latent_shape[:-1], latent_shape[-1] + math.ceil(extra / rows))

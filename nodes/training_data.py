@@ -19,7 +19,7 @@ from ..lora_core.errors import DatasetError
 from ..lora_core.data.samples import usable_in_autograd
 from ..lora_core.data.training_samples import Encoders, SampleInfo, TrainingData, build_training_data
 from .comfy_backend import encode_sample_cond
-from .reference_conds import SampleReferences
+from .reference_conds import SampleReferences, memory_shape
 from .text_encoder_conds import encoded_each_step
 from .comfy_encoders import (clip_encoder, clip_identity, uses_size_conditioning, vae_encoder, vae_identity,
                              with_size_conditioning)
@@ -80,5 +80,8 @@ def prepare_training_data(patcher, dataset, vae, clip, conditioning: list | None
 
 
 def largest_latent_shape(data: TrainingData) -> tuple[int, ...]:
-    """The biggest sample (buckets differ in shape): what the memory request must leave room for."""
-    return tuple(max((s.latent.shape for s in data.samples), key=lambda shape: torch.Size(shape).numel()))
+    """The biggest sample (buckets differ in shape): what the memory request must leave room for; an edit pair's
+    references add their area (nodes/reference_conds.py memory_shape)."""
+    references = [i.references for i in data.infos] if len(data.infos) == len(data.samples) else [()] * len(data.samples)
+    shapes = [memory_shape(tuple(s.latent.shape), r) for s, r in zip(data.samples, references)]
+    return max(shapes, key=lambda shape: torch.Size(shape).numel())

@@ -44,6 +44,10 @@ def test_each_sample_gets_its_references_as_reference_latent_gives_them(edit, tm
     assert "pairs: 4 images with 1 control image from control/ folders beside the images" in summary
     conds = [family.conditioning(c) for c in captions]
     data = training_data(model, vae, dataset, conds)
+    from lora_lab.nodes.training_data import largest_latent_shape
+
+    shape = tuple(data.samples[0].latent.shape)  # the memory request counts the reference's area too (as large)
+    assert largest_latent_shape(data) == (*shape[:-1], 2 * shape[-1])
     for i, (sample, info) in enumerate(zip(data.samples, data.infos)):
         control = np.asarray(Image.open(folder / "control" / info.item.path.name), dtype=np.float32) / 255.0
         (latent,) = call_node("VAEEncode", pixels=torch.from_numpy(control)[None], vae=vae)
