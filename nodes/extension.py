@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .cache_node import EncodingCacheNode
-from .control_options import ControlImages
+from .control_options import ControlImages, DatasetControlImages
 from .convert_nodes import ConvertLora, InspectLora
 from .dataset_node import LoadTrainingImages
 from .dataset_options import Augmentation, BucketOptions, CaptionOptions, MaskOptions
@@ -37,4 +37,4 @@ class LoraLabExtension(ComfyExtension):
             register_routes(server.routes)
         return [LoadTrainingImages, LoadTrainingVideos, BucketOptions, CaptionOptions, Augmentation, MaskOptions,
                 EncodingCacheNode, TrainLora, *OPTION_NODES, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora,
-                InspectLora, MergeLoras, ResizeLora, ControlImages]
+                InspectLora, MergeLoras, ResizeLora, ControlImages, DatasetControlImages]

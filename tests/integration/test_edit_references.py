@@ -196,3 +196,22 @@ def test_bad_pairs_are_named_by_the_dataset_node(comfy, tmp_path):
     dataset, summary, _ = paired_dataset(folder, control_resolution=64)  # a bucket of its own: allowed
     assert "each in a bucket of its own of about 64x64 pixels" in summary
     assert CAPTIONS[0] in dataset.captions()
+
+
+def test_dataset_control_images_follow_the_captions(comfy, tmp_path):
+    """The list an image-seeing encoder (TextEncodeQwenImageEdit) takes beside the captions: one picture per caption,
+    in the same order (validation last), each its control whole."""
+    register_lora_lab_nodes()
+    folder = make_pairs(tmp_path / "pairs", count=4)
+    (options,) = call_node("LoraLabControlImages", control_folder="(control/ beside the images)", control_resolution=0)
+    dataset, _summary, captions = call_node("LoraLabDataset", folder=str(folder), resolution=64, trigger_word="",
+                                            default_caption="", cache_folder="", validation=1.0,
+                                            control_options=options)
+    (images,) = call_node("LoraLabDatasetControlImages", dataset=dataset, reference=1)
+    assert len(images) == len(captions) == 4
+    for item, image, caption in zip(dataset.all_items(), images, captions):
+        control = np.asarray(Image.open(folder / "control" / item.path.name), dtype=np.float32) / 255.0
+        assert caption == (folder / item.path.with_suffix(".txt").name).read_text()
+        assert image.shape == (1, 64, 64, 3) and torch.equal(image[0], torch.from_numpy(control))
+    with pytest.raises(Exception, match="has 1 control image"):
+        call_node("LoraLabDatasetControlImages", dataset=dataset, reference=2)
