@@ -29,13 +29,15 @@ TARGET = HERE.parent / "example_workflows"
 TITLES = {
     "sd15_train_lora": "SD1.5 LoRA training",
     "flux_train_lora": "Flux.1 LoRA training",
+    "flux_kontext_edit_lora": "Flux Kontext edit LoRA training",
 }
 GROUPS = ("1. Train the LoRA", "2. Sample with the trained LoRA")
 
 TITLE_H, SLOT_H, WIDGET_H = 30, 20, 24  # LiteGraph's title bar, slot row, widget row (+ spacing)
 GAP_X, GAP_Y, GROUP_PAD = 60, 50, 30
 WIDTH = {"LoraLabTrain": 460, "CLIPTextEncode": 400}
-EXTRA_HEIGHT = {"LoraLabTrain": 220}  # the live chart (web/train_chart.js: 190 px minimum) and its margins
+EXTRA_HEIGHT = {"LoraLabTrain": 220,  # the live chart (web/train_chart.js: 190 px minimum) and its margins
+                "LoadImage": 260}  # the picture's preview
 TEXTBOX_H = 90  # a multiline STRING widget
 # Where the model files the examples name come from (the URLs ComfyUI's own default graph and Flux templates
 # give): the August 2026 frontend offers to download a missing one instead of only flagging the loader.
@@ -49,6 +51,9 @@ MODELS = {
                            "text_encoders"),
     "t5xxl_fp16.safetensors": (
         "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors", "text_encoders"),
+    "flux1-dev-kontext_fp8_scaled.safetensors": (
+        "https://huggingface.co/Comfy-Org/flux1-kontext-dev_ComfyUI/resolve/main/split_files/diffusion_models/"
+        "flux1-dev-kontext_fp8_scaled.safetensors", "diffusion_models"),
     "ae.safetensors": (
         "https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors", "vae"),
 }
@@ -124,6 +129,8 @@ def _node(node_id: str, node: dict, info: dict, links: list, out_links: dict) ->
             widgets.append(value if value is not None else _default(spec))
             if options.get("control_after_generate"):
                 widgets.append("fixed")  # the frontend's extra "control after generate" widget
+            if options.get("image_upload"):
+                widgets.append("image")  # LoadImage's upload button, which the frontend saves as "image"
             if spec[0] == "STRING" and options.get("multiline"):
                 rows_extra += TEXTBOX_H - WIDGET_H
     is_list = info.get("output_is_list") or [False] * len(info["output"])

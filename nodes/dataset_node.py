@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from ..lora_core.data.dataset import load_image_folder
 from .comfy_paths import resolve_dataset_folder
+from .control_options import CONTROL_OPTIONS
 from .dataset_inputs import (caption_inputs, common_inputs, dataset_output, dataset_outputs, folder_fingerprint,
                              folder_input, loader_options, validate_paths)
 from .types import MASK_OPTIONS
@@ -33,6 +34,9 @@ class LoadTrainingImages(io.ComfyNode):
                 *common_inputs(),
                 MASK_OPTIONS.Input("mask_options", optional=True,
                                    tooltip="From 'Mask Options': a loss mask per image (none otherwise)."),
+                CONTROL_OPTIONS.Input("control_options", optional=True,
+                                      tooltip="From 'Control Images': edit pairs, each image with the control images "
+                                              "the model sees as references (none otherwise)."),
             ],
             outputs=dataset_outputs(),
         )
@@ -48,9 +52,9 @@ class LoadTrainingImages(io.ComfyNode):
     @classmethod
     def execute(cls, folder, resolution, trigger_word, default_caption, aspect_buckets=True, caption_template="",
                 validation=0.0, cache_folder="", bucket_options=None, caption_options=None,
-                augmentation=None, mask_options=None) -> io.NodeOutput:
+                augmentation=None, mask_options=None, control_options=None) -> io.NodeOutput:
         dataset = load_image_folder(
             resolve_dataset_folder(folder), resolution, trigger_word=trigger_word, default_caption=default_caption,
-            caption_template=caption_template, validation=validation, masks=mask_options,
+            caption_template=caption_template, validation=validation, masks=mask_options, pairs=control_options,
             **loader_options(resolution, aspect_buckets, cache_folder, bucket_options, caption_options, augmentation))
         return dataset_output(dataset, "dataset")

@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .cache_node import EncodingCacheNode
 from .caption_nodes import CaptionImages, SaveCaptions
+from .control_options import ControlImages, DatasetControlImages
 from .convert_nodes import ConvertLora, InspectLora
 from .dataset_node import LoadTrainingImages
 from .dataset_mix_nodes import CombineDatasets, RegularisationDataset
@@ -40,4 +41,4 @@ class LoraLabExtension(ComfyExtension):
         return [LoadTrainingImages, LoadTrainingVideos, BucketOptions, CaptionOptions, Augmentation, MaskOptions,
                 EncodingCacheNode, TrainLora, *OPTION_NODES, SaveLora, LoadLora, PlotTrainingLoss, ConvertLora,
                 InspectLora, MergeLoras, ResizeLora, PreservationOptions, CombineDatasets, RegularisationDataset,
-                CaptionImages, SaveCaptions]
+                CaptionImages, SaveCaptions, ControlImages, DatasetControlImages]

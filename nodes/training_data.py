@@ -19,6 +19,7 @@ from ..lora_core.errors import DatasetError
 from ..lora_core.data.samples import usable_in_autograd
 from ..lora_core.data.training_samples import Encoders, SampleInfo, TrainingData, build_training_data
 from .comfy_backend import encode_sample_cond
+from .reference_conds import SampleReferences, memory_shape
 from .text_encoder_conds import encoded_each_step
 from .comfy_encoders import (clip_encoder, clip_identity, uses_size_conditioning, vae_encoder, vae_identity,
                              with_size_conditioning)
@@ -43,8 +44,10 @@ def prepare_training_data(patcher, dataset, vae, clip, conditioning: list | None
                            "through the CLIP it trains) and no conditioning list")
     size_conditioning = uses_size_conditioning(patcher)
     shared: dict[tuple, Any] = {}
+    references = SampleReferences(patcher, seed)  # edit pairs: each sample's control latents (none otherwise)
 
     def make_cond(cond: Any, info: SampleInfo) -> Any:
+        cond = references(cond, info)
         sizes = (info.original_size, info.crop_top_left, info.target_size) if size_conditioning else None
         if info.per_step:  # a drawn caption (dropout, shuffle): used for one step, so not kept
             return encode_sample_cond(patcher, usable_in_autograd(with_size_conditioning(cond, *sizes) if sizes else cond),
@@ -65,7 +68,7 @@ def prepare_training_data(patcher, dataset, vae, clip, conditioning: list | None
         encode_text=clip_encoder(clip) if clip is not None and not text_each_step else None,
         text_id=clip_identity(clip) if clip is not None and not text_each_step else "",
         latent_in=lambda raw: patcher.model.process_latent_in(raw),
-        make_cond=encoded_each_step(clip, patcher, seed, sizes_of) if text_each_step else make_cond,
+        make_cond=encoded_each_step(clip, patcher, seed, sizes_of, references) if text_each_step else make_cond,
         text_each_step=text_each_step)
     with torch.inference_mode(False), torch.no_grad():
         cache = EncodingCache(dataset.cache_folder)
@@ -80,5 +83,8 @@ def prepare_training_data(patcher, dataset, vae, clip, conditioning: list | None
 
 
 def largest_latent_shape(data: TrainingData) -> tuple[int, ...]:
-    """The biggest sample (buckets differ in shape): what the memory request must leave room for."""
-    return tuple(max((s.latent.shape for s in data.samples), key=lambda shape: torch.Size(shape).numel()))
+    """The biggest sample (buckets differ in shape): what the memory request must leave room for; an edit pair's
+    references add their area (nodes/reference_conds.py memory_shape)."""
+    references = [i.references for i in data.infos] if len(data.infos) == len(data.samples) else [()] * len(data.samples)
+    shapes = [memory_shape(tuple(s.latent.shape), r) for s, r in zip(data.samples, references)]
+    return max(shapes, key=lambda shape: torch.Size(shape).numel())

@@ -79,6 +79,9 @@ SPECS = {
             [("umt5", 32)], dict(_FLOW, shift=5.0)),
 }
 
+SPECS["flux_kontext"] = SPECS["flux"]  # Kontext is Flux's transformer; its pipeline class says it takes a reference
+PIPELINE_CLASSES = {"flux_kontext": "FluxKontextPipeline"}  # model_index.json's class, where the loader reads it
+
 
 def _vae(family: str):
     import diffusers
@@ -113,5 +116,6 @@ def make_tiny_pipeline(folder: str | Path, family: str, seed: int = 0) -> Path:
         suffix = "" if i == 0 else f"_{i + 1}"
         vocab = _tokenizer(folder / f"tokenizer{suffix}")
         _text_encoder(kind, width, vocab).save_pretrained(folder / f"text_encoder{suffix}")
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": f"tiny-{family}", component: ["diffusers", cls]}))
+    name = PIPELINE_CLASSES.get(family, f"tiny-{family}")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": name, component: ["diffusers", cls]}))
     return folder

@@ -1,7 +1,8 @@
 """`lora-lab train` configuration: a TOML file, flags on top, checked before any model loads.
 
     [model]   path, family, dtype, text_encoder, prediction, shift, device
-    [data]    path, resolution, trigger_word, captions, buckets, augment, mask, cache_folder, video clips, validation
+    [data]    path, resolution, trigger_word, captions, buckets, augment, mask, controls, cache_folder, video clips,
+              validation
     [train]   any field of lora_core.trainer.TrainConfig (steps, learning_rate, rank, alpha, targets, ...)
     [output]  dir, name, formats, save_every, tensorboard, loss_plot, resume, overwrite
 
@@ -66,6 +67,13 @@ class VideoSection:
 
 
 @dataclass
+class ControlSection:
+    enabled: bool = False  # edit pairs: each image's control images (data/pairs.py), for edit models
+    folder: str = ""  # a second folder laid out like data.path ("": control/, control_2/, ... beside the images)
+    resolution: int = 0  # 0: each control fitted to its image's bucket; N: a bucket of its own of about N² pixels
+
+
+@dataclass
 class DataSection:
     path: str = ""
     resolution: int | list[int] = 512
@@ -83,6 +91,7 @@ class DataSection:
     video: VideoSection = field(default_factory=VideoSection)
     captions: CaptionTransforms = field(default_factory=CaptionTransforms)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    controls: ControlSection = field(default_factory=ControlSection)
 
 
 @dataclass
@@ -282,6 +291,7 @@ def _check_data(src: str, d: DataSection) -> None:
     from ..data.dataset import check_options, parse_resolution
     from ..data.frame_sampling import check_sampling, snap_frames
     from ..data.masks import MaskConfig
+    from ..data.pairs import PairConfig
 
     _owned(src, "data", check_options, d.resolution, d.caption_template, d.small_images)
     _owned(src, "data", MaskConfig, d.mask, d.mask_floor)
@@ -292,6 +302,10 @@ def _check_data(src: str, d: DataSection) -> None:
         b = d.buckets
         _owned(src, "data.buckets", bucket_sizes, BucketConfig(parse_resolution(d.resolution), b.min_side,
                                                               b.max_side, b.step))
+    if d.controls.enabled:
+        _owned(src, "data.controls", PairConfig, None, d.controls.resolution)
+        if d.video.enabled:
+            raise ConfigError(f"{src}: data.controls pairs images; turn data.video off")
     _owned(src, "data.video", check_sampling, d.video.frame_sampling, d.video.clips_per_video)
     _owned(src, "data.video", snap_frames, d.video.frames)
     if d.validate_every < 0:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import TrainingError
+from .edit_models import flux_ids, flux_reference_tokens, one_reference_shape, packed_flux
 
 
 def _bcast(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -145,10 +146,14 @@ class FlowTransformerBackend:
         b, c, h, w = x_t.shape
         if h % 2 or w % 2:
             raise TrainingError(f"Flux latents need even height/width, got {h}x{w}")
-        packed = x_t.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
-        img_ids = torch.zeros(h // 2, w // 2, 3, device=self.device)
-        img_ids[..., 1] += torch.arange(h // 2, device=self.device)[:, None]
-        img_ids[..., 2] += torch.arange(w // 2, device=self.device)[None, :]
+        if not one_reference_shape(conds):  # Kontext references of their own sizes: one row per call
+            return torch.cat([self._flux_velocity(x_t[i:i + 1], sigma[i:i + 1], ehs[i:i + 1], conds[i:i + 1])
+                              for i in range(b)])
+        packed, img_ids = packed_flux(x_t), flux_ids(h, w, 0, self.device)
+        tokens = packed.shape[1]
+        references = flux_reference_tokens(conds, packed)  # Kontext: the reference's tokens follow the latent's
+        if references is not None:
+            packed, img_ids = torch.cat([packed, references[0]], dim=1), torch.cat([img_ids, references[1]])
         kwargs = {}
         if getattr(self.root.config, "guidance_embeds", False):
             kwargs["guidance"] = torch.full((b,), self.guidance, device=self.device)
@@ -157,11 +162,11 @@ class FlowTransformerBackend:
             encoder_hidden_states=ehs,
             pooled_projections=_stack(conds, "pooled_projections", self.device),
             timestep=sigma,  # Flux multiplies by 1000 inside
-            img_ids=img_ids.reshape(-1, 3),
+            img_ids=img_ids,
             txt_ids=torch.zeros(ehs.shape[1], 3, device=self.device),
             return_dict=False,
             **kwargs,
-        )[0]
+        )[0][:, :tokens]
         return out.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
     def c_out(self, sigma: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from .diffusers_backend import DDPMUNetBackend, FlowTransformerBackend
+from .edit_models import REFERENCE_PIPELINES, pipeline_class, with_references
 from ..families import FAMILIES, cli_families
 from ..errors import LoraLabError
 from .tiny_models import TinyTextEncoder
@@ -160,9 +161,11 @@ def load_model(folder: ModelFolder, dtype: str = "fp32", device: torch.device | 
         folder.part("vae"), torch_dtype=torch.float32, local_files_only=True).to(device).eval().requires_grad_(False)
     text_models: list[torch.nn.Module] = []
     encode_text, text_id = _text_encoder(folder, text_encoder, device, torch_dtype, text_models)
+    latent_in, make_cond = _latent_in(vae, folder.family), _make_cond(folder)
+    if pipeline_class(folder.root) in REFERENCE_PIPELINES:  # an edit model: each sample's references too
+        make_cond = with_references(make_cond, latent_in, pipeline_class(folder.root))
     encoders = Encoders(encode_pixels=_vae_encoder(vae, device), pixels_id=_identity(folder.part("vae")),
-                        encode_text=encode_text, text_id=text_id, latent_in=_latent_in(vae, folder.family),
-                        make_cond=_make_cond(folder))
+                        encode_text=encode_text, text_id=text_id, latent_in=latent_in, make_cond=make_cond)
     return LoadedModel(folder, backend, encoders, text_models)
 
 

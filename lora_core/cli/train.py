@@ -28,6 +28,7 @@ from ..training.state import load_train_state, read_state_step
 from ..training.trainer import StepReport, train
 from ..training.run import TrainResult
 from .config import ConfigError, RunConfig, check_world_size, load_config
+from .edit_models import check_takes_references
 from .model_folders import ModelFolder, check_family, check_parts, inspect_folder, load_model
 from .train_files import Forms, RunFiles, clock, existing_outputs, periodic_stem
 from .train_inputs import device, load_dataset, training_data
@@ -90,6 +91,8 @@ def preflight(config: RunConfig, world_size: int) -> ModelFolder:
     data = Path(config.data.path).expanduser()
     if not data.is_dir():
         raise ConfigError(f"{config.source}: data.path {data} is not a folder")
+    if config.data.controls.enabled:
+        _check_controls(config, folder)
     start_step = 0
     if config.output.resume:
         resume = Path(config.output.resume).expanduser()
@@ -107,6 +110,17 @@ def preflight(config: RunConfig, world_size: int) -> ModelFolder:
             raise ConfigError(f"{config.source}: output.tensorboard needs the tensorboard package "
                               "(pip install tensorboard)") from None
     return folder
+
+
+def _check_controls(config: RunConfig, folder: ModelFolder) -> None:
+    """An edit dataset needs a model that takes references, and its second folder must be there."""
+    try:
+        check_takes_references(folder.root, folder.family)
+    except LoraLabError as error:
+        raise ConfigError(f"{config.source}: {error}") from None
+    second = config.data.controls.folder
+    if second and not Path(second).expanduser().is_dir():
+        raise ConfigError(f"{config.source}: data.controls.folder {second} is not a folder")
 
 
 def check_outputs(config: RunConfig, start_step: int = 0) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 
 from ..adapters.lora_weights import LoraWeights
 from ..data.captions import tag_frequency
+from ..data.dataset_metadata import pairs_metadata
 from ..errors import LoraLabError
 from ..files.atomic import atomic_write_bytes
 from ..files.lora_file import algorithm_metadata, save_lora_file, training_metadata
@@ -123,6 +124,8 @@ class RunFiles:
             started_at=self.started, finished_at=clock(), gradient_checkpointing=result.checkpointing, compile=result.compiled,
             comment=f"lora-lab train on {folder.root.name} ({folder.cls})")
         meta.update(algorithm_metadata(t))
+        if self.dataset.pairs is not None:  # an edit LoRA: how its references were given (as the node writes it)
+            meta["lora_lab_pairs"] = json.dumps(pairs_metadata(self.dataset), sort_keys=True)
         state = []  # first: a LoRA form that cannot be written must not lose the run
         if result.state is not None:
             state.append(save_train_state(state_path(self.out_dir / f"{stem}.safetensors"), result.state))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..cache.encoding_cache import EncodingCache
@@ -37,8 +39,11 @@ def load_dataset(config: RunConfig):
                                  include_images=v.include_images, **common)
     from ..data.dataset import load_image_folder
     from ..data.masks import MaskConfig
+    from ..data.pairs import PairConfig
 
-    return load_image_folder(d.path, resolution, masks=MaskConfig(d.mask, d.mask_floor), **common)
+    c = d.controls
+    pairs = PairConfig(Path(c.folder).expanduser() if c.folder else None, c.resolution) if c.enabled else None
+    return load_image_folder(d.path, resolution, masks=MaskConfig(d.mask, d.mask_floor), pairs=pairs, **common)
 
 
 def training_data(config: RunConfig, dataset, model, dist: Distributed | None):

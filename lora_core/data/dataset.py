@@ -27,6 +27,7 @@ from ..errors import DatasetError
 from .frame_sampling import FramePlan
 from .image_io import IMAGE_EXTENSIONS, image_size, load_training_pixels
 from .masks import MASK_FOLDER, MaskConfig, MaskRef, attach_masks
+from .pairs import ControlRef, PairConfig, attach_controls, folders_to_skip
 
 ACCEPTED = ", ".join(IMAGE_EXTENSIONS)
 SMALL_IMAGE_POLICIES = ("upscale", "skip")
@@ -44,6 +45,7 @@ class TrainImage:
     digest: str = ""  # content hash of the file (a frame folder: of its frame hashes)
     frames: FramePlan | None = None
     mask: MaskRef | None = None  # where its loss mask comes from (data/masks.py); None: weight 1 everywhere
+    controls: tuple[ControlRef, ...] = ()  # its control images, the model's references (data/pairs.py)
 
     @property
     def folder(self) -> str:
@@ -93,6 +95,7 @@ class ImageDataset:
     cache_folder: Path | None = None
     kind: str = "images"
     masks: MaskConfig = field(default_factory=MaskConfig)
+    pairs: PairConfig | None = None  # None: no control images
 
     def __len__(self) -> int:
         return len(self.images)
@@ -179,6 +182,7 @@ def load_image_folder(
     augment: AugmentConfig | None = None,
     cache_folder: str | Path | None = None,
     masks: MaskConfig | None = None,
+    pairs: PairConfig | None = None,
 ) -> ImageDataset:
     """Load every image under `folder` (resolved path); raises DatasetError.
 
@@ -188,14 +192,16 @@ def load_image_folder(
     Unreadable images are skipped and named in `warnings`; so are images without captions, which get
     `default_caption`. The caption is `caption_template` with {trigger} and {caption} filled in; without a
     template, `trigger_word` is prepended unless the caption already starts with it. masks: where loss masks
-    come from (data/masks.py; None: no masks).
+    come from (data/masks.py; None: no masks). pairs: where each image's control images come from and how they
+    are sized (data/pairs.py; None: no controls).
     """
     size = check_options(resolution, caption_template, small_images)
     sizes = bucket_sizes(buckets) if buckets is not None else fixed_size(size)
     root = Path(folder).expanduser()
     extension = normal_extension(caption_extension)
     masks = masks or MaskConfig()
-    found = find_files(root, _is_image, extension, f"{ACCEPTED} images", skip=(MASK_FOLDER,) if masks.active else ())
+    skip = ((MASK_FOLDER,) if masks.active else ()) + folders_to_skip(root, pairs)
+    found = find_files(root, _is_image, extension, f"{ACCEPTED} images", skip=skip)
     warnings = found.warnings
 
     images: list[TrainImage] = []
@@ -222,12 +228,19 @@ def load_image_folder(
         raise DatasetError(f"None of the {len(unreadable)} images in {root} could be read: {names(unreadable)}")
     if unreadable:
         warnings.append(f"Skipped {count(len(unreadable), 'unreadable image')}: {names(unreadable)}")
+    if pairs is not None:
+        images, unpaired = attach_controls(images, root, pairs, buckets)
+        warnings += unpaired
+        kept = {relative(i.path, root) for i in images}
+        uncaptioned = [name for name in uncaptioned if name in kept]
     warnings += attach_masks(images, root, masks)
-    return finish_dataset(
+    dataset = finish_dataset(
         images, found, root, size, "image", upscaled=upscaled, skipped=skipped, uncaptioned=uncaptioned,
         trigger_word=trigger_word, default_caption=default_caption, caption_template=caption_template, buckets=buckets,
         validation=validation, caption_transforms=caption_transforms, augment=augment, cache_folder=cache_folder,
         masks=masks)
+    dataset.pairs = pairs
+    return dataset
 
 
 def check_options(resolution: int | tuple[int, int], caption_template: str, small_images: str) -> Size:

@@ -48,7 +48,16 @@ def dataset_metadata(dataset: ImageDataset) -> dict[str, str]:
         meta["ss_masked_loss"] = json.dumps(True)
         meta["lora_lab_masks"] = json.dumps({"source": dataset.masks.source, "floor": dataset.masks.floor,
                                              "masked_images": masked}, sort_keys=True)
+    if dataset.pairs is not None:  # likewise: only for paired datasets
+        meta["lora_lab_pairs"] = json.dumps(pairs_metadata(dataset), sort_keys=True)
     return meta
+
+
+def pairs_metadata(dataset: ImageDataset) -> dict:
+    """How many references each training image had, and how they were sized (no paths: they name the user's disk)."""
+    assert dataset.pairs is not None
+    return {"references": sorted({len(i.controls) for i in dataset.images}), "pairs": len(dataset.images),
+            "control_resolution": dataset.pairs.resolution or "target bucket"}
 
 
 def dataset_fingerprint(dataset: ImageDataset) -> str:
@@ -61,4 +70,6 @@ def dataset_fingerprint(dataset: ImageDataset) -> str:
     parts = [items, len(dataset.images), dataset.caption_transforms, dataset.augment]
     if dataset.masks.active:  # only then: a run without masks keeps the fingerprint it always had
         parts.append([dataset.masks, [i.mask.key(i.digest) if i.mask else None for i in dataset.all_items()]])
+    if dataset.pairs is not None:  # likewise for control images: their content and fitting
+        parts.append([dataset.pairs.resolution, [[c.key() for c in i.controls] for i in dataset.all_items()]])
     return make_key("dataset", *parts)

@@ -68,6 +68,8 @@ def _settings(dataset: ImageDataset) -> list[str]:
         lines.append("augmentation: " + "; ".join(parts))
     if dataset.masks.active:
         lines.append(_masks(dataset))
+    if dataset.pairs is not None:
+        lines.append(_pairs(dataset))
     lines.append(f"cache: {dataset.cache_folder if dataset.cache_folder else 'memory only'}")
     return lines
 
@@ -79,6 +81,18 @@ def _masks(dataset: ImageDataset) -> str:
     files = sum(m.file is not None for m in masked)
     return (f"masked loss ({dataset.masks.source}, floor {dataset.masks.floor:g}): {len(masked)} of "
             f"{count(len(dataset.images), dataset.noun)} masked ({alpha} by alpha, {files} by a mask file)")
+
+
+def _pairs(dataset: ImageDataset) -> str:
+    """How many controls each image has, from where, and how they are sized."""
+    per_image = sorted({len(i.controls) for i in dataset.images})
+    each = " or ".join(str(n) for n in per_image)
+    pairs = dataset.pairs
+    assert pairs is not None
+    sized = (f"each in a bucket of its own of about {pairs.resolution}x{pairs.resolution} pixels" if pairs.resolution
+             else "each fitted to its image's bucket")
+    return (f"pairs: {count(len(dataset.images), dataset.noun)} with {each} control image"
+            f"{'' if per_image == [1] else 's'} from {pairs.where()}, {sized}; flips and jitter apply to both")
 
 
 def _size(resolution) -> str:

@@ -23,6 +23,7 @@ from .caption_transforms import CaptionTransforms, StepCaption, without_separato
 from .dataset import ImageDataset, TrainImage
 from .dataset_files import count, names, relative
 from .masks import decode_mask, fitted_mask, latent_grid, loss_weight, mask_key
+from .reference_latents import ReferenceLatents
 from ..cache.encoding_cache import EncodingCache
 from ..errors import DatasetError
 from ..data.samples import TrainSample, usable_in_autograd
@@ -38,6 +39,7 @@ class SampleInfo:
     latent: torch.Tensor  # the training latent (C, h, w) or (C, T, h, w)
     per_step: bool = False  # the cond is for one step's drawn caption (not worth keeping beyond it)
     mask: torch.Tensor | None = None  # loss weight on the latent grid (h, w), floor applied; None: 1 everywhere
+    references: tuple[torch.Tensor, ...] = ()  # raw VAE latents of its controls, fitted and augmented with it
 
     @property
     def original_size(self) -> Size:
@@ -187,6 +189,7 @@ class _Builder:
         orientations = (False, True) if augment.flip > 0 and not validation else (False,)
         out = []
         decoded_mask: list = []  # the item's mask, decoded once, only on a cache miss
+        references = ReferenceLatents(item.controls, self.encoders.encode_pixels, self.encoders.pixels_id, self.cache)
         for variant in variants:
             assert item.placement is not None
             placement = jittered(item.placement, variant)
@@ -205,7 +208,8 @@ class _Builder:
                 raw = self.cache.get_or_encode("latents", key, lambda f=flipped: load(f))
                 latent = self.encoders.latent_in(raw)[0].float()
                 mask = self.mask(item, placement, flipped, tuple(latent.shape[-2:]), decoded_mask)
-                out.append(SampleInfo(item=item, placement=placement, flipped=flipped, latent=latent, mask=mask))
+                out.append(SampleInfo(item=item, placement=placement, flipped=flipped, latent=latent, mask=mask,
+                                      references=references.get(variant, flipped)))
         return out
 
     def mask(self, item: TrainImage, placement: Placement, flipped: bool, grid: tuple[int, int],

@@ -39,12 +39,20 @@ def server_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def example_models(server_root, sd15_checkpoint) -> dict[str, Path]:
     """The model files the example workflows name, so they open as on a user's machine that has them: the
-    SD1.5 checkpoint is the random test SD1.5; the Flux files are empty stand-ins (that example is never run)."""
-    refs = {}
+    SD1.5 checkpoint is the random test SD1.5; the Flux files are empty stand-ins (those examples are never run).
+    Likewise the images their LoadImage nodes name, in the server's input folder."""
+    refs, images = {}, set()
     for path in (REPO_ROOT / "example_workflows").glob("*.json"):
         for node in json.loads(path.read_text())["nodes"]:
             for model in node["properties"].get("models", []):
                 refs[model["name"]] = model["directory"]
+            if node["type"] == "LoadImage":
+                images.add(node["widgets_values"][0])
+    for name in images:  # the picture an example edits (ComfyUI's own input/example.png on a user's machine)
+        from PIL import Image
+
+        (server_root / "input").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64), (128, 96, 64)).save(server_root / "input" / name)
     folders = {}
     for name, directory in refs.items():
         target = server_root / "example_models" / directory / name

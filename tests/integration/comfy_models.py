@@ -46,6 +46,13 @@ Kinds (see MODEL_KINDS):
   wan_vae       Wan 2.1 causal 3-D VAE (ComfyUI's WanVAE key layout, z 16, 8x spatial / 4x temporal) with
                 base width 32 instead of 96 (VAELoader reads the width from decoder.head.0.gamma), bf16
                 -> VAELoader
+  qwen_image_small  Qwen-Image MMDiT (QwenImageTransformer2DModel: 1 block; width 24 heads x 128 and text width 3584
+                are what detection assumes), bf16 -> UNETLoader, detected as QwenImage (edit models are the same
+                class: references come in the conditioning). VAE: wan_vae (Qwen-Image's VAE is Wan 2.1's)
+  flux2_small   Flux 2 (1 double + 1 single block, hidden 128 = one head of 128, context 64), bf16 -> UNETLoader.
+                August only: January's detection fixes 48 heads (hidden 6144, 2B parameters for one block pair)
+  flux2_vae     Flux 2's VAE shape: the KL VAE with 32 latent channels and a batch-norm over 2x2-patched latents
+                (128 channels at 16x), bf16 -> VAELoader
 Not a file: a small vision-language text encoder (ComfyUI's Qwen3-VL classes, language model cut down through its
 model_options config override, which no loader reads from a file) is built in memory by
 test_nodes/vision_clip.py, in the test process or in a test server (node LoraLabTestVisionClip).
@@ -120,6 +127,15 @@ WAN21_SMALL_PARAMS = {
 }
 WAN_VAE_SMALL_DIM = 32
 
+# Flux 2: August's detection reads the width from img_in and takes one head per 128 (January fixes 48 heads).
+FLUX2_SMALL_PARAMS = {
+    "image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None, "context_in_dim": 64,
+    "hidden_size": 128, "mlp_ratio": 3.0, "num_heads": 1, "depth": 1, "depth_single_blocks": 1,
+    "axes_dim": [32, 32, 32, 32], "theta": 2000, "patch_size": 1, "qkv_bias": False, "guidance_embed": True,
+    "txt_ids_dims": [3], "global_modulation": True, "mlp_silu_act": True, "ops_bias": False,
+    "default_ref_method": "index", "ref_index_scale": 10.0,
+}
+
 MODEL_KINDS = {
     "sd15": "sd15.safetensors",
     "sdxl_small": "sdxl_small.safetensors",
@@ -134,6 +150,9 @@ MODEL_KINDS = {
     "wan21_t2v_small_fp8_scaled": "wan21_t2v_small_fp8_scaled.safetensors",
     "wan_vae": "wan_vae.safetensors",
     "flux_dev_fp8": "flux_dev_fp8.safetensors",
+    "qwen_image_small": "qwen_image_small.safetensors",
+    "flux2_small": "flux2_small.safetensors",
+    "flux2_vae": "flux2_vae.safetensors",
 }
 # Which ComfyUI model folder each kind belongs in (see comfy_server.write_extra_model_paths).
 MODEL_FOLDER = {
@@ -142,6 +161,7 @@ MODEL_FOLDER = {
     "clip_l": "text_encoders", "flux_vae": "vae", "sd_vae": "vae",
     "wan21_t2v_small": "diffusion_models", "wan21_t2v_small_fp8_scaled": "diffusion_models", "wan_vae": "vae",
     "flux_dev_fp8": "diffusion_models",
+    "qwen_image_small": "diffusion_models", "flux2_small": "diffusion_models", "flux2_vae": "vae",
 }
 # Full-size Flux-dev transformer (19 double + 38 single blocks, 12B parameters) for the GPU benchmark only,
 # stored in fp8; its text input is CLIP-L wide (768) like flux_small, since no T5-XXL is built here.
@@ -403,6 +423,36 @@ def build_wan_vae(path: Path, seed: int = SEED) -> None:
     _save(_cast(vae.state_dict(), torch.bfloat16), path, {"lora_lab_test_model": "wan_vae", "seed": str(seed)})
 
 
+def build_qwen_image_small(path: Path, seed: int = SEED) -> None:
+    import torch
+    import comfy.ldm.qwen_image.model
+    import comfy.ops
+
+    model = comfy.ldm.qwen_image.model.QwenImageTransformer2DModel(
+        num_layers=1, in_channels=64, out_channels=16, operations=comfy.ops.disable_weight_init, device="cpu",
+        dtype=torch.float32)
+    fill_random_(model, seed)
+    _save(_cast(model.state_dict(), torch.bfloat16), path, {"lora_lab_test_model": "qwen_image_small", "seed": str(seed)})
+
+
+def build_flux2_small(path: Path, seed: int = SEED) -> None:
+    import torch
+
+    sd = _random_flux_state_dict(FLUX2_SMALL_PARAMS, torch.float32, seed)
+    _save(_cast(sd, torch.bfloat16), path, {"lora_lab_test_model": "flux2_small", "seed": str(seed)})
+
+
+def build_flux2_vae(path: Path, seed: int = SEED) -> None:
+    """Flux 2's VAE layout (what VAELoader reads): z 32 with quant convs, batch-norm statistics over 2x2 patches
+    (VAELoader builds the AutoencoderKL that applies them only when the file has post_quant_conv)."""
+    import torch
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    vae = AutoencoderKL(ddconfig=dict(SD_VAE_DDCONFIG, z_channels=32, batch_norm_latent=True), embed_dim=32)
+    fill_random_(vae, seed + 2)
+    _save(_cast(vae.state_dict(), torch.bfloat16), path, {"lora_lab_test_model": "flux2_vae", "seed": str(seed)})
+
+
 def build_clip_l(path: Path, seed: int = SEED) -> None:
     """Standalone CLIP-L in the HF layout (text_model.*) that CLIPLoader detects as clip_l."""
     import torch
@@ -450,6 +500,12 @@ def build(kind: str, path: Path, seed: int = SEED) -> None:
         build_wan_vae(path, seed)
     elif kind == "flux_dev_fp8":
         build_flux_dev_fp8(path, seed)
+    elif kind == "qwen_image_small":
+        build_qwen_image_small(path, seed)
+    elif kind == "flux2_small":
+        build_flux2_small(path, seed)
+    elif kind == "flux2_vae":
+        build_flux2_vae(path, seed)
     else:
         raise ValueError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
 
