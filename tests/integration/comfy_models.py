@@ -44,6 +44,15 @@ Kinds (see MODEL_KINDS):
   wan_vae       Wan 2.1 causal 3-D VAE (ComfyUI's WanVAE key layout, z 16, 8x spatial / 4x temporal) with
                 base width 32 instead of 96 (VAELoader reads the width from decoder.head.0.gamma), bf16
                 -> VAELoader
+  wan21_i2v_small  Wan 2.1 I2V DiT: wan21_t2v_small's shape with model_type "i2v" (image cross-attention and
+                img_emb, which detection looks for) and in_dim 36 (16 latent + 4 mask + 16 image channels),
+                bf16 -> UNETLoader, detected as WAN21_I2V (Wan 2.2 I2V A14B experts are detected the same way)
+  wan22_ti2v_small  Wan 2.2 TI2V-5B DiT: in/out 48 channels (what detection calls WAN22_T2V), otherwise
+                wan21_t2v_small's shape, bf16 -> UNETLoader
+  wan22_vae     Wan 2.2 VAE (comfy.ldm.wan.vae2_2, z 48, 16x spatial / 4x temporal) at full width: VAELoader
+                fixes its width at 160 (705M parameters), bf16 (1.4 GB) -> VAELoader
+  wan22_a14b_high_small, wan22_a14b_low_small  the two experts of a Wan 2.2 A14B T2V: wan21_t2v_small's
+                architecture (A14B's experts are Wan 2.1 DiTs; detected as WAN21_T2V), each its own seed
 """
 
 from __future__ import annotations
@@ -114,6 +123,16 @@ WAN21_SMALL_PARAMS = {
     "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6,
 }
 WAN_VAE_SMALL_DIM = 32
+WAN21_I2V_SMALL_PARAMS = dict(WAN21_SMALL_PARAMS, model_type="i2v", in_dim=36)
+WAN22_TI2V_SMALL_PARAMS = dict(WAN21_SMALL_PARAMS, in_dim=48, out_dim=48)
+WAN22_VAE_CONFIG = {"dim": 160, "z_dim": 48, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+                    "temperal_downsample": [False, True, True], "dropout": 0.0}  # what VAELoader builds
+WAN_DIT_KINDS = {  # kind -> (WanModel params, seed offset)
+    "wan21_i2v_small": (WAN21_I2V_SMALL_PARAMS, 0),
+    "wan22_ti2v_small": (WAN22_TI2V_SMALL_PARAMS, 0),
+    "wan22_a14b_high_small": (WAN21_SMALL_PARAMS, 10),
+    "wan22_a14b_low_small": (WAN21_SMALL_PARAMS, 11),
+}
 
 MODEL_KINDS = {
     "sd15": "sd15.safetensors",
@@ -128,6 +147,8 @@ MODEL_KINDS = {
     "wan21_t2v_small_fp8_scaled": "wan21_t2v_small_fp8_scaled.safetensors",
     "wan_vae": "wan_vae.safetensors",
     "flux_dev_fp8": "flux_dev_fp8.safetensors",
+    **{kind: f"{kind}.safetensors" for kind in WAN_DIT_KINDS},
+    "wan22_vae": "wan22_vae.safetensors",
 }
 # Which ComfyUI model folder each kind belongs in (see comfy_server.write_extra_model_paths).
 MODEL_FOLDER = {
@@ -136,6 +157,7 @@ MODEL_FOLDER = {
     "clip_l": "text_encoders", "flux_vae": "vae", "sd_vae": "vae",
     "wan21_t2v_small": "diffusion_models", "wan21_t2v_small_fp8_scaled": "diffusion_models", "wan_vae": "vae",
     "flux_dev_fp8": "diffusion_models",
+    **{kind: "diffusion_models" for kind in WAN_DIT_KINDS}, "wan22_vae": "vae",
 }
 # Full-size Flux-dev transformer (19 double + 38 single blocks, 12B parameters) for the GPU benchmark only,
 # stored in fp8; its text input is CLIP-L wide (768) like flux_small, since no T5-XXL is built here.
@@ -389,6 +411,31 @@ def build_wan_vae(path: Path, seed: int = SEED) -> None:
     _save(_cast(vae.state_dict(), torch.bfloat16), path, {"lora_lab_test_model": "wan_vae", "seed": str(seed)})
 
 
+def build_wan_dit(kind: str, path: Path, seed: int = SEED) -> None:
+    """One of WAN_DIT_KINDS: ComfyUI's WanModel with that kind's parameters, filled, bf16."""
+    import torch
+    import comfy.ldm.wan.model
+    import comfy.ops
+
+    params, offset = WAN_DIT_KINDS[kind]
+    model = comfy.ldm.wan.model.WanModel(operations=comfy.ops.disable_weight_init, device="cpu",
+                                         dtype=torch.float32, **params)
+    fill_random_(model, seed + offset)
+    _save(_cast(model.state_dict(), torch.bfloat16), path, {"lora_lab_test_model": kind, "seed": str(seed + offset)})
+
+
+def build_wan22_vae(path: Path, seed: int = SEED) -> None:
+    """ComfyUI's Wan 2.2 VAE (comfy.ldm.wan.vae2_2.WanVAE) with the config VAELoader builds for it."""
+    import torch
+    import comfy.ldm.wan.vae2_2
+
+    vae = comfy.ldm.wan.vae2_2.WanVAE(**WAN22_VAE_CONFIG)
+    fill_random_(vae, seed + 2)
+    state = _cast(vae.state_dict(), torch.bfloat16)
+    del vae
+    _save(state, path, {"lora_lab_test_model": "wan22_vae", "seed": str(seed)})
+
+
 def build_clip_l(path: Path, seed: int = SEED) -> None:
     """Standalone CLIP-L in the HF layout (text_model.*) that CLIPLoader detects as clip_l."""
     import torch
@@ -434,6 +481,10 @@ def build(kind: str, path: Path, seed: int = SEED) -> None:
         build_wan_vae(path, seed)
     elif kind == "flux_dev_fp8":
         build_flux_dev_fp8(path, seed)
+    elif kind in WAN_DIT_KINDS:
+        build_wan_dit(kind, path, seed)
+    elif kind == "wan22_vae":
+        build_wan22_vae(path, seed)
     else:
         raise ValueError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
 
