@@ -167,11 +167,11 @@ def train_experts(backends: dict[str, Backend], samples: list[TrainSample], conf
                   on_step: Callable[[StepReport], None] | None = None, should_stop: Callable[[], bool] | None = None,
                   interrupt_on: tuple[type[BaseException], ...] = (), order: Any = None,
                   resume: dict[str, TrainState] | None = None, validate: Callable[[int], float | None] | None = None,
-                  activate: Callable[[str], None] | None = None) -> ExpertsResult:
+                  switcher: Switcher | None = None) -> ExpertsResult:
     """Train one LoRA per expert (backends keyed by EXPERTS) over config.steps steps in all; as trainer.train for
-    stops and errors (their result is an ExpertsResult). activate(name) is called before an expert's steps when
-    the other one ran last: the host puts that expert on the device. validate(step) runs with both LoRAs on;
-    RoutedBackend gives it a backend that uses each."""
+    stops and errors (their result is an ExpertsResult). switcher: the host's Switcher(activate), whose activate(name)
+    puts that expert on the device before its steps when the other one ran last. validate(step) runs with both
+    LoRAs on; a RoutedBackend on the same switcher gives it a backend that uses each."""
     if set(backends) != set(EXPERTS):
         raise TrainingError(f"two-expert training needs the experts {', '.join(EXPERTS)}, got {', '.join(backends)}")
     if not 0.0 < boundary < 1.0:
@@ -189,7 +189,7 @@ def train_experts(backends: dict[str, Backend], samples: list[TrainSample], conf
                                       (resume or {}).get(name)) for name in EXPERTS}
             if resume is not None and set(resume) != set(EXPERTS):
                 raise TrainingError("resuming two experts needs both their training states")
-            return _Loop(runs, schedule, Switcher(activate)).run(on_step, should_stop, interrupt_on, validate)
+            return _Loop(runs, schedule, switcher or Switcher(None)).run(on_step, should_stop, interrupt_on, validate)
 
 
 def _expert_run(name: str, backend: Backend, samples: list[TrainSample], config: TrainConfig, boundary: float,
