@@ -14,6 +14,7 @@ Pure CPU, no model: it measures counts, not the seconds a switch costs on a give
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -40,7 +41,7 @@ class WanSampling:
 
 
 def switches(sequence: list[str]) -> int:
-    return sum(a != b for a, b in zip(sequence, sequence[1:]))
+    return sum(a != b for a, b in itertools.pairwise(sequence))
 
 
 def measure(steps: int, seed: int, boundary: float, shift: float, window: int) -> dict:
