@@ -65,7 +65,7 @@ def test_each_step_trains_the_expert_of_its_sigma(experts, tmp_path):
     with torch.inference_mode():
         data = prepare_training_data(high, dataset, vae, None, conds, 1, seed=0)
     boundary = default_boundary(high.model)
-    assert boundary == 0.875  # Wan 2.2 T2V's; I2V experts take 0.9 (test_image_to_video_server)
+    assert boundary == 0.875  # Wan 2.2 T2V's; I2V experts take 0.9 (the refusal test checks it)
     backends = {EXPERTS[0]: ComfyBackend(high), EXPERTS[1]: ComfyBackend(low)}
     seen = {name: [] for name in EXPERTS}
     for name, backend in backends.items():
@@ -146,6 +146,8 @@ def test_save_every_writes_both_and_each_file_loads_onto_its_expert(experts, tmp
 def test_experts_of_different_families_or_models_are_refused(experts, model_file, tmp_path):
     import folder_paths
 
+    from lora_lab.nodes.expert_training import default_boundary
+
     high, _low, vae, _ = experts
     dataset, conds = clip_dataset(tmp_path / "clips")
     sd3 = model_file("sd3_small")
@@ -153,6 +155,7 @@ def test_experts_of_different_families_or_models_are_refused(experts, model_file
     folder_paths.add_model_folder_path("diffusion_models", str(sd3.parent))
     (other_family,) = call_node("UNETLoader", unet_name=sd3.name, weight_dtype="default")
     (other_model,) = call_node("UNETLoader", unet_name=i2v.name, weight_dtype="default")
+    assert default_boundary(other_model.model) == 0.9  # Wan 2.2 I2V's, read from the image channels
     for low, says in ((other_family, "different families (model: wan, model_low_noise: sd3)"),
                       (other_model, "different models (model: WAN21_T2V, model_low_noise: WAN21_I2V")):
         with pytest.raises(Exception) as caught:  # the node's own module copy of TrainingError
