@@ -46,6 +46,8 @@ class SampleCond:
 
     def __init__(self, model_conds: dict[str, Any]):
         self.model_conds = model_conds
+        # latent frames (C, k, h, w) the sampler keeps at the clip's start (nodes/first_frame_conds.py "latent")
+        self.known_frames: torch.Tensor | None = None
 
     def inputs(self) -> dict[str, Any]:
         return {k: c.process_cond(batch_size=1, area=None) for k, c in self.model_conds.items()}
@@ -57,19 +59,34 @@ class SampleCond:
         return all(c.can_concat(other.model_conds[k]) for k, c in self.model_conds.items())
 
 
-def encode_sample_cond(patcher, conditioning: list, latent: torch.Tensor, seed: int) -> SampleCond:
+def encode_sample_cond(patcher, conditioning: list, latent: torch.Tensor, seed: int, **sampler_args) -> SampleCond:
     """Run the model's ``extra_conds`` for one latent, exactly as the sampler would for one cond.
 
     conditioning: ComfyUI CONDITIONING ([[cross_attn, {"pooled_output": ...}], ...]); only its first entry
     is used (a caption encodes to one). latent: (C, H, W) or (C, T, H, W), already process_latent_in-ed.
+    sampler_args: what else the sampler passes (denoise_mask).
     """
     device = patcher.load_device
     converted = comfy.sampler_helpers.convert_cond(conditioning[:1])
     batch = latent.unsqueeze(0)
     encoded = comfy.samplers.encode_model_conds(
-        patcher.model.extra_conds, converted, batch, device, "positive", latent_image=batch, seed=seed
+        patcher.model.extra_conds, converted, batch, device, "positive", latent_image=batch, seed=seed, **sampler_args
     )
     return SampleCond(encoded[0]["model_conds"])
+
+
+def with_known_frames(x: torch.Tensor, conds: list[SampleCond]) -> torch.Tensor:
+    """Rows whose cond keeps known frames get them in place of their first frames: the sampler's inpainting rule
+    (x m + latent (1 - m), for models whose scale_latent_inpaint returns the latent clean), used on the model's
+    input and on its output."""
+    if all(c.known_frames is None for c in conds):
+        return x
+    dtype = torch.promote_types(x.dtype, torch.float32)  # the known frames exactly, also under autocast
+    rows = []
+    for row, cond in zip(x.to(dtype), conds):
+        known = cond.known_frames
+        rows.append(row if known is None else torch.cat([known.to(row), row[:, known.shape[1]:]], dim=1))
+    return torch.stack(rows)
 
 
 def concat_groups(conds: list[SampleCond], key=None) -> list[list[int]]:
@@ -224,6 +241,7 @@ class ComfyBackend:
         # Each sample keeps its own caption: conds are concatenated along the batch in x_t's order, never
         # crossed with every latent as the sampler's cond batching would; conds that cannot share a call
         # (T5 captions of different lengths) are split into calls the way the sampler splits them.
+        x_t = with_known_frames(x_t, conds)
         out: list[torch.Tensor | None] = [None] * len(conds)
         groups = concat_groups(conds, caption_length if self.pair_rows else None)
         for group in split_by_sigma(groups, sigma) if self.mean_flow else groups:
@@ -231,7 +249,7 @@ class ComfyBackend:
             denoised = self._apply(x_t.index_select(0, index), sigma.index_select(0, index), [conds[i] for i in group])
             for row, i in enumerate(group):
                 out[i] = denoised[row]
-        return torch.stack(out)
+        return with_known_frames(torch.stack(out), conds)
 
     def _apply(self, x: torch.Tensor, sigma: torch.Tensor, conds: list[SampleCond]) -> torch.Tensor:
         if self.pair_rows and len(conds) == 1:  # a twin row, whose output is dropped: the model needs two

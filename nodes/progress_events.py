@@ -11,6 +11,8 @@ Two JSON messages, pushed with ``PromptServer.instance.send_sync`` to the client
     step/total/loss/lr/val_loss describe the latest optimizer step. Events are throttled (at most one per
     ``ProgressStream.interval`` seconds, the last one always sent), so ``points`` carries every step since the
     previous event as ``[step, loss, lr, val_loss, elapsed]``: a client that keeps them has the whole curve.
+    A two-expert run (Wan 2.2 A14B) adds the expert each step trained, ``"high_noise"`` or ``"low_noise"``, as a
+    sixth entry of its points and as ``"expert"`` of the event.
     ``elapsed`` is seconds since the run started, on the server's clock (steps/s and ETA come from it).
     Non-finite numbers are sent as null (JSON has no NaN).
 
@@ -60,20 +62,25 @@ def _number(value: Any) -> float | None:
 
 
 def step_point(report: StepLike, elapsed: float) -> list:
-    """One step as the ``points`` entry ``[step, loss, lr, val_loss, elapsed]``."""
-    return [int(report.step), _number(report.loss), _number(report.lr),
-            _number(getattr(report, "val_loss", None)), round(float(elapsed), 3)]
+    """One step as the ``points`` entry ``[step, loss, lr, val_loss, elapsed]`` (``+ [expert]`` with two experts)."""
+    point = [int(report.step), _number(report.loss), _number(report.lr),
+             _number(getattr(report, "val_loss", None)), round(float(elapsed), 3)]
+    expert = getattr(report, "expert", "")
+    return point + [str(expert)] if expert else point
 
 
 def progress_payload(report: StepLike, node_id: str, prompt_id: str | None, *, elapsed: float = 0.0,
                      points: list[list] | None = None) -> dict:
     """The ``lora_lab.progress`` message for the latest step ``report`` (``points`` default: just that step)."""
     point = step_point(report, elapsed)
-    return {
+    payload = {
         "node_id": str(node_id), "prompt_id": prompt_id, "step": point[0], "total": int(report.total),
         "loss": point[1], "lr": point[2], "val_loss": point[3], "elapsed": point[4],
         "points": points if points is not None else [point],
     }
+    if len(point) > 5:
+        payload["expert"] = point[5]
+    return payload
 
 
 def sample_payload(step: int, image_ref: dict, node_id: str, prompt_id: str | None) -> dict:

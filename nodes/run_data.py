@@ -37,11 +37,12 @@ class RunData:
 
 
 def prepare_run_data(patcher, dataset, vae, clip, conditioning: list | None, batch_size: int, seed: int,
-                     train_text_encoder: bool = False, preservation: dict | None = None) -> RunData:
+                     train_text_encoder: bool = False, preservation: dict | None = None,
+                     first_frame: str | None = None) -> RunData:
     check_trainable(dataset)
     if isinstance(dataset, ImageDataset) and not preservation:
         data = prepare_training_data(patcher, dataset, vae, clip, conditioning, batch_size, seed,
-                                     train_text_encoder=train_text_encoder)
+                                     train_text_encoder=train_text_encoder, first_frame=first_frame)
         return RunData(data, None, dataset_fingerprint(dataset), dataset)
     options = preservation or {}
     parts = parts_of(dataset)
@@ -58,7 +59,8 @@ def prepare_run_data(patcher, dataset, vae, clip, conditioning: list | None, bat
                 captions[name] += texts
 
         datas.append(prepare_training_data(patcher, part.dataset, vae, clip, part_conditioning, batch_size, seed,
-                                           train_text_encoder=train_text_encoder, then=then))
+                                           train_text_encoder=train_text_encoder, then=then,
+                                           first_frame=first_frame))
     terms = [PreservationTerm(name, o["multiplier"], conds[name], _settings(name, o), captions[name])
              for name, o in options.items()]
     if len(parts) == 1:

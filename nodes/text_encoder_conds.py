@@ -12,15 +12,18 @@ from .comfy_encoders import with_size_conditioning
 
 
 def encoded_each_step(clip, patcher, seed: int, sizes_of: Callable[[SampleInfo], Any],
-                      references: Callable[[Any, SampleInfo], Any] = lambda cond, info: cond
-                      ) -> Callable[[str, SampleInfo], Any]:
+                      references: Callable[[Any, SampleInfo], Any] = lambda cond, info: cond,
+                      first_frame: Callable[[Any, SampleInfo], Any] | None = None) -> Callable[[str, SampleInfo], Any]:
     """make_cond for lora_core.training_samples (text_each_step): caption text + sample -> the step's cond.
 
     Called from the trainer's draw (inside the training step, grad enabled), so the encoders' adapters get
     gradients through it; in evaluating() (validation, previews) it runs without grad on the current LoRA.
+    first_frame: nodes/first_frame_conds.FirstFrameConds, when each clip is conditioned on its first frame.
     """
     def make_cond(text: str, info: SampleInfo) -> Any:
         conditioning = references(clip.encode_from_tokens_scheduled(clip.tokenize(text)), info)
+        if first_frame is not None:
+            return first_frame(conditioning, info)
         sizes = sizes_of(info)
         if sizes is not None:
             conditioning = with_size_conditioning(conditioning, *sizes)

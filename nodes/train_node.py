@@ -33,6 +33,8 @@ from .base_loras import base_loras
 from .bypass_adapters import trainable_bypass_adapters
 from .comfy_backend import ComfyBackend
 from .comfy_paths import lora_output_name
+from .expert_training import check_experts, refuse_unsupported, train_two_experts
+from .first_frame_conds import MODES as FIRST_FRAME_MODES, resolve_first_frame
 from .family import model_family
 from .lora_apply import apply_lora
 from .lora_state import TrainedLora, trained_lora
@@ -174,6 +176,17 @@ class TrainLora(io.ComfyNode):
                 PRESERVATION_OPTIONS.Input("preservation", optional=True,
                                            tooltip="From 'LoRA Lab Preservation': differential output / blank-prompt "
                                                    "preservation (needs clip)."),
+                io.Combo.Input("image_to_video", options=list(FIRST_FRAME_MODES), default="auto", optional=True,
+                               tooltip="Condition each clip on its own first frame, as WanImageToVideo / "
+                                       "Wan22ImageToVideoLatent do for sampling. auto: on for image-to-video models "
+                                       "(Wan 2.1/2.2 I2V); 'first frame' also for Wan 2.2 TI2V-5B; off: never."),
+                io.Model.Input("model_low_noise", optional=True,
+                               tooltip="Wan 2.2 A14B: the low-noise expert (model is then the high-noise one). Each "
+                                       "step trains the expert its sampled sigma belongs to; both get a LoRA "
+                                       "(<output_name>_high_noise / _low_noise)."),
+                io.Float.Input("boundary", default=0.0, min=0.0, max=0.999, step=0.005, optional=True,
+                               tooltip="Two experts: sigma at and above which the high-noise expert denoises. 0 = "
+                                       "Wan 2.2's own (0.875 text-to-video, 0.9 image-to-video)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input model with the trained LoRA applied."),
@@ -181,6 +194,9 @@ class TrainLora(io.ComfyNode):
                 LOSS.Output(display_name="loss", tooltip="Loss per step, for 'Plot Training Loss'."),
                 io.Clip.Output(display_name="clip", tooltip="The input CLIP; with the text-encoder LoRA applied "
                                                             "when it was trained."),
+                io.Model.Output(display_name="model_low_noise",
+                                tooltip="Two experts: the low-noise expert with its LoRA (else nothing)."),
+                LORA.Output(display_name="lora_low_noise", tooltip="Two experts: the low-noise expert's LoRA."),
             ],
             hidden=[io.Hidden.unique_id],
             is_input_list=True,  # the conditioning list arrives whole; every other input is a list of one
@@ -216,7 +232,8 @@ class TrainLora(io.ComfyNode):
              gradient_checkpointing, seed, output_name, custom_targets="", clip=None, conditioning=None,
              validation_every=50, algorithm="lora", optimizer="adamw", save_every=0, resume_from="",
              optimizer_options=None, loss_options=None, algorithm_options=None, text_encoder_options=None,
-             previews=None, compile=False, preservation=None) -> io.NodeOutput:
+             previews=None, compile=False, preservation=None, image_to_video="auto", model_low_noise=None,
+             boundary=0.0) -> io.NodeOutput:
         name = lora_output_name(output_name)
         patcher = model.clone()
         family = model_family(patcher)
@@ -225,11 +242,15 @@ class TrainLora(io.ComfyNode):
         if (train_te or previews) and clip is None:
             raise TrainingError("LoRA Lab: " + ("text-encoder training" if train_te else "previews")
                                 + " needs Train LoRA's clip input")
-        resume = load_resume(resume_from)
+        if model_low_noise is not None:
+            check_experts(patcher, model_low_noise)
+            refuse_unsupported(text_encoder_options, previews, preservation)
+        resume = load_resume(resume_from) if model_low_noise is None else None
         encoders = text_encoders.trainable(clip, text_encoder_options.get("train_t5", False)) if train_te else {}
+        first_frame = resolve_first_frame(image_to_video, patcher.model)
 
         run = prepare_run_data(patcher, dataset, vae, clip, conditioning, batch_size, seed,
-                               train_text_encoder=train_te, preservation=preservation)
+                               train_text_encoder=train_te, preservation=preservation, first_frame=first_frame)
         data = run.data
         # The VAE and text encoder are done: let ComfyUI evict them before the model is loaded to train.
         comfy.model_management.free_memory(1e30, patcher.load_device)
@@ -245,8 +266,18 @@ class TrainLora(io.ComfyNode):
             warmup_steps=warmup_steps, precision=resolve_precision(precision, patcher.load_device),
             gradient_checkpointing=checkpointing_mode(gradient_checkpointing), compile=compile, seed=seed,
             algorithm=algorithm, optimizer=optimizer,
-            identity={"family": family, "dataset inputs": run.fingerprint}, **fields,
+            identity={"family": family, "dataset inputs": run.fingerprint,
+                      **({"first frame": first_frame} if first_frame else {})}, **fields,
         )
+        if model_low_noise is not None:
+            if run.preservation is not None:
+                raise TrainingError("LoRA Lab: a regularisation dataset with two experts is not supported yet; "
+                                    "combine training datasets only")
+            progress = TrainProgress(steps, cls.hidden.unique_id)
+            shape = largest_latent_shape(data)
+            return train_two_experts(cls, {"high_noise": patcher, "low_noise": model_low_noise.clone()}, clip, run.view,
+                                     data, config, family, name, boundary, save_every, resume_from, validation_every,
+                                     progress, lambda p, b: load_for_training(p, b, config, shape))
         load_for_training(patcher, backend, config, largest_latent_shape(data))
         validate = (ValidationLoss(backend, data.validation, validation_every, last_step=steps, batch_size=batch_size,
                                    precision=config.precision) if data.validation and validation_every > 0 else None)
@@ -311,7 +342,7 @@ def _outputs(node, patcher, clip, lora: TrainedLora, result, name: str, validate
                                                 1.0 if te else 0.0, f"trained '{name}'")
     outputs = (trained_model, lora, {"loss": result.losses, "name": name, "warnings": result.warnings,
                                      "validation": validate.history if validate else []},
-               trained_clip if te else clip)
+               trained_clip if te else clip, None, None)  # the low-noise expert's outputs: two-expert runs only
     if previewer is not None and previewer.latest:
         return io.NodeOutput(*outputs, ui=ui.PreviewImage(torch.cat(previewer.latest), cls=node))
     return io.NodeOutput(*outputs)

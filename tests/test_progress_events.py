@@ -32,6 +32,12 @@ def test_progress_payload_has_the_documented_fields_and_is_strict_json():
     json.dumps(payload, allow_nan=False)
 
 
+def test_a_two_expert_step_names_its_expert():
+    payload = progress_payload(StepReport(7, 50, 0.125, 1e-4, None, expert="low_noise"), "11", "p-1", elapsed=3.5)
+    assert payload["expert"] == "low_noise" and payload["points"] == [[7, 0.125, 1e-4, None, 3.5, "low_noise"]]
+    json.dumps(payload, allow_nan=False)
+
+
 def test_non_finite_numbers_become_null():
     payload = progress_payload(StepReport(1, 2, math.nan, math.inf, None), "3", None)
     assert payload["loss"] is None and payload["lr"] is None and payload["val_loss"] is None

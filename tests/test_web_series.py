@@ -68,3 +68,21 @@ def test_saved_run_is_small_keeps_the_last_point_and_validation_and_round_trips(
     assert out["last"][0] == 100000 and out["last"][1] == pytest.approx(1e-5)
     assert out["val"] == [[25000, 0.5], [50000, 0.5], [75000, 0.5], [100000, 0.5]]
     assert (out["total"], out["prompt"], out["lastStep"]) == (100000, "p", 100000)
+
+
+def test_two_expert_runs_smooth_each_expert_on_its_own_and_keep_the_expert_when_saved():
+    out = run_js("""
+        const s = new RunSeries('p', 100);
+        s.add([[1, 1.0, 0, null, 0, 'high_noise'], [2, 9.0, 0, null, 1, 'low_noise'],
+               [3, 1.0, 0, null, 2, 'high_noise'], [4, 9.0, 0, null, 3, 'low_noise']]);
+        const back = RunSeries.fromJSON(JSON.parse(JSON.stringify(s.toJSON())));
+        const one = new RunSeries('q', 10);
+        one.add([[1, 1.0, 0, null, 0], [2, 9.0, 0, null, 1]]);
+        return {smooth: s.smooth, experts: s.experts, last: s.lastSmoothByExpert(), back: back.points(),
+                one: one.points(), oneExperts: one.experts, oneSmooth: one.smooth};
+    """)
+    assert out["smooth"] == pytest.approx([1.0, 9.0, 1.0, 9.0])  # never averaged across experts
+    assert out["experts"] == ["high_noise", "low_noise"] and out["last"] == {"high_noise": 1.0, "low_noise": 9.0}
+    assert [p[5] for p in out["back"]] == ["high_noise", "low_noise", "high_noise", "low_noise"]
+    assert out["one"] == [[1, 1.0, 0, None, 0], [2, 9.0, 0, None, 1]] and out["oneExperts"] == []
+    assert out["oneSmooth"][1] not in (1.0, 9.0)  # one model: one curve, as before

@@ -3,6 +3,8 @@
 // min/max column per pixel.
 
 export const COLORS = { raw: "#5b8def", smooth: "#8fb4ff", val: "#f5a524", lr: "#4cc38a" };
+// Two-expert runs (Wan 2.2 A14B): each expert's smoothed loss in its own colour
+export const EXPERT_COLORS = { high_noise: "#e46bd2", low_noise: "#8fb4ff" };
 
 function theme(el) {
   const css = getComputedStyle(el);
@@ -46,7 +48,15 @@ export function drawChart(canvas, series, scale = window.devicePixelRatio || 1) 
   ctx.globalAlpha = 0.45;
   drawEnvelope(ctx, columns, (c) => [y(c.lossMin), y(c.lossMax)], COLORS.raw, 1);
   ctx.globalAlpha = 1;
-  drawLine(ctx, columns.map((c) => [c.x, y(c.smooth)]), COLORS.smooth, 2);
+  const experts = series.experts;
+  if (experts.length) {
+    for (const e of experts) {
+      const own = series.step.flatMap((s, i) => (series.expert[i] === e ? [[x(s), y(series.smooth[i])]] : []));
+      drawLine(ctx, thin(own), EXPERT_COLORS[e] ?? COLORS.smooth, 2);
+    }
+  } else {
+    drawLine(ctx, columns.map((c) => [c.x, y(c.smooth)]), COLORS.smooth, 2);
+  }
   const lrMax = hasLr ? Math.max(...columns.map((c) => c.lr).filter(Number.isFinite)) * 1.1 || 1 : 1;
   if (hasLr) {
     ctx.setLineDash([4, 3]);
@@ -100,6 +110,11 @@ function toColumns(series, x, box) {
     current.lr = series.lr[i];
   }
   return columns.filter((c) => c.x >= box.x0 - 1);
+}
+
+// One point per pixel column (the last), so a long run costs the canvas width.
+function thin(pts) {
+  return pts.filter((p, i) => i === pts.length - 1 || Math.round(pts[i + 1][0]) !== Math.round(p[0]));
 }
 
 function drawEnvelope(ctx, columns, ys, color, width) {

@@ -13,8 +13,13 @@ export class RunSeries {
     this.lr = [];
     this.t = []; // seconds since the run started, server clock
     this.val = []; // [step, val_loss]
-    this._ema = 0;
-    this._emaWeight = 0;
+    this.expert = []; // two-expert runs: the expert each step trained ("high_noise" / "low_noise"), else null
+    this._emas = new Map(); // expert ("" for one model) -> [ema, weight]: each expert's loss smoothed on its own
+  }
+
+  /** The experts this run trained, in order of appearance ([] for a one-model run). */
+  get experts() {
+    return [...new Set(this.expert.filter((e) => e !== null))];
   }
 
   get length() {
@@ -41,16 +46,19 @@ export class RunSeries {
     return this._merge(points); // out of order or overlapping (a backfill after reload): rebuild
   }
 
-  _push([step, loss, lr, valLoss, t]) {
+  _push([step, loss, lr, valLoss, t, expert = null]) {
     const a = this.alpha;
+    let [ema, weight] = this._emas.get(expert ?? "") ?? [0, 0];
     if (Number.isFinite(loss)) {
       // Debiased EMA (as TensorBoard smooths): early points are not pulled towards zero.
-      this._ema = this._ema * (1 - a) + loss * a;
-      this._emaWeight = this._emaWeight * (1 - a) + a;
+      ema = ema * (1 - a) + loss * a;
+      weight = weight * (1 - a) + a;
+      this._emas.set(expert ?? "", [ema, weight]);
     }
     this.step.push(step);
     this.loss.push(Number.isFinite(loss) ? loss : NaN);
-    this.smooth.push(this._emaWeight ? this._ema / this._emaWeight : NaN);
+    this.smooth.push(weight ? ema / weight : NaN);
+    this.expert.push(expert ?? null);
     this.lr.push(Number.isFinite(lr) ? lr : NaN);
     this.t.push(Number.isFinite(t) ? t : NaN);
     if (Number.isFinite(valLoss)) this.val.push([step, valLoss]);
@@ -67,15 +75,23 @@ export class RunSeries {
   }
 
   clearPoints() {
-    for (const key of ["step", "loss", "smooth", "lr", "t", "val"]) this[key] = [];
-    this._ema = 0;
-    this._emaWeight = 0;
+    for (const key of ["step", "loss", "smooth", "lr", "t", "val", "expert"]) this[key] = [];
+    this._emas = new Map();
   }
 
   points() {
     const val = new Map(this.val);
     return this.step.map((s, i) => [s, nan2null(this.loss[i]), nan2null(this.lr[i]), val.get(s) ?? null,
-      nan2null(this.t[i])]);
+      nan2null(this.t[i]), ...(this.expert[i] === null ? [] : [this.expert[i]])]);
+  }
+
+  /** The latest smoothed loss of each expert: {expert: value}. */
+  lastSmoothByExpert() {
+    const out = {};
+    this.expert.forEach((e, i) => {
+      if (e !== null) out[e] = this.smooth[i];
+    });
+    return out;
   }
 
   /** Steps per second over the last ~30 s (or 200 steps) of server time; null until two points. */
@@ -118,5 +134,5 @@ function isIncreasing(points) {
 
 const nan2null = (x) => (Number.isFinite(x) ? x : null);
 const round = (x) => (x === null ? null : Number(x.toPrecision(6)));
-const compactPoint = ([s, loss, lr, val, t]) =>
-  [s, round(loss), round(lr), round(val), t === null ? null : Math.round(t * 1000) / 1000];
+const compactPoint = ([s, loss, lr, val, t, ...expert]) =>
+  [s, round(loss), round(lr), round(val), t === null ? null : Math.round(t * 1000) / 1000, ...expert];

@@ -1,7 +1,7 @@
 // The live view inside one Train LoRA node: a DOM widget with a status line, the loss/lr chart and the
 // latest sample previews. Events only update data; drawing happens at most once per animation frame.
 
-import { COLORS, drawChart, formatLoss } from "./chart_draw.js";
+import { COLORS, EXPERT_COLORS, drawChart, formatLoss } from "./chart_draw.js";
 import { RunSeries } from "./chart_series.js";
 
 export const PROPERTY = "lora_lab_run"; // node property that carries the chart in a saved workflow
@@ -76,7 +76,8 @@ export class TrainChart {
   }
 
   onProgress(d) {
-    const points = d.points?.length ? d.points : [[d.step, d.loss, d.lr, d.val_loss, d.elapsed]];
+    const points = d.points?.length ? d.points
+      : [[d.step, d.loss, d.lr, d.val_loss, d.elapsed, ...(d.expert ? [d.expert] : [])]];
     if (this._isNewRun(d.prompt_id, points[0][0])) this.start(d.prompt_id, d.total);
     this.series.promptId ??= d.prompt_id ?? null;
     this.series.total = d.total ?? this.series.total;
@@ -141,7 +142,10 @@ export class TrainChart {
     if (s.length) {
       parts.push([`step ${s.lastStep}/${s.total}`]);
       parts.push([`loss ${formatLoss(s.loss[i])}`, COLORS.raw]);
-      parts.push([`avg ${formatLoss(s.smooth[i])}`, COLORS.smooth]);
+      const byExpert = Object.entries(s.lastSmoothByExpert());
+      if (byExpert.length) {
+        for (const [e, v] of byExpert) parts.push([`${e.replace("_noise", "")} ${formatLoss(v)}`, EXPERT_COLORS[e]]);
+      } else parts.push([`avg ${formatLoss(s.smooth[i])}`, COLORS.smooth]);
       if (s.val.length) parts.push([`val ${formatLoss(s.val[s.val.length - 1][1])}`, COLORS.val]);
       if (Number.isFinite(s.lr[i])) parts.push([`lr ${s.lr[i].toExponential(2)}`, COLORS.lr]);
       const rate = s.rate();

@@ -40,6 +40,9 @@ class SampleInfo:
     per_step: bool = False  # the cond is for one step's drawn caption (not worth keeping beyond it)
     mask: torch.Tensor | None = None  # loss weight on the latent grid (h, w), floor applied; None: 1 everywhere
     references: tuple[torch.Tensor, ...] = ()  # raw VAE latents of its controls, fitted and augmented with it
+    latent_key: str = ""  # the latent's cache key: what an encoding derived from this sample is keyed on
+    # the clip's first frame (1, H, W, 3) as the latent was encoded from it (crop, colour, flip), decoded on call
+    first_frame: Callable[[], torch.Tensor] | None = field(default=None, compare=False)
 
     @property
     def original_size(self) -> Size:
@@ -195,21 +198,23 @@ class _Builder:
             placement = jittered(item.placement, variant)
             pixels: list[torch.Tensor] = []  # decoded once for both orientations, only on a cache miss
 
-            def load(flipped: bool, placement=placement, variant=variant, pixels=pixels) -> torch.Tensor:
+            def frames(flipped: bool, placement=placement, variant=variant, pixels=pixels) -> torch.Tensor:
                 if not pixels:
                     decoded = item.load_pixels(placement)
                     pixels.append(torch.from_numpy(apply_colour(decoded.numpy(), variant)))
                 frames = pixels[0] if item.frames is not None else pixels[0].unsqueeze(0)
-                return self.encoders.encode_pixels(flip_pixels(frames) if flipped else frames)
+                return flip_pixels(frames) if flipped else frames
 
             for flipped in orientations:
                 key = make_key("latent", item.digest, list(item.frames.indices) if item.frames else None,
                                placement, flipped, variant.key(), self.encoders.pixels_id)
-                raw = self.cache.get_or_encode("latents", key, lambda f=flipped: load(f))
+                raw = self.cache.get_or_encode("latents", key, lambda f=flipped: self.encoders.encode_pixels(frames(f)))
                 latent = self.encoders.latent_in(raw)[0].float()
                 mask = self.mask(item, placement, flipped, tuple(latent.shape[-2:]), decoded_mask)
+                first = partial(_first_frame, item, placement, variant, flipped)
                 out.append(SampleInfo(item=item, placement=placement, flipped=flipped, latent=latent, mask=mask,
-                                      references=references.get(variant, flipped)))
+                                      references=references.get(variant, flipped), latent_key=key,
+                                      first_frame=first))
         return out
 
     def mask(self, item: TrainImage, placement: Placement, flipped: bool, grid: tuple[int, int],
@@ -225,6 +230,18 @@ class _Builder:
 
         key = mask_key(item.mask, item.digest, placement, flipped, grid)
         return loss_weight(self.cache.get_or_encode("masks", key, encode).float(), self.dataset.masks.floor)
+
+
+def _first_frame(item: TrainImage, placement: Placement, variant: Variant, flipped: bool) -> torch.Tensor:
+    """(1, H, W, 3): decoded again on each call (a sample keeps no pixels); the whole clip only when a colour
+    variant needs its mean, else its first frame alone."""
+    colour = (variant.brightness, variant.contrast, variant.saturation, variant.hue)
+    if item.frames is not None and colour == (1.0, 1.0, 1.0, 0.0):
+        item = replace(item, frames=replace(item.frames, indices=item.frames.indices[:1]))
+    decoded = item.load_pixels(placement)
+    frames = torch.from_numpy(apply_colour(decoded.numpy(), variant))
+    first = frames[:1] if item.frames is not None else frames.unsqueeze(0)
+    return flip_pixels(first) if flipped else first
 
 
 def _check_after_failures(order_items: list[OrderItem], batch_size: int, failed: list[str]) -> None:

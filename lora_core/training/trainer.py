@@ -101,6 +101,7 @@ class StepReport:
     val_loss: float | None = None
     snapshot: Callable[[], "TrainResult"] | None = None
     evaluating: Callable[[], contextlib.AbstractContextManager] | None = None
+    expert: str = ""  # two-expert runs (training/experts.py): the expert this step trained
 
 
 def _validate(backend: Backend, samples: list[TrainSample], config: TrainConfig, order_given: bool) -> None:
@@ -157,31 +158,37 @@ def train(
             return _loop(run, on_step, should_stop, interrupt_on, validate)
 
 
-def _loop(run: Run, on_step, should_stop, interrupt_on, validate) -> TrainResult:
+def prepare_model(stack: contextlib.ExitStack, run: Run) -> None:
+    """For the run's life (the stack's): frozen base layers, the adapters attached, compiled units, checkpointing."""
     backend, config = run.backend, run.config
     trees = roots(backend, config)
+    for tree in trees.values():
+        stack.enter_context(frozen_parameters(tree))
+        stack.enter_context(frozen_base(tree, getattr(backend, "fetch_weight", plain_fetch),
+                                        getattr(backend, "is_plain", torch_plain),
+                                        getattr(backend, "stored_weights", plain_stored)))
+    run.attachment = stack.enter_context(attached(trees, run.adapters))
+    modules = dict(backend.root.named_modules())
+    adapted = [modules[n] for n in run.adapters if ":" not in n]
+    mode = checkpointing_mode(config.gradient_checkpointing)
+    recompute, share = _plan(run, mode)  # measured eagerly, before anything is compiled
+    run.compile_stats = stack.enter_context(compiled_units(checkpoint_units(backend.root), config.compile,
+                                                           warn=lambda message: _warn(run, message)))
+    units = stack.enter_context(gradient_checkpointing(backend.root, mode != "off", config.guard_inplace,
+                                                       adapted=adapted, recompute=recompute))
+    run.checkpointing, warning = checkpointing_outcome(mode, units, sum(recompute) if recompute else units, share,
+                                                       type(backend.root).__name__)
+    if warning:
+        _warn(run, warning)
+    for component, tree in trees.items():  # text encoders: no checkpointing, but ComfyUI's CLIP adds in place
+        if component:
+            stack.enter_context(gradient_checkpointing(tree, False, config.guard_inplace))
+
+
+def _loop(run: Run, on_step, should_stop, interrupt_on, validate) -> TrainResult:
+    config = run.config
     with contextlib.ExitStack() as stack:
-        for tree in trees.values():
-            stack.enter_context(frozen_parameters(tree))
-            stack.enter_context(frozen_base(tree, getattr(backend, "fetch_weight", plain_fetch),
-                                            getattr(backend, "is_plain", torch_plain),
-                                            getattr(backend, "stored_weights", plain_stored)))
-        run.attachment = stack.enter_context(attached(trees, run.adapters))
-        modules = dict(backend.root.named_modules())
-        adapted = [modules[n] for n in run.adapters if ":" not in n]
-        mode = checkpointing_mode(config.gradient_checkpointing)
-        recompute, share = _plan(run, mode)  # measured eagerly, before anything is compiled
-        run.compile_stats = stack.enter_context(compiled_units(checkpoint_units(backend.root), config.compile,
-                                                               warn=lambda message: _warn(run, message)))
-        units = stack.enter_context(gradient_checkpointing(backend.root, mode != "off", config.guard_inplace,
-                                                           adapted=adapted, recompute=recompute))
-        run.checkpointing, warning = checkpointing_outcome(mode, units, sum(recompute) if recompute else units, share,
-                                                           type(backend.root).__name__)
-        if warning:
-            _warn(run, warning)
-        for component, tree in trees.items():  # text encoders: no checkpointing, but ComfyUI's CLIP adds in place
-            if component:
-                stack.enter_context(gradient_checkpointing(tree, False, config.guard_inplace))
+        prepare_model(stack, run)
         while len(run.losses) < config.steps:
             if should_stop is not None and should_stop():
                 return run.result(interrupted=True)

@@ -53,6 +53,15 @@ Kinds (see MODEL_KINDS):
                 August only: January's detection fixes 48 heads (hidden 6144, 2B parameters for one block pair)
   flux2_vae     Flux 2's VAE shape: the KL VAE with 32 latent channels and a batch-norm over 2x2-patched latents
                 (128 channels at 16x), bf16 -> VAELoader
+  wan21_i2v_small  Wan 2.1 I2V DiT: wan21_t2v_small's shape with model_type "i2v" (image cross-attention and
+                img_emb, which detection looks for) and in_dim 36 (16 latent + 4 mask + 16 image channels),
+                bf16 -> UNETLoader, detected as WAN21_I2V (Wan 2.2 I2V A14B experts are detected the same way)
+  wan22_ti2v_small  Wan 2.2 TI2V-5B DiT: in/out 48 channels (what detection calls WAN22_T2V), otherwise
+                wan21_t2v_small's shape, bf16 -> UNETLoader
+  wan22_vae     Wan 2.2 VAE (comfy.ldm.wan.vae2_2, z 48, 16x spatial / 4x temporal) at full width: VAELoader
+                fixes its width at 160 (705M parameters), bf16 (1.4 GB) -> VAELoader
+  wan22_a14b_high_small, wan22_a14b_low_small  the two experts of a Wan 2.2 A14B T2V: wan21_t2v_small's
+                architecture (A14B's experts are Wan 2.1 DiTs; detected as WAN21_T2V), each its own seed
 Not a file: a small vision-language text encoder (ComfyUI's Qwen3-VL classes, language model cut down through its
 model_options config override, which no loader reads from a file) is built in memory by
 test_nodes/vision_clip.py, in the test process or in a test server (node LoraLabTestVisionClip).
@@ -126,6 +135,16 @@ WAN21_SMALL_PARAMS = {
     "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6,
 }
 WAN_VAE_SMALL_DIM = 32
+WAN21_I2V_SMALL_PARAMS = dict(WAN21_SMALL_PARAMS, model_type="i2v", in_dim=36)
+WAN22_TI2V_SMALL_PARAMS = dict(WAN21_SMALL_PARAMS, in_dim=48, out_dim=48)
+WAN22_VAE_CONFIG = {"dim": 160, "z_dim": 48, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+                    "temperal_downsample": [False, True, True], "dropout": 0.0}  # what VAELoader builds
+WAN_DIT_KINDS = {  # kind -> (WanModel params, seed offset)
+    "wan21_i2v_small": (WAN21_I2V_SMALL_PARAMS, 0),
+    "wan22_ti2v_small": (WAN22_TI2V_SMALL_PARAMS, 0),
+    "wan22_a14b_high_small": (WAN21_SMALL_PARAMS, 10),
+    "wan22_a14b_low_small": (WAN21_SMALL_PARAMS, 11),
+}
 
 # Flux 2: August's detection reads the width from img_in and takes one head per 128 (January fixes 48 heads).
 FLUX2_SMALL_PARAMS = {
@@ -153,6 +172,8 @@ MODEL_KINDS = {
     "qwen_image_small": "qwen_image_small.safetensors",
     "flux2_small": "flux2_small.safetensors",
     "flux2_vae": "flux2_vae.safetensors",
+    **{kind: f"{kind}.safetensors" for kind in WAN_DIT_KINDS},
+    "wan22_vae": "wan22_vae.safetensors",
 }
 # Which ComfyUI model folder each kind belongs in (see comfy_server.write_extra_model_paths).
 MODEL_FOLDER = {
@@ -162,6 +183,7 @@ MODEL_FOLDER = {
     "wan21_t2v_small": "diffusion_models", "wan21_t2v_small_fp8_scaled": "diffusion_models", "wan_vae": "vae",
     "flux_dev_fp8": "diffusion_models",
     "qwen_image_small": "diffusion_models", "flux2_small": "diffusion_models", "flux2_vae": "vae",
+    **{kind: "diffusion_models" for kind in WAN_DIT_KINDS}, "wan22_vae": "vae",
 }
 # Full-size Flux-dev transformer (19 double + 38 single blocks, 12B parameters) for the GPU benchmark only,
 # stored in fp8; its text input is CLIP-L wide (768) like flux_small, since no T5-XXL is built here.
@@ -451,6 +473,29 @@ def build_flux2_vae(path: Path, seed: int = SEED) -> None:
     vae = AutoencoderKL(ddconfig=dict(SD_VAE_DDCONFIG, z_channels=32, batch_norm_latent=True), embed_dim=32)
     fill_random_(vae, seed + 2)
     _save(_cast(vae.state_dict(), torch.bfloat16), path, {"lora_lab_test_model": "flux2_vae", "seed": str(seed)})
+def build_wan_dit(kind: str, path: Path, seed: int = SEED) -> None:
+    """One of WAN_DIT_KINDS: ComfyUI's WanModel with that kind's parameters, filled, bf16."""
+    import torch
+    import comfy.ldm.wan.model
+    import comfy.ops
+
+    params, offset = WAN_DIT_KINDS[kind]
+    model = comfy.ldm.wan.model.WanModel(operations=comfy.ops.disable_weight_init, device="cpu",
+                                         dtype=torch.float32, **params)
+    fill_random_(model, seed + offset)
+    _save(_cast(model.state_dict(), torch.bfloat16), path, {"lora_lab_test_model": kind, "seed": str(seed + offset)})
+
+
+def build_wan22_vae(path: Path, seed: int = SEED) -> None:
+    """ComfyUI's Wan 2.2 VAE (comfy.ldm.wan.vae2_2.WanVAE) with the config VAELoader builds for it."""
+    import torch
+    import comfy.ldm.wan.vae2_2
+
+    vae = comfy.ldm.wan.vae2_2.WanVAE(**WAN22_VAE_CONFIG)
+    fill_random_(vae, seed + 2)
+    state = _cast(vae.state_dict(), torch.bfloat16)
+    del vae
+    _save(state, path, {"lora_lab_test_model": "wan22_vae", "seed": str(seed)})
 
 
 def build_clip_l(path: Path, seed: int = SEED) -> None:
@@ -506,6 +551,10 @@ def build(kind: str, path: Path, seed: int = SEED) -> None:
         build_flux2_small(path, seed)
     elif kind == "flux2_vae":
         build_flux2_vae(path, seed)
+    elif kind in WAN_DIT_KINDS:
+        build_wan_dit(kind, path, seed)
+    elif kind == "wan22_vae":
+        build_wan22_vae(path, seed)
     else:
         raise ValueError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
 
