@@ -63,7 +63,7 @@ def test_each_mode_and_compile_give_the_plain_lora_and_say_so(sd15, dataset_dir,
 
 COMPILED_RUNS_DIFFER = pytest.mark.xfail(strict=True, reason=(
     "known bug: later compiled runs in one process are not exact (previews change the LoRA, seen on both "
-    "snapshots; cancel + resume differs, seen on August 2026); the first compiled run matches the plain LoRA "
+    "snapshots; cancel + resume differs, both snapshots); the first compiled run matches the plain LoRA "
     "to 1e-4 (above)"))
 
 
