@@ -78,7 +78,8 @@ def test_wan21_wan22_one_name_map(cm, caplog, unet_config, width, ffn, last):
     model = meta_model(unet_config)
     assert type(comfy.model_detection.model_config_from_unet_config(dict(unet_config))).__name__.startswith("WAN2")
     km, shapes = key_map(model), unet_shapes(model)
-    shape = {"ffn.net.0.proj": (ffn, width), "attn2.to_v": (width, 4096)}  # cross-attention reads the text (4096)
+    # cross_attn.v reads the text after Wan's text_embedding projection to the model width: (width, width)
+    shape = {"ffn.net.0.proj": (ffn, width)}
     layers = {f"blocks.{b}.{d}": shape.get(d, (width, width)) for b in (0, last) for d in _WAN}
     original = peft_lora("transformer.", layers)
     ours, report = convert(original, hint="wan")
