@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from ..errors import DatasetError
-from ..files.atomic import atomic_write_bytes, new_temp_file, remove_temp
+from ..files.atomic import atomic_write_bytes, write_new_file as write_new
 from .captions import apply_template
 from .dataset_files import count, find_files, names, normal_extension, relative
 from .image_io import IMAGE_EXTENSIONS, decode_rgb
@@ -93,29 +93,6 @@ def final_caption(generated: str, trigger_word: str = "", template: str = "") ->
     """The generated text on one line, with the trigger and template applied as the dataset loader applies them."""
     text = " ".join(generated.split())
     return apply_template(template, text, trigger_word) if text else ""
-
-
-def write_new(path: Path, data: bytes) -> bool:
-    """Write `path` only if it does not exist: a temp file hard-linked into place (atomic, refuses an existing
-    name). Returns False when a file was there. Where the filesystem has no hard links, an existence check then
-    an atomic write."""
-    fd, tmp = new_temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError:  # no hard links here (FAT, some network shares)
-            if path.exists():
-                return False
-            atomic_write_bytes(path, data)
-        return True
-    finally:
-        remove_temp(tmp)
 
 
 def pixels_for_captioning(path: Path, max_side: int = 0) -> torch.Tensor:

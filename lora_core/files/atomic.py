@@ -73,17 +73,46 @@ def _no_space(path: Path, size: int) -> OSError:
     return OSError(errno.ENOSPC, f"no space left on the device to write {path} ({size} bytes)")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temp file in the same directory, fsync it, then replace `path` with it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def written_temp(path: Path, data: bytes) -> str:
+    """A temp file beside `path` holding `data`, fsynced; removed again if writing fails."""
     fd, tmp = new_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        remove_temp(tmp)
+        raise
+    return tmp
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temp file in the same directory, fsync it, then replace `path` with it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = written_temp(path, data)
+    try:
         replace_file(tmp, path)  # same filesystem -> atomic rename
     except BaseException:
         remove_temp(tmp)
         raise
+
+
+def write_new_file(path: Path, data: bytes) -> bool:
+    """Write `path` only if it does not exist: a temp file hard-linked into place (atomic, refuses an existing
+    name). Returns False when a file was there. Where the filesystem has no hard links, an existence check then
+    an atomic write."""
+    tmp = written_temp(path, data)
+    try:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (FAT, some network shares)
+            if path.exists():
+                return False
+            replace_file(tmp, path)
+        return True
+    finally:
+        remove_temp(tmp)
