@@ -32,7 +32,7 @@ def dataset(folder, trigger="ohwx", captions=CAPTIONS, count=4, seed=0):
 
 def train(sd15, data, **inputs):
     model, clip, vae = sd15
-    return call_node("LoraLabTrain", model=model, clip=clip, vae=vae, dataset=data, **{**BASE, **inputs})
+    return call_node("LoraLabTrain", model=model, clip=clip, vae=vae, dataset=data, **{**BASE, **inputs})[:4]  # MODEL, LORA, LOSS, CLIP (two more: the low-noise expert's)
 
 
 def preservation(**inputs):

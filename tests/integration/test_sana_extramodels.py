@@ -123,7 +123,7 @@ def test_sana_trains_from_a_conditioning_list_and_loads_back(sana, tmp_path):
         "LoraLabTrain", model=model, vae=vae, dataset=dataset, conditioning=conds, steps=3, learning_rate=1e-3,
         rank=4, alpha=4.0, target_preset="attention", batch_size=1, grad_accumulation=1, lr_schedule="constant",
         warmup_steps=0, timestep_sampling="auto", precision="fp32", gradient_checkpointing=True, seed=0,
-        output_name="sana_test")
+        output_name="sana_test")[:4]
     assert len(loss["loss"]) == 3 and all(np.isfinite(loss["loss"]))
     names = list(lora.weights.modules)
     assert any("cross_attn.kv_linear" in n for n in names) and any(n.endswith("attn.qkv") for n in names)

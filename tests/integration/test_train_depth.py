@@ -31,7 +31,7 @@ def loras(tmp_path):
 
 def _train(sd15, dataset, **inputs):
     model, clip, vae = sd15
-    return call_node("LoraLabTrain", model=model, clip=clip, vae=vae, dataset=dataset, **dict(BASE, **inputs))
+    return call_node("LoraLabTrain", model=model, clip=clip, vae=vae, dataset=dataset, **dict(BASE, **inputs))[:4]  # MODEL, LORA, LOSS, CLIP (two more outputs: the low-noise expert's)
 
 
 def _options(node, **inputs):

@@ -24,7 +24,7 @@ def _dataset(folder, **kwargs):
 
 def _train(sd15, dataset, **inputs):
     model, clip, vae = sd15
-    return call_node("LoraLabTrain", model=model, clip=clip, vae=vae, dataset=dataset, **dict(BASE, **inputs))
+    return call_node("LoraLabTrain", model=model, clip=clip, vae=vae, dataset=dataset, **dict(BASE, **inputs))[:4]  # MODEL, LORA, LOSS, CLIP (two more outputs: the low-noise expert's)
 
 
 def _eval_loss(patcher, dataset, vae, clip) -> float:

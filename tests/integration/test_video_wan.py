@@ -46,7 +46,7 @@ def train_on_clips(model, vae, dataset, conds, name: str, **inputs) -> tuple:
     settings = dict(steps=25, learning_rate=5e-3, rank=8, alpha=8.0, target_preset="attention", batch_size=2,
                     grad_accumulation=1, lr_schedule="constant", warmup_steps=0, timestep_sampling="auto",
                     precision="auto", gradient_checkpointing=True, seed=0, output_name=name)
-    return call_node("LoraLabTrain", model=model, vae=vae, dataset=dataset, conditioning=conds, **{**settings, **inputs})
+    return call_node("LoraLabTrain", model=model, vae=vae, dataset=dataset, conditioning=conds, **{**settings, **inputs})[:4]  # MODEL, LORA, LOSS, CLIP (two more: the low-noise expert's)
 
 
 def write_clip(path: Path, frames: int, seed: int, size=(64, 64)) -> None:
