@@ -80,13 +80,21 @@ SPECS = {
 }
 
 SPECS["flux_kontext"] = SPECS["flux"]  # Kontext is Flux's transformer; its pipeline class says it takes a reference
-PIPELINE_CLASSES = {"flux_kontext": "FluxKontextPipeline"}  # model_index.json's class, where the loader reads it
+# Wan image-to-video: 2.2 I2V A14B (latent, 4 mask and 4 image channels in), 2.1 I2V (also CLIP vision states),
+# 2.2 TI2V-5B (WanPipeline's transformer; model_index.json's expand_timesteps says its first frame is kept)
+_WAN_I2V = dict(SPECS["wan"][1], in_channels=4 + 4 + 4)
+SPECS["wan_i2v"] = ("WanTransformer3DModel", _WAN_I2V, *SPECS["wan"][2:])
+SPECS["wan_i2v_clip"] = ("WanTransformer3DModel", dict(_WAN_I2V, image_dim=32, added_kv_proj_dim=16), *SPECS["wan"][2:])
+SPECS["wan_ti2v"] = SPECS["wan"]
+PIPELINE_CLASSES = {"flux_kontext": "FluxKontextPipeline", "wan_i2v": "WanImageToVideoPipeline",
+                    "wan_i2v_clip": "WanImageToVideoPipeline", "wan_ti2v": "WanPipeline"}  # model_index.json's class
+INDEX_EXTRA = {"wan_ti2v": {"expand_timesteps": True}}
 
 
 def _vae(family: str):
     import diffusers
 
-    if family == "wan":  # Wan's own causal 3D VAE at toy width (4 latent channels)
+    if family.startswith("wan"):  # Wan's own causal 3D VAE at toy width (4 latent channels)
         return diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                           temperal_downsample=[False, True, True], latents_mean=[0.0] * 4,
                                           latents_std=[1.0] * 4)
@@ -116,6 +124,19 @@ def make_tiny_pipeline(folder: str | Path, family: str, seed: int = 0) -> Path:
         suffix = "" if i == 0 else f"_{i + 1}"
         vocab = _tokenizer(folder / f"tokenizer{suffix}")
         _text_encoder(kind, width, vocab).save_pretrained(folder / f"text_encoder{suffix}")
+    if config.get("image_dim"):  # Wan 2.1 I2V: a CLIP vision encoder and its processor
+        _image_encoder(config["image_dim"], folder)
     name = PIPELINE_CLASSES.get(family, f"tiny-{family}")
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": name, component: ["diffusers", cls]}))
+    index = {"_class_name": name, component: ["diffusers", cls], **INDEX_EXTRA.get(family, {})}
+    (folder / "model_index.json").write_text(json.dumps(index))
     return folder
+
+
+def _image_encoder(width: int, folder: Path) -> None:
+    import transformers as tf
+
+    tf.CLIPVisionModel(tf.CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                                           num_attention_heads=2, image_size=32, patch_size=8)
+                       ).save_pretrained(folder / "image_encoder")
+    tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder / "image_processor")

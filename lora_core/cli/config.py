@@ -1,6 +1,6 @@
 """`lora-lab train` configuration: a TOML file, flags on top, checked before any model loads.
 
-    [model]   path, family, dtype, text_encoder, prediction, shift, device
+    [model]   path, family, dtype, text_encoder, prediction, shift, device, image_to_video
     [data]    path, resolution, trigger_word, captions, buckets, augment, mask, controls, cache_folder, video clips,
               validation
     [train]   any field of lora_core.trainer.TrainConfig (steps, learning_rate, rank, alpha, targets, ...)
@@ -46,6 +46,7 @@ class ModelSection:
     prediction: str = "auto"  # UNets: eps | v | auto (the scheduler's prediction_type)
     shift: float = 0.0  # flow models' timestep shift; 0 = the scheduler's (or the family's) default
     device: str = "auto"  # auto: this rank's GPU, else CPU
+    image_to_video: str = "auto"  # auto | first frame | off: each clip's first frame conditions a Wan I2V/TI2V model
 
 
 @dataclass
@@ -253,7 +254,8 @@ def check_values(config: RunConfig) -> None:
         raise ConfigError(f"{src}: data.path is required (a folder of images with .txt captions)")
     choices = {"model.family": (m.family, ("auto",) + FAMILIES), "model.dtype": (m.dtype, DTYPES),
                "model.text_encoder": (m.text_encoder, ("pipeline", "hashed")),
-               "model.prediction": (m.prediction, ("auto", "eps", "v"))}
+               "model.prediction": (m.prediction, ("auto", "eps", "v")),
+               "model.image_to_video": (m.image_to_video, ("auto", "first frame", "off"))}
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{src}: {name} = {value!r}; choose one of {', '.join(allowed)}")

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import TrainingError
 from .edit_models import flux_ids, flux_reference_tokens, one_reference_shape, packed_flux
+from .i2v_models import token_timesteps, with_known_frames
 
 
 def _bcast(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -129,18 +130,32 @@ class FlowTransformerBackend:
 
     def denoise(self, x_t: torch.Tensor, sigma: torch.Tensor, conds: list[Any]) -> torch.Tensor:
         ehs = _stack(conds, "encoder_hidden_states", self.device)
+        if self.kind == "Wan":  # TI2V-5B's known first frame: kept in the input and the output (no loss there)
+            x_t = with_known_frames(x_t, conds)
+            return with_known_frames(x_t - _bcast(sigma, x_t) * self._wan_velocity(x_t, sigma, ehs, conds), conds)
         if self.kind == "Flux":
             v = self._flux_velocity(x_t, sigma, ehs, conds)
         elif self.kind == "SD3":
             v = self.root(hidden_states=x_t, encoder_hidden_states=ehs, timestep=sigma * 1000,
                           pooled_projections=_stack(conds, "pooled_projections", self.device), return_dict=False)[0]
-        else:  # Sana, Wan: the pipelines pass scheduler timesteps in [0, 1000]
+        else:  # Sana's pipeline passes scheduler timesteps in [0, 1000]
             v = self._sana_velocity(x_t, sigma, ehs)
         return x_t - _bcast(sigma, x_t) * v
 
     def _sana_velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, ehs: torch.Tensor) -> torch.Tensor:
         # Sana's pipeline passes scheduler timesteps in [0, 1000]
         return self.root(x_t, encoder_hidden_states=ehs, timestep=sigma * 1000, return_dict=False)[0]
+
+    def _wan_velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, ehs: torch.Tensor, conds: list[Any]) -> torch.Tensor:
+        """WanPipeline / WanImageToVideoPipeline's call: timesteps in [0, 1000]; an I2V model's condition channels
+        after the latent's, its image states, TI2V's per-token timesteps."""
+        hidden, kwargs = x_t, {}
+        if isinstance(conds[0], dict) and "condition" in conds[0]:
+            hidden = torch.cat([x_t, _stack(conds, "condition", self.device).to(x_t)], dim=1)
+        if isinstance(conds[0], dict) and "image_embeds" in conds[0]:
+            kwargs["encoder_hidden_states_image"] = _stack(conds, "image_embeds", self.device).to(ehs)
+        timestep = token_timesteps(sigma * 1000, x_t, conds, tuple(self.root.config.patch_size))
+        return self.root(hidden, encoder_hidden_states=ehs, timestep=timestep, return_dict=False, **kwargs)[0]
 
     def _flux_velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, ehs: torch.Tensor, conds: list[Any]) -> torch.Tensor:
         b, c, h, w = x_t.shape

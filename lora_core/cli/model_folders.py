@@ -24,6 +24,7 @@ import torch
 
 from .diffusers_backend import DDPMUNetBackend, FlowTransformerBackend
 from .edit_models import REFERENCE_PIPELINES, pipeline_class, with_references
+from .i2v_models import clip_vision_encoder, first_frame_kind, resolve_first_frame, with_first_frame
 from ..families import FAMILIES, cli_families
 from ..errors import LoraLabError
 from .tiny_models import TinyTextEncoder
@@ -147,8 +148,11 @@ def _diffusers_class(name: str):
 
 
 def load_model(folder: ModelFolder, dtype: str = "fp32", device: torch.device | str = "cpu",
-               text_encoder: str = "pipeline", prediction: str = "auto", shift: float = 0.0) -> LoadedModel:
+               text_encoder: str = "pipeline", prediction: str = "auto", shift: float = 0.0,
+               image_to_video: str = "auto") -> LoadedModel:
+    """image_to_video: i2v_models.MODES (Wan I2V / TI2V-5B: each clip's first frame in its cond)."""
     device = torch.device(device)
+    first_frame = image_to_video_kind(folder, image_to_video)
     torch_dtype = DTYPES[dtype]
     denoiser = _diffusers_class(folder.cls).from_pretrained(folder.denoiser, torch_dtype=torch_dtype,
                                                            local_files_only=True)
@@ -164,9 +168,22 @@ def load_model(folder: ModelFolder, dtype: str = "fp32", device: torch.device | 
     latent_in, make_cond = _latent_in(vae, folder.family), _make_cond(folder)
     if pipeline_class(folder.root) in REFERENCE_PIPELINES:  # an edit model: each sample's references too
         make_cond = with_references(make_cond, latent_in, pipeline_class(folder.root))
-    encoders = Encoders(encode_pixels=_vae_encoder(vae, device), pixels_id=_identity(folder.part("vae")),
+    encode_pixels = _vae_encoder(vae, device)
+    if first_frame is not None:
+        encode_image = clip_vision_encoder(folder.root, device) if folder.config.get("image_dim") else None
+        make_cond = with_first_frame(make_cond, first_frame, encode_pixels, latent_in, encode_image)
+    encoders = Encoders(encode_pixels=encode_pixels, pixels_id=_identity(folder.part("vae")),
                         encode_text=encode_text, text_id=text_id, latent_in=latent_in, make_cond=make_cond)
     return LoadedModel(folder, backend, encoders, text_models)
+
+
+def image_to_video_kind(folder: ModelFolder, mode: str) -> str | None:
+    """The first-frame conditioning (i2v_models) a run on this folder uses for model.image_to_video = mode."""
+    kind = first_frame_kind(folder.root, folder.family, folder.config)
+    try:
+        return resolve_first_frame(mode, kind, f"{folder.denoiser} ({folder.family}, {pipeline_class(folder.root) or folder.cls})")
+    except LoraLabError as error:
+        raise ModelFolderError(str(error)) from None
 
 
 def _backend(folder: ModelFolder, denoiser: torch.nn.Module, scheduler: dict, prediction: str, shift: float,

@@ -29,7 +29,8 @@ from ..training.trainer import StepReport, train
 from ..training.run import TrainResult
 from .config import ConfigError, RunConfig, check_world_size, load_config
 from .edit_models import check_takes_references
-from .model_folders import ModelFolder, check_family, check_parts, inspect_folder, load_model
+from .model_folders import (ModelFolder, ModelFolderError, check_family, check_parts, image_to_video_kind,
+                            inspect_folder, load_model)
 from .train_files import Forms, RunFiles, clock, existing_outputs, periodic_stem
 from .train_inputs import device, load_dataset, training_data
 from .train_progress import Progress
@@ -93,6 +94,10 @@ def preflight(config: RunConfig, world_size: int) -> ModelFolder:
         raise ConfigError(f"{config.source}: data.path {data} is not a folder")
     if config.data.controls.enabled:
         _check_controls(config, folder)
+    try:
+        image_to_video_kind(folder, config.model.image_to_video)
+    except ModelFolderError as error:
+        raise ConfigError(f"{config.source}: {error}") from None
     start_step = 0
     if config.output.resume:
         resume = Path(config.output.resume).expanduser()
@@ -170,12 +175,14 @@ def run_training(config: RunConfig, folder: ModelFolder, forms: Forms, dist: Dis
     if main:
         Path(config.output.dir).expanduser().mkdir(parents=True, exist_ok=True)
     m = config.model
-    model = load_model(folder, m.dtype, device(config, dist), m.text_encoder, m.prediction, m.shift)
+    model = load_model(folder, m.dtype, device(config, dist), m.text_encoder, m.prediction, m.shift,
+                       m.image_to_video)
     dataset = load_dataset(config)
     data = training_data(config, dataset, model, dist)
     if not dataset.caption_transforms.active:
         model.release_text_encoders()
-    files = RunFiles(config, folder, forms, dataset, model.backend.prediction, started)
+    files = RunFiles(config, folder, forms, dataset, model.backend.prediction, started,
+                     image_to_video_kind(folder, m.image_to_video))
     resume = load_train_state(config.output.resume) if config.output.resume else None
     validate = None
     if data.validation and main:

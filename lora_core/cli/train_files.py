@@ -105,6 +105,7 @@ class RunFiles:
     dataset: Any
     prediction: str
     started: float
+    first_frame: str | None = None  # i2v_models' kind ("concat", "latent") or None
 
     @property
     def out_dir(self) -> Path:
@@ -124,6 +125,8 @@ class RunFiles:
             started_at=self.started, finished_at=clock(), gradient_checkpointing=result.checkpointing, compile=result.compiled,
             comment=f"lora-lab train on {folder.root.name} ({folder.cls})")
         meta.update(algorithm_metadata(t))
+        if self.first_frame:  # an image-to-video LoRA: how each clip's first frame conditioned the model
+            meta["lora_lab_first_frame"] = self.first_frame
         if self.dataset.pairs is not None:  # an edit LoRA: how its references were given (as the node writes it)
             meta["lora_lab_pairs"] = json.dumps(pairs_metadata(self.dataset), sort_keys=True)
         state = []  # first: a LoRA form that cannot be written must not lose the run
