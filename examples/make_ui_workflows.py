@@ -30,6 +30,8 @@ TITLES = {
     "sd15_train_lora": "SD1.5 LoRA training",
     "flux_train_lora": "Flux.1 LoRA training",
     "flux_kontext_edit_lora": "Flux Kontext edit LoRA training",
+    "qwen_image_edit_lora": "Qwen-Image edit LoRA training",
+    "wan22_i2v_two_experts_lora": "Wan 2.2 I2V A14B two-expert LoRA training",
 }
 GROUPS = ("1. Train the LoRA", "2. Sample with the trained LoRA")
 
@@ -54,6 +56,27 @@ MODELS = {
     "flux1-dev-kontext_fp8_scaled.safetensors": (
         "https://huggingface.co/Comfy-Org/flux1-kontext-dev_ComfyUI/resolve/main/split_files/diffusion_models/"
         "flux1-dev-kontext_fp8_scaled.safetensors", "diffusion_models"),
+    "qwen_image_edit_2509_fp8_e4m3fn.safetensors": (
+        "https://huggingface.co/Comfy-Org/Qwen-Image-Edit_ComfyUI/resolve/main/split_files/diffusion_models/"
+        "qwen_image_edit_2509_fp8_e4m3fn.safetensors", "diffusion_models"),
+    "qwen_2.5_vl_7b_fp8_scaled.safetensors": (
+        "https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files/text_encoders/"
+        "qwen_2.5_vl_7b_fp8_scaled.safetensors", "text_encoders"),
+    "qwen_image_vae.safetensors": (
+        "https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files/vae/qwen_image_vae.safetensors",
+        "vae"),
+    "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors": (
+        "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/diffusion_models/"
+        "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", "diffusion_models"),
+    "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors": (
+        "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/diffusion_models/"
+        "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors", "diffusion_models"),
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": (
+        "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/text_encoders/"
+        "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "text_encoders"),
+    "wan_2.1_vae.safetensors": (
+        "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/vae/wan_2.1_vae.safetensors",
+        "vae"),
     "ae.safetensors": (
         "https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors", "vae"),
 }
@@ -74,6 +97,8 @@ def _default(spec):
     options = spec[1] if len(spec) > 1 else {}
     if "default" in options:
         return options["default"]
+    if spec[0] == "STRING":
+        return ""  # what the frontend shows in an empty text box
     choices = spec[0] if isinstance(spec[0], list) else options.get("options") or [None]
     return choices[0] if choices else None
 
@@ -123,7 +148,11 @@ def _node(node_id: str, node: dict, info: dict, links: list, out_links: dict) ->
             kind = spec[0] if isinstance(spec[0], str) else "COMBO"
             links.append([link_id, int(value[0]), value[1], int(node_id), len(inputs), kind])
             out_links.setdefault((value[0], value[1]), []).append(link_id)
-            inputs.append({"name": name, "type": kind, "link": link_id})
+            slot = {"name": name, "type": kind, "link": link_id}
+            if _is_widget(spec):  # a widget fed by a link (a prompt from the dataset's captions) keeps its value
+                slot["widget"] = {"name": name}
+                widgets.append(_default(spec))
+            inputs.append(slot)
         elif _is_widget(spec):
             options = spec[1] if len(spec) > 1 else {}
             widgets.append(value if value is not None else _default(spec))
