@@ -95,9 +95,12 @@ def load_edit_model(family: EditFamily, model_file) -> tuple:
     return model, loaded_vae
 
 
-def paired_dataset(folder: Path, **control) -> tuple:
+def paired_dataset(folder: Path, bucket_options: dict | None = None, **control) -> tuple:
     """(dataset, summary, captions) of Load Training Images with Control Images (control/ beside, by default)."""
     (options,) = call_node("LoraLabControlImages", **{"control_folder": "(control/ beside the images)",
                                                       "control_resolution": 0, **control})
+    buckets = {}
+    if bucket_options is not None:
+        buckets["bucket_options"] = call_node("LoraLabBucketOptions", **bucket_options)[0]
     return call_node("LoraLabDataset", folder=str(folder), resolution=64, trigger_word="", default_caption="",
-                     cache_folder="", control_options=options)
+                     cache_folder="", control_options=options, **buckets)

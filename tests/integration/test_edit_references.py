@@ -152,6 +152,39 @@ def test_the_reference_changes_the_loss_and_gradient_and_the_loss_sees_only_the_
     assert torch.count_nonzero(out_a[:, :target_tokens]) == out_a[:, :target_tokens].numel()
 
 
+def test_each_row_of_a_batch_keeps_its_own_reference(edit, tmp_path):
+    """A batch of two targets (one bucket) whose references have buckets of their own (control_resolution): rows
+    whose references differ in shape go to separate model calls, and each row's loss is the loss it has alone;
+    references of one shape share a call."""
+    from lora_lab.nodes.comfy_backend import ComfyBackend, concat_groups
+    from lora_lab.lora_core.training.objective import diffusion_loss
+
+    family, model, vae = edit
+    folder = make_pairs(tmp_path / "pairs", count=2)
+    # references of about 96x96 px: buckets 64x128, 96x96 and 128x64; the 64x64 targets all have one bucket
+    buckets = {"min_bucket_side": 64, "max_bucket_side": 128, "bucket_step": 32, "small_images": "upscale"}
+    for calls in (1, 2):  # square references: one shape; then a wide and a tall one in buckets of their own
+        if calls == 2:
+            for name, size in (("img_00.png", (64, 40)), ("img_01.png", (40, 64))):
+                Image.fromarray(pattern(size, 7)).save(folder / "control" / name)
+        dataset, _summary, captions = paired_dataset(folder, control_resolution=96, bucket_options=buckets)
+        data = training_data(model, vae, dataset, [family.conditioning(c) for c in captions])
+        a, b = data.samples
+        shapes = {tuple(info.references[0].shape) for info in data.infos}
+        assert len(shapes) == calls, shapes
+        assert len(concat_groups([a.cond, b.cond])) == calls
+        backend = ComfyBackend(model)
+        g = torch.Generator().manual_seed(5)
+        x0 = torch.stack([a.latent, b.latent])
+        noise, u = torch.randn(x0.shape, generator=g), torch.tensor([0.3, 0.7])
+        with torch.inference_mode(False), torch.no_grad():
+            both = diffusion_loss(backend, x0, noise, u, [a.cond, b.cond])
+            alone = [diffusion_loss(backend, x0[i:i + 1], noise[i:i + 1], u[i:i + 1], [s.cond])[0]
+                     for i, s in enumerate((a, b))]
+        assert torch.allclose(both, torch.stack(alone), rtol=1e-4, atol=1e-6), (calls, both, alone)
+        assert not torch.isclose(both[0], both[1]), "the two rows' losses should differ"
+
+
 def test_a_model_that_takes_no_reference_is_refused_naming_its_family(comfy, model_file, tmp_path):
     """SD3 (a random small MMDiT from UNETLoader) has no reference input: training it on pairs is an error that
     names the family and what to do, before any step."""
