@@ -13,11 +13,9 @@ import torch
 from PIL import Image
 
 from cli_helpers import tiny_pipeline, write_config
+from cond_probe import probe, random_adapters
 from lora_lab.__main__ import main
 from lora_lab.converters.trained_lora import FORMS
-from lora_lab.lora_core.adapters.algorithms import new_adapter
-from lora_lab.lora_core.adapters.injection import attached
-from lora_lab.lora_core.adapters.targets import select_targets
 from lora_lab.lora_core.cache.encoding_cache import EncodingCache, MemoryStore
 from lora_lab.lora_core.cli.config import ConfigError, load_config
 from lora_lab.lora_core.cli.model_folders import inspect_folder, load_model
@@ -28,7 +26,6 @@ from lora_lab.lora_core.data.pairs import PairConfig
 from lora_lab.lora_core.data.training_samples import build_training_data
 from lora_lab.lora_core.exit_status import EXIT_REFUSED
 from lora_lab.lora_core.files.lora_file import load_lora_file
-from lora_lab.lora_core.training.objective import diffusion_loss
 
 CAPTIONS = ["red circle", "blue square", "green triangle", "yellow shape"]
 
@@ -83,36 +80,6 @@ def _samples(model, folder: Path, second: Path | None = None, resolution: int = 
     return build_training_data(dataset, model.encoders, cache, seed=0).samples
 
 
-def _loss_and_gradient(backend, sample, adapters):
-    """Loss at a fixed noise and level, the LoRA's gradient, and the gradient at proj_out (one row per image token:
-    the target's, then the reference's), and the position ids the transformer got."""
-    seen = {}
-
-    def keep(module, args, output):
-        output.retain_grad()
-        seen["out"] = output
-
-    def ids(module, args, kwargs):
-        seen["ids"] = kwargs["img_ids"].clone()
-
-    for adapter in adapters.values():
-        adapter.zero_grad(set_to_none=True)
-    hooks = [backend.root.proj_out.register_forward_hook(keep),
-             backend.root.register_forward_pre_hook(ids, with_kwargs=True)]
-    try:
-        with attached(backend.root, adapters):
-            g = torch.Generator().manual_seed(3)
-            x0 = sample.latent[None]
-            loss = diffusion_loss(backend, x0, torch.randn(x0.shape, generator=g), torch.tensor([0.6]), [sample.cond])
-            loss.mean().backward()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
-                      for a in adapters.values() for p in a.parameters()])
-    return float(loss.detach()), grad, seen["out"].grad, seen["ids"]
-
-
 def test_the_reference_reaches_the_transformer_and_the_loss_sees_only_the_target(models, tmp_path):
     model = load_model(inspect_folder(tiny_pipeline("flux_kontext", models)), text_encoder="hashed")
     targets = make_pairs(tmp_path / "targets", controls=False)
@@ -122,14 +89,10 @@ def test_the_reference_reaches_the_transformer_and_the_loss_sees_only_the_target
             Image.fromarray(pattern(64, 64, seed + i)).save(tmp_path / name / f"p{i}.png")
     a, b = _samples(model, targets, tmp_path / "a")[0], _samples(model, targets, tmp_path / "b")[0]
     assert torch.equal(a.latent, b.latent) and not torch.equal(a.cond["references"][0], b.cond["references"][0])
-    g = torch.Generator().manual_seed(0)
-    modules = dict(model.backend.root.named_modules())
-    adapters = {n: new_adapter(modules[n], 4, 4.0, 0.0, g) for n in select_targets(model.backend.root, "attention")}
-    for adapter in adapters.values():
-        torch.nn.init.normal_(adapter.up, generator=g)
-    loss_a, grad_a, out_a, ids = _loss_and_gradient(model.backend, a, adapters)
-    again, grad_again, _, _ = _loss_and_gradient(model.backend, a, adapters)
-    loss_b, grad_b, _, _ = _loss_and_gradient(model.backend, b, adapters)
+    adapters = random_adapters(model.backend.root)
+    a_, again_, b_ = (probe(model.backend, s, adapters, "img_ids") for s in (a, a, b))
+    loss_a, grad_a, out_a, ids = a_.loss, a_.grad, a_.out_grad, a_.seen
+    again, grad_again, loss_b, grad_b = again_.loss, again_.grad, b_.loss, b_.grad
     assert again == loss_a and torch.equal(grad_again, grad_a)  # bit for bit: any change below is the reference's
     print(f"loss {loss_a} -> {loss_b}; gradient change {float((grad_b - grad_a).norm() / grad_a.norm()):.3g} of its norm")
     assert loss_b != loss_a and (grad_b - grad_a).norm() > 1e-3 * grad_a.norm()

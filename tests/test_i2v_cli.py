@@ -15,10 +15,9 @@ import torch
 from PIL import Image
 
 from cli_helpers import tiny_pipeline, write_config
+from cond_probe import probe, random_adapters
 from lora_lab.converters.trained_lora import FORMS
-from lora_lab.lora_core.adapters.algorithms import new_adapter
 from lora_lab.lora_core.adapters.injection import attached
-from lora_lab.lora_core.adapters.targets import select_targets
 from lora_lab.lora_core.cache.encoding_cache import EncodingCache, MemoryStore
 from lora_lab.lora_core.cli.config import ConfigError, load_config
 from lora_lab.lora_core.cli.model_folders import inspect_folder, load_model
@@ -140,44 +139,6 @@ def test_the_concat_condition_is_the_pipelines_own(models, tmp_path):
     torch.testing.assert_close(sample.cond["image_embeds"], states[0], atol=1e-6, rtol=1e-5)
 
 
-def _loss_and_gradient(backend, sample, adapters, noise_seed: int = 3):
-    """Loss at a fixed noise and level, the LoRA's gradient, the gradient at proj_out, and the timestep passed."""
-    seen = {}
-
-    def keep(module, args, output):
-        output.retain_grad()
-        seen["out"] = output
-
-    def timestep(module, args, kwargs):
-        seen["timestep"] = kwargs["timestep"].clone()
-
-    for adapter in adapters.values():
-        adapter.zero_grad(set_to_none=True)
-    hooks = [backend.root.proj_out.register_forward_hook(keep),
-             backend.root.register_forward_pre_hook(timestep, with_kwargs=True)]
-    try:
-        with attached(backend.root, adapters):
-            x0 = sample.latent[None]
-            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(noise_seed))
-            loss = diffusion_loss(backend, x0, noise, torch.tensor([0.6]), [sample.cond])
-            loss.mean().backward()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
-                      for a in adapters.values() for p in a.parameters()])
-    return float(loss.detach()), grad, seen["out"].grad, seen["timestep"], noise
-
-
-def _adapters(root):
-    g = torch.Generator().manual_seed(0)
-    modules = dict(root.named_modules())
-    adapters = {n: new_adapter(modules[n], 4, 4.0, 0.0, g) for n in select_targets(root, "attention")}
-    for adapter in adapters.values():
-        torch.nn.init.normal_(adapter.up, generator=g)
-    return adapters
-
-
 def test_the_first_frame_reaches_training(models, tmp_path):
     model = load_model(inspect_folder(tiny_pipeline("wan_i2v", models)), text_encoder="hashed")
     sample = _samples(model, clips(tmp_path / "clips", count=1))[0]
@@ -186,11 +147,10 @@ def test_the_first_frame_reaches_training(models, tmp_path):
     changed = dataclasses.replace(sample, cond=model.encoders.make_cond(
         {"encoder_hidden_states": sample.cond["encoder_hidden_states"]}, dataclasses.replace(info, first_frame=lambda: other)))
     assert torch.equal(changed.latent, sample.latent) and not torch.equal(changed.cond["condition"], sample.cond["condition"])
-    adapters = _adapters(model.backend.root)
-    loss_a, grad_a, _, _, _ = _loss_and_gradient(model.backend, sample, adapters)
-    again, grad_again, _, _, _ = _loss_and_gradient(model.backend, sample, adapters)
-    loss_b, grad_b, _, _, _ = _loss_and_gradient(model.backend, changed, adapters)
-    assert again == loss_a and torch.equal(grad_again, grad_a)  # bit for bit: any change below is the first frame's
+    adapters = random_adapters(model.backend.root)
+    a, again, b = (probe(model.backend, s, adapters, "timestep") for s in (sample, sample, changed))
+    loss_a, grad_a, loss_b, grad_b = a.loss, a.grad, b.loss, b.grad
+    assert again.loss == loss_a and torch.equal(again.grad, grad_a)  # bit for bit: any change below is the first frame's
     print(f"loss {loss_a} -> {loss_b}; gradient change {float((grad_b - grad_a).norm() / grad_a.norm()):.3g} of its norm")
     assert loss_b != loss_a and (grad_b - grad_a).norm() > 1e-3 * grad_a.norm()
 
@@ -216,8 +176,9 @@ def test_ti2v_keeps_the_first_frame_out_of_the_loss(models, tmp_path):
                        image_to_video="first frame")
     sample = _samples(model, clips(tmp_path / "clips", count=1))[0]
     assert torch.equal(sample.cond["known_frames"], sample.latent[:, :1])
-    adapters = _adapters(model.backend.root)
-    loss, grad, out_grad, timestep, noise = _loss_and_gradient(model.backend, sample, adapters)
+    adapters = random_adapters(model.backend.root)
+    seen = probe(model.backend, sample, adapters, "timestep")
+    loss, out_grad, timestep, noise = seen.loss, seen.out_grad, seen.seen, seen.noise
     tokens = sample.latent.shape[-1] * sample.latent.shape[-2] // 4  # 2x2 patches per latent frame
     assert timestep.shape == (1, sample.latent.shape[1] * tokens)
     assert torch.count_nonzero(timestep[0, :tokens]) == 0 and torch.all(timestep[0, tokens:] == timestep[0, -1])
