@@ -126,6 +126,11 @@ FIXTURES = [
     ("anima_formats.txt", 0, "anima", True), ("anima_formats.txt", 1, "anima", True),
 ]
 
+# Modules a family's LoRAs train that some snapshot keeps outside its diffusion model, where ComfyUI's LoRA key map
+# reaches neither the original's keys nor ours: LTX-2's text connectors are in January's text encoder
+# (comfy/text_encoders/lt.py), in August's diffusion model (comfy/ldm/lightricks/av_model.py).
+ELSEWHERE = {"ltx2": "embeddings_connector"}
+
 
 @pytest.mark.parametrize("fixture, section, name, comfy_reads_original", FIXTURES,
                          ids=[f"{f.removesuffix('_formats.txt')}[{s}]" for f, s, _, _ in FIXTURES])
@@ -137,6 +142,10 @@ def test_fixture_key_forms(cm, caplog, fixture, section, name, comfy_reads_origi
     original = fixture_state_dict(fixture, section=section)
     ours, _, report = convert(original)
     assert report.family == name.split()[0] and not report.unmatched, report
+    elsewhere = ELSEWHERE.get(name)
+    if elsewhere and not any(elsewhere in k for k in shapes):  # not this snapshot's diffusion model: nothing loads them
+        ours = {k: v for k, v in ours.items() if elsewhere not in k}
+        original = {k: v for k, v in original.items() if elsewhere not in k}
     assert_loads_fully(ours, km, caplog)
     assert_patches_apply(ours, km, shapes, caplog, sample=6)
     if comfy_reads_original:
