@@ -217,3 +217,18 @@ def test_ti2v_on_still_images_names_the_file(models, tmp_path):
     dataset = load_video_folder(tmp_path / "stills", 64, frames=FRAMES, include_images=True)
     with pytest.raises(DatasetError, match="still.png gives 1 frame"):
         build_training_data(dataset, model.encoders, EncodingCache(None, memory=MemoryStore()), seed=0)
+
+
+def test_resume_with_another_first_frame_setting_is_refused(models, tmp_path):
+    """TI2V-5B trained with its first frame kept, resumed as text-to-video: the state names what differs."""
+    from lora_lab.lora_core.errors import TrainingError
+
+    folder = tiny_pipeline("wan_ti2v", models)
+    data = clips(tmp_path / "clips", count=1)
+    run_training(load_config(_config(tmp_path, folder, data, "first frame")), inspect_folder(folder), FORMS)
+    state = tmp_path / "out" / "lora.state"
+    (tmp_path / "again").mkdir()
+    config = load_config(_config(tmp_path / "again", folder, data, "auto", steps=3))
+    config.output.resume = str(state)
+    with pytest.raises(TrainingError, match='first frame: "latent" in the state, null now'):
+        run_training(config, inspect_folder(folder), FORMS)

@@ -15,6 +15,7 @@ Exit status: lora_core/exit_status.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import shlex
@@ -181,8 +182,11 @@ def run_training(config: RunConfig, folder: ModelFolder, forms: Forms, dist: Dis
     data = training_data(config, dataset, model, dist)
     if not dataset.caption_transforms.active:
         model.release_text_encoders()
-    files = RunFiles(config, folder, forms, dataset, model.backend.prediction, started,
-                     image_to_video_kind(folder, m.image_to_video))
+    first_frame = image_to_video_kind(folder, m.image_to_video)
+    files = RunFiles(config, folder, forms, dataset, model.backend.prediction, started, first_frame)
+    # a resumed run must condition on first frames as this one does (the node's identity says the same)
+    settings = dataclasses.replace(config.train, identity={**config.train.identity, "first frame": first_frame}) \
+        if first_frame else config.train
     resume = load_train_state(config.output.resume) if config.output.resume else None
     validate = None
     if data.validation and main:
@@ -216,7 +220,7 @@ def run_training(config: RunConfig, folder: ModelFolder, forms: Forms, dist: Dis
 
     try:
         with ctrl_c:
-            result = train(model.backend, data.samples, config.train, order=data.order, resume=resume,
+            result = train(model.backend, data.samples, settings, order=data.order, resume=resume,
                            on_step=on_step, should_stop=should_stop, validate=validate, distributed=dist)
     except (NonFiniteLossError, TrainingOutOfMemory, TrainingCrashed) as error:
         kept, error.result = error.result, None  # the traceback should not keep the run's tensors alive
