@@ -232,3 +232,33 @@ def test_resume_with_another_first_frame_setting_is_refused(models, tmp_path):
     config.output.resume = str(state)
     with pytest.raises(TrainingError, match='first frame: "latent" in the state, null now'):
         run_training(config, inspect_folder(folder), FORMS)
+
+
+def _two_experts(models, root: Path) -> Path:
+    """A Wan 2.2 A14B-shaped I2V folder: the tiny I2V pipeline plus transformer_2/, boundary_ratio 0.9."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_pipeline("wan_i2v", models), root)
+    shutil.copytree(root / "transformer", root / "transformer_2")
+    index = json.loads((root / "model_index.json").read_text())
+    index.update(transformer_2=["diffusers", "WanTransformer3DModel"], boundary_ratio=0.9)
+    (root / "model_index.json").write_text(json.dumps(index))
+    return root
+
+
+@pytest.mark.parametrize("part,setting", [("", "timestep_min = 0.9"), ("transformer_2", "timestep_max = 0.9")])
+def test_a_two_expert_folder_needs_the_experts_timesteps(part, setting, models, tmp_path):
+    """lora-lab train trains one expert of Wan 2.2 A14B: over every timestep by default would be a guess."""
+    root = _two_experts(models, tmp_path / "a14b")
+    config = load_config(_config(tmp_path, root / part if part else root, clips(tmp_path / "clips", count=1)))
+    with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
+        preflight(config, 1)
+
+
+def test_one_expert_trains_on_its_side_of_the_boundary(models, tmp_path):
+    root = _two_experts(models, tmp_path / "a14b")
+    config = load_config(_config(tmp_path, root, clips(tmp_path / "clips", count=1), timestep_min=0.9))
+    preflight(config, 1)
+    result = run_training(config, inspect_folder(root), FORMS)
+    assert result.steps_done == 2 and inspect_folder(root).denoiser.name == "transformer"

@@ -30,12 +30,13 @@ from ..training.trainer import StepReport, train
 from ..training.run import TrainResult
 from .config import ConfigError, RunConfig, check_world_size, load_config
 from .edit_models import check_takes_references
-from .model_folders import (ModelFolder, ModelFolderError, check_family, check_parts, image_to_video_kind,
+from .model_folders import (ModelFolder, check_family, check_parts, image_to_video_kind,
                             inspect_folder, load_model)
 from .train_files import Forms, RunFiles, clock, existing_outputs, periodic_stem
 from .train_inputs import device, load_dataset, training_data
 from .train_progress import Progress
 from .train_stops import CtrlC, RunStopped
+from .wan_experts import check_expert_range
 
 # shortcut flag -> config key
 SHORTCUTS = {"model": "model.path", "family": "model.family", "data": "data.path", "out": "output.dir",
@@ -97,7 +98,8 @@ def preflight(config: RunConfig, world_size: int) -> ModelFolder:
         _check_controls(config, folder)
     try:
         image_to_video_kind(folder, config.model.image_to_video)
-    except ModelFolderError as error:
+        check_expert_range(folder.root, folder.denoiser, config.train.timestep_min, config.train.timestep_max)
+    except LoraLabError as error:
         raise ConfigError(f"{config.source}: {error}") from None
     start_step = 0
     if config.output.resume:
