@@ -1,7 +1,6 @@
 """Train LoRA's checkpointing modes and compile option in a real ComfyUI, in this process, on the random full SD1.5:
 the true/false of older workflows still validate and mean full/off; partial, full and compile give the LoRA of the
-plain run and the file says which ran; with compile, cancel + resume and previews
-should leave the bytes as they are (a known bug: they do not yet, xfail).
+plain run and the file says which ran; with compile, cancel + resume and previews leave the bytes as they are.
 
 Compiled here with aot_eager (TorchDynamo and AOTAutograd as with inductor, no C++ generated: the full-size
 UNet would take minutes per shape to compile with inductor on a CPU); test_checkpointing_comfy.py compiles
@@ -61,13 +60,6 @@ def test_each_mode_and_compile_give_the_plain_lora_and_say_so(sd15, dataset_dir,
     assert meta["partial+compile"]["lora_lab_compile"] == "on"  # no counts or times: same settings, same bytes
 
 
-COMPILED_RUNS_DIFFER = pytest.mark.xfail(strict=True, reason=(
-    "known bug: later compiled runs in one process are not exact (previews change the LoRA, seen on both "
-    "snapshots; cancel + resume differs, both snapshots); the first compiled run matches the plain LoRA "
-    "to 1e-4 (above)"))
-
-
-@COMPILED_RUNS_DIFFER
 def test_compiled_run_with_previews_changes_no_byte(sd15, dataset_dir, loras, aot_eager):  # noqa: F811
     """Previews between compiled steps run the units eagerly and must leave the LoRA as it is without them."""
     dataset = _dataset(dataset_dir)
@@ -80,7 +72,6 @@ def test_compiled_run_with_previews_changes_no_byte(sd15, dataset_dir, loras, ao
     assert _file_bytes(previewed) == _file_bytes(straight)
 
 
-@COMPILED_RUNS_DIFFER
 def test_compiled_run_cancelled_then_resumed_is_byte_identical(sd15, dataset_dir, loras, aot_eager, monkeypatch):  # noqa: F811
     import comfy.model_management
     import comfy.utils
