@@ -32,7 +32,7 @@ from .failures import crashed, raise_clearly
 from .run import Run, TrainResult
 from .state import TrainState, restore_rng
 from .timesteps import sampler, timestep_fraction
-from .trainer import StepReport, TrainConfig, _validate, prepare_model
+from .trainer import StepReport, TrainConfig, _validate, guarded_step, prepare_model
 
 EXPERTS = ("high_noise", "low_noise")
 SWITCH_WINDOW = 32  # schedule steps per window: at most one switch each (bench/expert_switch.py)
@@ -255,21 +255,14 @@ class _Loop:
                     return self.result(interrupted=True)
                 name = self.schedule.experts[i]
                 self.current = run = self.runs[name]
-                try:  # a host may cancel from inside the model's forward (ComfyUI's ops do)
+
+                def enter(name=name, run=run) -> None:  # this expert on the device, with its own streams (dropout too)
                     self.switcher.use(name)
-                    restore_rng(run.boundary[0], run.gen, run.device)  # the expert's own streams (dropout too)
-                    run.compile_stats.training = True  # compiled units run for the step only, as in trainer._loop
-                    loss = run.step()
-                except interrupt_on:
+                    restore_rng(run.boundary[0], run.gen, run.device)
+
+                loss = guarded_step(run, interrupt_on, owner=self, before=enter)
+                if loss is None:
                     return self.result(interrupted=True)
-                except LoraLabError:
-                    raise
-                except Exception as error:
-                    if isinstance(error, RuntimeError):
-                        raise_clearly(error, self, "during")
-                    raise crashed(error, self, "during") from error
-                finally:
-                    run.compile_stats.training = False
                 self.experts.append(name)
                 self.losses.append(loss)
                 if self._after_step(name, loss, total, on_step, validate, interrupt_on):

@@ -185,6 +185,29 @@ def prepare_model(stack: contextlib.ExitStack, run: Run) -> None:
             stack.enter_context(gradient_checkpointing(tree, False, config.guard_inplace))
 
 
+def guarded_step(run: Run, interrupt_on, owner: Any = None, before: Callable[[], None] | None = None) -> float | None:
+    """One optimizer step of `run` (after `before`), its compiled units on for the step only (not for previews
+    between steps). None when the host cancelled inside it (ComfyUI's ops may, from the model's forward): no
+    optimizer step was taken, the adapters hold the last completed one. Any other failure raises, named clearly
+    and carrying `owner`'s result (the run's own by default)."""
+    owner = run if owner is None else owner
+    try:
+        run.compile_stats.training = True
+        if before is not None:
+            before()
+        return run.step()
+    except interrupt_on:
+        return None
+    except LoraLabError:
+        raise  # NaN (carries its result) or a named bad input
+    except Exception as error:
+        if isinstance(error, RuntimeError):
+            raise_clearly(error, owner, "during")
+        raise crashed(error, owner, "during") from error
+    finally:
+        run.compile_stats.training = False
+
+
 def _loop(run: Run, on_step, should_stop, interrupt_on, validate) -> TrainResult:
     config = run.config
     with contextlib.ExitStack() as stack:
@@ -192,20 +215,9 @@ def _loop(run: Run, on_step, should_stop, interrupt_on, validate) -> TrainResult
         while len(run.losses) < config.steps:
             if should_stop is not None and should_stop():
                 return run.result(interrupted=True)
-            try:  # a host may cancel from inside the model's forward (ComfyUI's ops do)
-                run.compile_stats.training = True  # compiled units run for the step, not for previews between
-                loss = run.step()
-            except interrupt_on:
-                # no optimizer step was taken for this step: the adapters hold the last completed one
+            loss = guarded_step(run, interrupt_on)
+            if loss is None:
                 return run.result(interrupted=True)
-            except LoraLabError:
-                raise  # NaN (carries its result) or a named bad input
-            except Exception as error:
-                if isinstance(error, RuntimeError):
-                    raise_clearly(error, run, "during")
-                raise crashed(error, run, "during") from error
-            finally:
-                run.compile_stats.training = False
             step = len(run.losses)
             if on_step is not None or validate is not None:  # validation also without a progress listener
                 try:

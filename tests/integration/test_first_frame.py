@@ -10,11 +10,11 @@ import copy
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from .comfy_inprocess import call_node, load_builtin_extras, register_lora_lab_nodes
+from .test_video_wan import write_clip
 
 av = pytest.importorskip("av", reason="PyAV reads the training videos")
 
@@ -37,28 +37,10 @@ def loaded(comfy, model_file, tmp_path_factory):
     return out
 
 
-def write_clip(path: Path, frames: int, seed: int, size=(64, 64), first=None) -> None:
-    """A moving colour pattern, h264; `first` (H, W, 3 uint8) replaces frame 0."""
-    rng = np.random.default_rng(seed)
-    phase, speed = rng.uniform(0, 6, 3), rng.uniform(0.2, 0.6)
-    yy, xx = np.mgrid[0:size[1], 0:size[0]] / size[0]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=16)
-        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        stream.options = {"crf": "0"}  # near-lossless: the first frame decodes as written
-        for t in range(frames):
-            rgb = np.stack([0.5 + 0.5 * np.sin(5 * xx + 3 * yy + phase[c] + speed * t) for c in range(3)], -1)
-            pixels = (rgb * 255).astype(np.uint8) if first is None or t else first
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 def clip_dataset(folder: Path, count: int = 1):
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        write_clip(folder / f"clip{i}.mp4", frames=9, seed=i)
+        write_clip(folder / f"clip{i}.mp4", frames=9, seed=i, lossless=True)
         (folder / f"clip{i}.txt").write_text(f"moving pattern number {i}")
     dataset, _, captions = call_node(
         "LoraLabVideoDataset", folder=str(folder), resolution=64, frames=9, frame_sampling="head", target_fps=0.0,

@@ -49,14 +49,16 @@ def train_on_clips(model, vae, dataset, conds, name: str, **inputs) -> tuple:
     return call_node("LoraLabTrain", model=model, vae=vae, dataset=dataset, conditioning=conds, **{**settings, **inputs})[:4]  # MODEL, LORA, LOSS, CLIP (two more: the low-noise expert's)
 
 
-def write_clip(path: Path, frames: int, seed: int, size=(64, 64)) -> None:
-    """A moving colour pattern (so frames differ), h264."""
+def write_clip(path: Path, frames: int, seed: int, size=(64, 64), lossless: bool = False) -> None:
+    """A moving colour pattern (so frames differ), h264; lossless: crf 0, so the frames decode as written."""
     rng = np.random.default_rng(seed)
     phase, speed = rng.uniform(0, 6, 3), rng.uniform(0.2, 0.6)
     yy, xx = np.mgrid[0:size[1], 0:size[0]] / size[0]
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=16)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        if lossless:
+            stream.options = {"crf": "0"}
         for t in range(frames):
             rgb = np.stack([0.5 + 0.5 * np.sin(5 * xx + 3 * yy + phase[c] + speed * t) for c in range(3)], -1)
             frame = av.VideoFrame.from_ndarray((rgb * 255).astype(np.uint8), format="rgb24")
